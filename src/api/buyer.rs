@@ -1,0 +1,222 @@
+//! Buyer routes: the public sale view and instant checkout.
+
+use std::sync::Arc;
+
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::ApiTags;
+use super::error::{ErrorBody, ErrorCode, parse_error_body};
+use super::models::{PurchaseRequest, PurchaseView, SaleView};
+use super::rate_limit::RateLimits;
+use crate::domain::sale::valid_user_id;
+use crate::store::{PurchaseOutcome, Store};
+
+pub struct BuyerApi {
+    pub store: Store,
+    pub limits: Arc<RateLimits>,
+}
+
+fn bad_input(err: poem::Error) -> Json<ErrorBody> {
+    parse_error_body(&err).1
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "sale_view_parse_error")]
+pub enum SaleViewResponse {
+    /// The sale as of now: state and counters are read in one statement.
+    #[oai(status = 200)]
+    Ok(Json<SaleView>),
+    /// `INVALID_REQUEST`: the sale reference is too long.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `INTERNAL`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+fn sale_view_parse_error(err: poem::Error) -> SaleViewResponse {
+    SaleViewResponse::BadRequest(bad_input(err))
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "purchase_parse_error")]
+pub enum PurchaseResponse {
+    /// Bought: the purchase is committed.
+    #[oai(status = 201)]
+    Created(Json<PurchaseView>),
+    /// `INVALID_REQUEST`: malformed JSON, missing, unknown or invalid `userId`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// Refused: `SOLD_OUT`; `ALREADY_PURCHASED` (with `purchase`, the one the user owns);
+    /// `SALE_NOT_ACTIVE` (with `state`); `WRONG_CHECKOUT` (a queued sale).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// `RATE_LIMITED`: too many requests for this user; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// `INTERNAL`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+fn purchase_parse_error(err: poem::Error) -> PurchaseResponse {
+    PurchaseResponse::BadRequest(bad_input(err))
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "get_purchase_parse_error")]
+pub enum GetPurchaseResponse {
+    /// The user's purchase in this sale.
+    #[oai(status = 200)]
+    Ok(Json<PurchaseView>),
+    /// `INVALID_REQUEST`: the sale reference or user id is too long or empty.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`, or `NOT_PURCHASED` when the user has no purchase in it.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `INTERNAL`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+fn get_purchase_parse_error(err: poem::Error) -> GetPurchaseResponse {
+    GetPurchaseResponse::BadRequest(bad_input(err))
+}
+
+fn sale_not_found(sale_ref: &str) -> Json<ErrorBody> {
+    ErrorBody::json(ErrorCode::SaleNotFound, format!("no sale {sale_ref:?}"))
+}
+
+fn conflict(code: ErrorCode, message: &str) -> PurchaseResponse {
+    PurchaseResponse::Conflict(ErrorBody::json(code, message))
+}
+
+#[OpenApi(prefix_path = "/api/v1/sales", tag = "ApiTags::Buyer")]
+impl BuyerApi {
+    /// A sale's public view
+    #[oai(path = "/:sale", method = "get", operation_id = "getSale")]
+    async fn get_sale(
+        &self,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+    ) -> SaleViewResponse {
+        match self.store.find_sale(&sale.0).await {
+            Ok(Some(found)) => SaleViewResponse::Ok(Json((&found).into())),
+            Ok(None) => SaleViewResponse::NotFound(sale_not_found(&sale.0)),
+            Err(err) => SaleViewResponse::Internal(ErrorBody::internal(&err)),
+        }
+    }
+
+    /// Buy one unit (instant checkout)
+    ///
+    /// One unit per user per sale. The answer comes after the purchase is committed.
+    #[oai(path = "/:sale/purchases", method = "post", operation_id = "purchase")]
+    #[tracing::instrument(skip_all, fields(sale = %sale.0, user = %body.user_id.0))]
+    async fn purchase(
+        &self,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+        body: Json<PurchaseRequest>,
+    ) -> PurchaseResponse {
+        let user_id = body.0.user_id.0;
+        if !valid_user_id(&user_id) {
+            return PurchaseResponse::BadRequest(ErrorBody::json(
+                ErrorCode::InvalidRequest,
+                "userId must be 1-128 characters without control characters",
+            ));
+        }
+        if let Err(retry_after) = self.limits.per_user.check(&user_id) {
+            return PurchaseResponse::TooManyRequests(
+                ErrorBody::json(
+                    ErrorCode::RateLimited,
+                    format!("too many requests for this user; retry after {retry_after} s"),
+                ),
+                retry_after,
+            );
+        }
+        let outcome = match self.store.purchase(&sale.0, &user_id).await {
+            Ok(outcome) => outcome,
+            Err(err) => return PurchaseResponse::Internal(ErrorBody::internal(&err)),
+        };
+        tracing::info!(outcome = outcome_name(&outcome), "purchase");
+        match outcome {
+            PurchaseOutcome::Purchased(purchase) => {
+                PurchaseResponse::Created(Json(purchase.into()))
+            }
+            PurchaseOutcome::AlreadyPurchased(purchase) => {
+                let mut body = ErrorBody::new(
+                    ErrorCode::AlreadyPurchased,
+                    "this user already bought from this sale",
+                );
+                body.purchase = Some(purchase.into());
+                PurchaseResponse::Conflict(Json(body))
+            }
+            PurchaseOutcome::SoldOut => conflict(ErrorCode::SoldOut, "the sale is sold out"),
+            PurchaseOutcome::NotActive(state) => {
+                let mut body = ErrorBody::new(
+                    ErrorCode::SaleNotActive,
+                    format!("the sale is {}", state.as_str()),
+                );
+                body.state = Some(state.into());
+                PurchaseResponse::Conflict(Json(body))
+            }
+            PurchaseOutcome::WrongCheckout => conflict(
+                ErrorCode::WrongCheckout,
+                "this sale uses the queued checkout: join its queue",
+            ),
+            PurchaseOutcome::SaleNotFound => PurchaseResponse::NotFound(sale_not_found(&sale.0)),
+        }
+    }
+
+    /// A user's purchase in a sale
+    #[oai(
+        path = "/:sale/purchases/:user_id",
+        method = "get",
+        operation_id = "getPurchase"
+    )]
+    async fn get_purchase(
+        &self,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+        /// The buyer.
+        #[oai(validator(min_length = 1, max_length = 128))]
+        user_id: Path<String>,
+    ) -> GetPurchaseResponse {
+        let found = match self.store.find_sale(&sale.0).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return GetPurchaseResponse::NotFound(sale_not_found(&sale.0)),
+            Err(err) => return GetPurchaseResponse::Internal(ErrorBody::internal(&err)),
+        };
+        match self.store.find_purchase(found.id, &user_id.0).await {
+            Ok(Some(purchase)) => GetPurchaseResponse::Ok(Json(purchase.into())),
+            Ok(None) => GetPurchaseResponse::NotFound(ErrorBody::json(
+                ErrorCode::NotPurchased,
+                "this user has no purchase in this sale",
+            )),
+            Err(err) => GetPurchaseResponse::Internal(ErrorBody::internal(&err)),
+        }
+    }
+}
+
+fn outcome_name(outcome: &PurchaseOutcome) -> &'static str {
+    match outcome {
+        PurchaseOutcome::Purchased(_) => "purchased",
+        PurchaseOutcome::AlreadyPurchased(_) => "already_purchased",
+        PurchaseOutcome::SoldOut => "sold_out",
+        PurchaseOutcome::NotActive(_) => "not_active",
+        PurchaseOutcome::WrongCheckout => "wrong_checkout",
+        PurchaseOutcome::SaleNotFound => "sale_not_found",
+    }
+}

@@ -1,0 +1,136 @@
+//! The error body every refusal and failure uses, and the mapping of framework errors into it.
+//!
+//! Policy: every error a client can cause is a 4xx with a machine-readable `code`; database
+//! and unexpected failures are an opaque 500 `INTERNAL`, logged once here with their cause.
+//! Nothing from the database or the configuration ever reaches a response body.
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object};
+
+use super::models::{PurchaseView, SaleStateView};
+
+/// Machine-readable reason of an error response.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// Malformed JSON, wrong types, out-of-range or missing values, unknown fields.
+    InvalidRequest,
+    /// Missing or wrong admin key.
+    Unauthorized,
+    /// No sale has this id or sku.
+    SaleNotFound,
+    /// Another sale already uses this sku.
+    SkuTaken,
+    /// Nothing left to sell.
+    SoldOut,
+    /// The user already bought from this sale; the body carries the purchase.
+    AlreadyPurchased,
+    /// The sale is scheduled, ended or cancelled; the body carries the state.
+    SaleNotActive,
+    /// The sale uses the other checkout.
+    WrongCheckout,
+    /// The user has no purchase in this sale.
+    NotPurchased,
+    /// The sale already ended; it cannot be cancelled.
+    SaleAlreadyEnded,
+    /// Too many requests; retry after the `Retry-After` seconds.
+    RateLimited,
+    /// No such route.
+    NotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// The body is not JSON (`Content-Type: application/json` expected).
+    UnsupportedMediaType,
+    /// The request body is too large.
+    PayloadTooLarge,
+    /// The database does not answer.
+    Unavailable,
+    /// An unexpected fault on our side; details are in the service log.
+    Internal,
+}
+
+/// The body of every error response.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+    /// With `SALE_NOT_ACTIVE`: the sale's current state.
+    pub state: Option<SaleStateView>,
+    /// With `ALREADY_PURCHASED`: the purchase the user already owns.
+    pub purchase: Option<PurchaseView>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            state: None,
+            purchase: None,
+        }
+    }
+
+    pub fn json(code: ErrorCode, message: impl Into<String>) -> Json<Self> {
+        Json(Self::new(code, message))
+    }
+
+    /// The opaque 500 body; logs `err` with its cause chain, the one place it is logged.
+    pub fn internal(err: &dyn std::error::Error) -> Json<Self> {
+        let mut chain = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        tracing::error!(error = %chain, "request failed");
+        Self::json(ErrorCode::Internal, "internal error; see the service log")
+    }
+}
+
+/// The code for an error status the framework produced outside our handlers.
+pub fn code_for_status(status: StatusCode) -> ErrorCode {
+    match status {
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        status if status.is_client_error() => ErrorCode::InvalidRequest,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// A request error from parameter or body parsing (the operations' bad-request handlers):
+/// whether it is an authentication failure, and the body to send.
+pub fn parse_error_body(err: &poem::Error) -> (bool, Json<ErrorBody>) {
+    let status = err.status();
+    if status == StatusCode::UNAUTHORIZED {
+        return (
+            true,
+            ErrorBody::json(ErrorCode::Unauthorized, "missing or invalid bearer key"),
+        );
+    }
+    (
+        false,
+        ErrorBody::json(code_for_status(status), err.to_string()),
+    )
+}
+
+/// Turns any error that escaped the operations (unknown route, wrong method, panic) into the
+/// JSON error body with the same status.
+pub fn fallback_response(err: poem::Error) -> Response {
+    let status = err.status();
+    let body = if status.is_server_error() {
+        ErrorBody::internal(&err)
+    } else {
+        ErrorBody::json(code_for_status(status), err.to_string())
+    };
+    body.with_status(status).into_response()
+}

@@ -1,0 +1,102 @@
+//! The HTTP API: poem + poem-openapi routes, the OpenAPI document, Swagger UI, and the
+//! middleware every request passes (request id, tracing, per-IP limit, JSON errors, panics).
+//!
+//! Handlers validate input and translate between JSON and the domain; they never write SQL
+//! (that is [`crate::store`]).
+
+mod admin;
+pub mod auth;
+mod buyer;
+pub mod error;
+mod health;
+pub mod models;
+pub mod rate_limit;
+mod strict;
+
+use std::sync::Arc;
+
+use poem::http::StatusCode;
+use poem::middleware::{CatchPanic, RequestId, Tracing};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem_openapi::{OpenApiService, Tags};
+
+use crate::store::Store;
+use admin::AdminApi;
+use auth::AdminKey;
+use buyer::BuyerApi;
+use error::{ErrorBody, ErrorCode};
+use health::HealthApi;
+use rate_limit::RateLimits;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Create, inspect, cancel, delete and audit sales (bearer admin key).
+    Admin,
+    /// The public sale view and checkout.
+    Buyer,
+    /// Service health.
+    Health,
+}
+
+type Apis = (AdminApi, BuyerApi, HealthApi);
+
+const API_DESCRIPTION: &str = "\
+Sells a limited stock to a burst of buyers with no overselling and one unit per buyer, \
+on PostgreSQL alone.\n\n\
+Every error response is JSON `{\"code\": ..., \"message\": ...}`; `code` is one of the \
+`ErrorCode` values. Admin routes need `Authorization: Bearer <ADMIN_API_KEY>`. `{sale}` \
+in a path is the sale's UUID or its sku.";
+
+/// The OpenAPI service over all operations.
+pub fn openapi_service(store: Store, limits: Arc<RateLimits>) -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            AdminApi {
+                store: store.clone(),
+            },
+            BuyerApi {
+                store: store.clone(),
+                limits,
+            },
+            HealthApi { store },
+        ),
+        "flashsale",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(API_DESCRIPTION)
+}
+
+/// The OpenAPI document as served at `/openapi.json` (and committed under `openapi/`).
+pub fn openapi_json(store: Store) -> String {
+    let limits = Arc::new(RateLimits {
+        per_user: rate_limit::KeyedLimiter::new(0, 0),
+        per_ip: rate_limit::KeyedLimiter::new(0, 0),
+        trust_forwarded_for: false,
+    });
+    openapi_service(store, limits).spec()
+}
+
+/// The whole HTTP application.
+pub fn app(store: Store, limits: Arc<RateLimits>, admin_key: AdminKey) -> impl Endpoint {
+    let api = openapi_service(store, limits.clone());
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let ip_limits = limits;
+    Route::new()
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .nest("/", api)
+        .around(move |next, req| {
+            let limits = ip_limits.clone();
+            rate_limit::per_ip_limit(next, req, limits)
+        })
+        .data(admin_key)
+        .with(CatchPanic::new().with_handler(|_| {
+            tracing::error!("handler panicked");
+            ErrorBody::json(ErrorCode::Internal, "internal error; see the service log")
+                .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+        }))
+        .catch_all_error(|err| async move { error::fallback_response(err) })
+        .with(Tracing)
+        .with(RequestId::default())
+}

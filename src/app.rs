@@ -1,0 +1,170 @@
+//! Builds and runs the service: database, migrations, HTTP server, job runner, shutdown.
+//!
+//! `anyhow` lives here and in the workers only; request paths use typed errors.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use poem::Server;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use tokio::sync::watch;
+
+use crate::api::auth::AdminKey;
+use crate::api::rate_limit::{self, KeyedLimiter, RateLimits};
+use crate::config::Config;
+use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use crate::store::{self, Store};
+use crate::worker::{Runner, RunnerConfig, SaleStateJobs};
+
+/// Name of the database the service uses on its embedded cluster.
+const EMBEDDED_DATABASE: &str = "flashsale";
+/// How long in-flight requests get to finish after a shutdown signal.
+const GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// A service bound to its port and connected to its database, ready to run.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    store: Store,
+    limits: Arc<RateLimits>,
+    admin_key: AdminKey,
+    runner_config: RunnerConfig,
+    /// The private cluster we started, stopped after the server and workers.
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Application {
+    /// Connects (starting the embedded cluster when no `DATABASE_URL` is set), migrates and
+    /// binds the port (0 picks a free one; see [`port`](Self::port)).
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let (admin_key, is_default) = config.admin_key();
+        if is_default {
+            tracing::warn!(
+                "ADMIN_API_KEY is not set: the admin API accepts the built-in development key. \
+                 Set ADMIN_API_KEY before exposing this service."
+            );
+        }
+        let (url, embedded) = match &config.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let cluster = start_embedded(config).await?;
+                (cluster.url(EMBEDDED_DATABASE), Some(cluster))
+            }
+        };
+        let pool = store::connect(&url, config.db_pool_size)
+            .await
+            .context("Failed to connect to Postgres")?;
+        store::MIGRATOR
+            .run(&pool)
+            .await
+            .context("Failed to run migrations")?;
+        let limits = Arc::new(RateLimits {
+            per_user: KeyedLimiter::new(
+                config.rate_limit_per_user,
+                config.rate_limit_per_user_burst,
+            ),
+            per_ip: KeyedLimiter::new(config.rate_limit_per_ip, config.rate_limit_per_ip_burst),
+            trust_forwarded_for: config.trust_forwarded_for,
+        });
+        let acceptor = TcpListener::bind(format!("{}:{}", config.host, config.port))
+            .into_acceptor()
+            .await
+            .with_context(|| format!("Failed to bind {}:{}", config.host, config.port))?;
+        Ok(Self {
+            acceptor,
+            store: Store::new(pool),
+            limits,
+            admin_key: AdminKey::new(admin_key),
+            runner_config: RunnerConfig {
+                poll_interval: Duration::from_millis(config.worker_poll_ms.max(10)),
+                ..RunnerConfig::default()
+            },
+            embedded,
+        })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr().map(|a| a.port()))
+            .unwrap_or(0)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
+    /// finish, stops the job runner and the embedded cluster.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (stop_workers, workers_stopped) = watch::channel(false);
+        let runner = Runner::new(
+            self.store.clone(),
+            SaleStateJobs::new(self.store.clone()),
+            self.runner_config.clone(),
+        );
+        let worker = tokio::spawn(runner.run(workers_stopped));
+        rate_limit::spawn_pruner(&self.limits);
+        let app = crate::api::app(self.store.clone(), self.limits.clone(), self.admin_key);
+        tracing::info!(
+            port = self.acceptor.local_addr().first().map(ToString::to_string),
+            "listening; Swagger UI at /docs"
+        );
+        let served = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
+            .await;
+        tracing::info!("HTTP server stopped; stopping the job runner");
+        let _ = stop_workers.send(true);
+        match worker.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = format!("{err:#}"), "job runner failed"),
+            Err(err) => tracing::error!(error = %err, "job runner panicked"),
+        }
+        self.store.pool().close().await;
+        if let Some(cluster) = self.embedded {
+            tokio::task::spawn_blocking(move || cluster.stop()).await?;
+            tracing::info!("embedded Postgres stopped");
+        }
+        served.context("HTTP server failed")
+    }
+}
+
+async fn start_embedded(config: &Config) -> anyhow::Result<EmbeddedPostgres> {
+    let options = EmbeddedOptions {
+        data_dir: config.data_dir.join("pg"),
+        durable: true,
+        remove_on_stop: false,
+    };
+    tracing::info!(data_dir = %options.data_dir.display(), "DATABASE_URL is not set: starting the embedded Postgres");
+    let cluster = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&options))
+        .await?
+        .context("Failed to start the embedded Postgres")?;
+    store::create_database_if_missing(&cluster.url("postgres"), EMBEDDED_DATABASE)
+        .await
+        .context("Failed to create the flashsale database")?;
+    Ok(cluster)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received: shutting down"),
+    }
+}

@@ -1,0 +1,109 @@
+//! Configuration, from flags or the environment (each flag names its variable).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `DATABASE_URL` | unset: embedded cluster under `DATA_DIR` | Postgres to use |
+//! | `DATA_DIR` | `.data` | where the embedded cluster keeps its data |
+//! | `HOST` / `PORT` | `127.0.0.1` / `8080` | where to listen |
+//! | `ADMIN_API_KEY` | development default, with a warning | bearer key of the admin API |
+//! | `DB_POOL_SIZE` | 10 | connections in the pool |
+//! | `RATE_LIMIT_PER_USER` / `RATE_LIMIT_PER_USER_BURST` | 1 / 5 | buyer writes per second per user, 0 = off |
+//! | `RATE_LIMIT_PER_IP` / `RATE_LIMIT_PER_IP_BURST` | 0 / 50 | API requests per second per client IP, 0 = off |
+//! | `TRUST_FORWARDED_FOR` | false | take the client IP from `X-Forwarded-For` (behind a proxy) |
+//! | `WORKER_POLL_MS` | 1000 | longest sleep of the job runner between polls |
+//! | `LOG_FORMAT` | `text` | `text` or `json` |
+//! | `RUST_LOG` | `info` | log filter |
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The admin key used when none is configured: fine on a laptop, loudly warned about.
+pub const DEV_ADMIN_KEY: &str = "dev-admin-key";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "flashsale",
+    version,
+    about = "Flash-sale backend on PostgreSQL"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Print the OpenAPI document (JSON) to stdout.
+    Openapi,
+}
+
+#[derive(Debug, Clone, Parser)]
+pub struct Config {
+    /// Postgres URL; when unset, a private cluster is started under --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Data folder of the embedded cluster.
+    #[arg(long, env = "DATA_DIR", default_value = ".data")]
+    pub data_dir: PathBuf,
+
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Bearer key for /api/v1/admin routes.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
+
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 10)]
+    pub db_pool_size: u32,
+
+    /// Buyer write requests per second per user (0 disables the limit).
+    #[arg(long, env = "RATE_LIMIT_PER_USER", default_value_t = 1)]
+    pub rate_limit_per_user: u32,
+
+    #[arg(long, env = "RATE_LIMIT_PER_USER_BURST", default_value_t = 5)]
+    pub rate_limit_per_user_burst: u32,
+
+    /// API requests per second per client IP (0 disables the limit).
+    #[arg(long, env = "RATE_LIMIT_PER_IP", default_value_t = 0)]
+    pub rate_limit_per_ip: u32,
+
+    #[arg(long, env = "RATE_LIMIT_PER_IP_BURST", default_value_t = 50)]
+    pub rate_limit_per_ip_burst: u32,
+
+    /// Take the client IP from the last `X-Forwarded-For` entry (set only behind a proxy
+    /// that appends it; otherwise clients could pick their own IP).
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
+
+    /// Longest sleep of the job runner between polls, in milliseconds.
+    #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]
+    pub worker_poll_ms: u64,
+
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The admin key, and whether it is the built-in development default.
+    pub fn admin_key(&self) -> (String, bool) {
+        match self.admin_api_key.as_deref().map(str::trim) {
+            Some(key) if !key.is_empty() => (key.to_string(), false),
+            _ => (DEV_ADMIN_KEY.to_string(), true),
+        }
+    }
+}

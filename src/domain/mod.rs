@@ -1,0 +1,8 @@
+//! Plain types and rules of a flash sale: no SQL, no HTTP.
+//!
+//! The store fills these types from rows, the API turns them into JSON, and the rules here
+//! (what state a sale is in, what a valid new sale is) are the one place both agree on.
+
+pub mod sale;
+
+pub use sale::{Checkout, EndReason, NewSale, NewSaleError, Purchase, Sale, SaleState};

@@ -1,0 +1,369 @@
+//! A sale, its derived state and the validation of a new one.
+
+use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
+
+/// Largest stock one sale may have.
+pub const MAX_STOCK: i32 = 10_000_000;
+/// Longest a queued hold may last.
+pub const MAX_HOLD_SECONDS: i32 = 86_400;
+/// Hold duration when the admin gives none.
+pub const DEFAULT_HOLD_SECONDS: i32 = 600;
+/// How long a sale lasts when the admin gives no end.
+pub const DEFAULT_DURATION: Duration = Duration::hours(1);
+
+/// How buyers check out of a sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkout {
+    /// One request buys, or is refused.
+    Instant,
+    /// Buyers wait in a queue, are admitted to a hold and confirm it.
+    Queued,
+}
+
+impl Checkout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Checkout::Instant => "instant",
+            Checkout::Queued => "queued",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "instant" => Some(Checkout::Instant),
+            "queued" => Some(Checkout::Queued),
+            _ => None,
+        }
+    }
+}
+
+/// Where a sale stands at one instant, derived from the database clock and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaleState {
+    Scheduled,
+    Active,
+    Ended,
+    Cancelled,
+}
+
+impl SaleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaleState::Scheduled => "scheduled",
+            SaleState::Active => "active",
+            SaleState::Ended => "ended",
+            SaleState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why a sale stopped selling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    SoldOut,
+    Time,
+    Cancelled,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::SoldOut => "sold_out",
+            EndReason::Time => "time",
+            EndReason::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "sold_out" => Some(EndReason::SoldOut),
+            "time" => Some(EndReason::Time),
+            "cancelled" => Some(EndReason::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// A sale as stored, with the counters read in the same statement as `observed_at`.
+#[derive(Debug, Clone)]
+pub struct Sale {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub stock: i32,
+    pub available: i32,
+    pub held: i32,
+    pub sold: i32,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub checkout: Checkout,
+    pub hold_seconds: i32,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// The database clock when the row was read: the state is derived against it, never
+    /// against this process's clock, so every instance agrees.
+    pub observed_at: DateTime<Utc>,
+}
+
+impl Sale {
+    /// Nothing left to sell and nothing held that could come back.
+    pub fn is_sold_out(&self) -> bool {
+        self.available == 0 && self.held == 0
+    }
+
+    /// The state at `observed_at`. A cancel wins over everything; a sale that sold out is
+    /// ended even before its end time.
+    pub fn state(&self) -> SaleState {
+        self.end_reason()
+            .map(|reason| match reason {
+                EndReason::Cancelled => SaleState::Cancelled,
+                EndReason::SoldOut | EndReason::Time => SaleState::Ended,
+            })
+            .unwrap_or(if self.observed_at < self.starts_at {
+                SaleState::Scheduled
+            } else {
+                SaleState::Active
+            })
+    }
+
+    /// Why the sale no longer sells, or `None` while it is scheduled or active.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        if self.cancelled_at.is_some() {
+            Some(EndReason::Cancelled)
+        } else if self.is_sold_out() {
+            Some(EndReason::SoldOut)
+        } else if self.observed_at >= self.ends_at {
+            Some(EndReason::Time)
+        } else {
+            None
+        }
+    }
+}
+
+/// A committed purchase: one unit of one sale, owned by one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purchase {
+    pub id: Uuid,
+    pub sale_id: Uuid,
+    pub user_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A sale an admin asked for, checked and with its defaults filled in.
+#[derive(Debug, Clone)]
+pub struct NewSale {
+    pub sku: String,
+    pub name: String,
+    pub stock: i32,
+    /// `None` means "now" by the database clock.
+    pub starts_at: Option<DateTime<Utc>>,
+    /// `None` means one hour after the start.
+    pub ends_at: Option<DateTime<Utc>>,
+    pub checkout: Checkout,
+    pub hold_seconds: i32,
+}
+
+/// Why a requested sale is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NewSaleError {
+    #[error("sku must be 1 to 64 characters of letters, digits, '-', '_' or '.'")]
+    BadSku,
+    #[error("name must be 1 to 200 characters")]
+    BadName,
+    #[error("stock must be between 1 and {MAX_STOCK}")]
+    BadStock,
+    #[error("holdSeconds must be between 1 and {MAX_HOLD_SECONDS}")]
+    BadHoldSeconds,
+    #[error("endsAt must be after startsAt")]
+    EndBeforeStart,
+}
+
+impl NewSale {
+    /// Checks every field; the database repeats the checks as constraints.
+    pub fn validate(&self) -> Result<(), NewSaleError> {
+        let sku_ok = (1..=64).contains(&self.sku.chars().count())
+            && self
+                .sku
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !sku_ok {
+            return Err(NewSaleError::BadSku);
+        }
+        if !(1..=200).contains(&self.name.trim().chars().count()) {
+            return Err(NewSaleError::BadName);
+        }
+        if !(1..=MAX_STOCK).contains(&self.stock) {
+            return Err(NewSaleError::BadStock);
+        }
+        if !(1..=MAX_HOLD_SECONDS).contains(&self.hold_seconds) {
+            return Err(NewSaleError::BadHoldSeconds);
+        }
+        if let (Some(start), Some(end)) = (self.starts_at, self.ends_at)
+            && end <= start
+        {
+            return Err(NewSaleError::EndBeforeStart);
+        }
+        Ok(())
+    }
+}
+
+/// Checks a buyer's user id: 1 to 128 characters, none of them control characters.
+pub fn valid_user_id(user_id: &str) -> bool {
+    (1..=128).contains(&user_id.chars().count()) && !user_id.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale_at(observed_at: DateTime<Utc>) -> Sale {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .expect("valid time");
+        Sale {
+            id: Uuid::nil(),
+            sku: "sku".into(),
+            name: "name".into(),
+            stock: 10,
+            available: 10,
+            held: 0,
+            sold: 0,
+            starts_at: start,
+            ends_at: start + Duration::hours(1),
+            checkout: Checkout::Instant,
+            hold_seconds: 600,
+            cancelled_at: None,
+            created_at: start,
+            observed_at,
+        }
+    }
+
+    #[test]
+    fn state_follows_the_clock_at_the_exact_boundaries() {
+        let start = sale_at(Utc::now()).starts_at;
+        assert_eq!(
+            sale_at(start - Duration::milliseconds(1)).state(),
+            SaleState::Scheduled
+        );
+        assert_eq!(sale_at(start).state(), SaleState::Active);
+        let end = start + Duration::hours(1);
+        assert_eq!(
+            sale_at(end - Duration::milliseconds(1)).state(),
+            SaleState::Active
+        );
+        assert_eq!(sale_at(end).state(), SaleState::Ended);
+        assert_eq!(sale_at(end).end_reason(), Some(EndReason::Time));
+    }
+
+    #[test]
+    fn a_sold_out_sale_is_ended_for_that_reason_before_its_end_time() {
+        let mut sale = sale_at(sale_at(Utc::now()).starts_at);
+        sale.available = 0;
+        sale.sold = 10;
+        assert_eq!(sale.state(), SaleState::Ended);
+        assert_eq!(sale.end_reason(), Some(EndReason::SoldOut));
+        sale.held = 1;
+        sale.sold = 9;
+        assert_eq!(
+            sale.state(),
+            SaleState::Active,
+            "a hold may still come back"
+        );
+    }
+
+    #[test]
+    fn a_cancel_wins_over_sold_out_and_time() {
+        let mut sale = sale_at(sale_at(Utc::now()).ends_at);
+        sale.available = 0;
+        sale.sold = 10;
+        sale.cancelled_at = Some(sale.starts_at);
+        assert_eq!(sale.state(), SaleState::Cancelled);
+        assert_eq!(sale.end_reason(), Some(EndReason::Cancelled));
+    }
+
+    #[test]
+    fn new_sale_validation_rejects_each_bad_field() {
+        let good = NewSale {
+            sku: "drop-1".into(),
+            name: "Drop".into(),
+            stock: 100,
+            starts_at: None,
+            ends_at: None,
+            checkout: Checkout::Instant,
+            hold_seconds: 600,
+        };
+        assert_eq!(good.validate(), Ok(()));
+        let cases: Vec<(NewSale, NewSaleError)> = vec![
+            (
+                NewSale {
+                    sku: String::new(),
+                    ..good.clone()
+                },
+                NewSaleError::BadSku,
+            ),
+            (
+                NewSale {
+                    sku: "a b".into(),
+                    ..good.clone()
+                },
+                NewSaleError::BadSku,
+            ),
+            (
+                NewSale {
+                    sku: "x".repeat(65),
+                    ..good.clone()
+                },
+                NewSaleError::BadSku,
+            ),
+            (
+                NewSale {
+                    name: "  ".into(),
+                    ..good.clone()
+                },
+                NewSaleError::BadName,
+            ),
+            (
+                NewSale {
+                    stock: 0,
+                    ..good.clone()
+                },
+                NewSaleError::BadStock,
+            ),
+            (
+                NewSale {
+                    stock: MAX_STOCK + 1,
+                    ..good.clone()
+                },
+                NewSaleError::BadStock,
+            ),
+            (
+                NewSale {
+                    hold_seconds: 0,
+                    ..good.clone()
+                },
+                NewSaleError::BadHoldSeconds,
+            ),
+            (
+                NewSale {
+                    starts_at: Some(Utc::now()),
+                    ends_at: Some(Utc::now() - Duration::seconds(1)),
+                    ..good.clone()
+                },
+                NewSaleError::EndBeforeStart,
+            ),
+        ];
+        for (sale, expected) in cases {
+            assert_eq!(sale.validate(), Err(expected), "{sale:?}");
+        }
+    }
+
+    #[test]
+    fn user_ids_are_bounded_and_printable() {
+        assert!(valid_user_id("user-1"));
+        assert!(valid_user_id(&"u".repeat(128)));
+        assert!(!valid_user_id(""));
+        assert!(!valid_user_id(&"u".repeat(129)));
+        assert!(!valid_user_id("bad\nid"));
+    }
+}

@@ -1,0 +1,31 @@
+//! The `flashsale` binary: `flashsale` (or `flashsale serve`) runs the service,
+//! `flashsale openapi` prints the OpenAPI document.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Parser;
+use flashsale::app::{Application, shutdown_signal};
+use flashsale::config::{Cli, Command};
+use flashsale::store::Store;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Openapi => {
+            // The document needs no database; a lazy pool never connects.
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://localhost/flashsale")
+                .context("Failed to build a lazy pool")?;
+            let spec = flashsale::api::openapi_json(Store::new(pool));
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{spec}").context("Failed to write the document")
+        }
+        Command::Serve => {
+            flashsale::telemetry::init(cli.config.log_format);
+            let app = Application::build(&cli.config).await?;
+            app.run_until(shutdown_signal()).await
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The job queue: enqueue, claim with `FOR UPDATE SKIP LOCKED`, complete, retry.
+//!
+//! A claim is a short transaction of its own that sets a lease and commits at once; the job
+//! runs outside any transaction. Times are the database's.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+
+/// Notification channel the `jobs_notify` trigger signals on every insert.
+pub const JOBS_CHANNEL: &str = "flashsale_jobs";
+
+/// After this many failed attempts a job is parked (`dead_at`) and no longer retried.
+pub const MAX_ATTEMPTS: i32 = 25;
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Record the state changes a sale has gone through (start, end, sell-out, cancel).
+    SyncSaleState,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::SyncSaleState => "sync_sale_state",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "sync_sale_state" => Some(JobKind::SyncSaleState),
+            _ => None,
+        }
+    }
+}
+
+/// A claimed job. Only the runner holding `lock_token` may complete or retry it.
+#[derive(Debug, Clone, FromRow)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub sale_id: Option<Uuid>,
+    pub attempts: i32,
+    pub lock_token: Uuid,
+}
+
+/// Queues a job due at `run_at` (now when `None`), inside the caller's transaction.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    kind: JobKind,
+    sale_id: Uuid,
+    run_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO jobs (kind, sale_id, run_at) VALUES ($1, $2, COALESCE($3, now()))")
+        .bind(kind.as_str())
+        .bind(sale_id)
+        .bind(run_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+impl Store {
+    /// Queues a job for a sale, due at `run_at` or now.
+    pub async fn enqueue_job(
+        &self,
+        kind: JobKind,
+        sale_id: Uuid,
+        run_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        enqueue(&mut *self.pool.acquire().await?, kind, sale_id, run_at).await
+    }
+
+    /// Claims up to `limit` due jobs for `lease`.
+    ///
+    /// Race-free with any number of runners: `FOR UPDATE SKIP LOCKED` gives each due row to
+    /// exactly one claiming transaction (the others skip it), and the UPDATE sets a lease
+    /// that makes the row invisible to the `locked_until` filter of later claims until it
+    /// runs out. The statement commits on its own, so no lock is held while the job runs.
+    pub async fn claim_jobs(&self, limit: i64, lease: Duration) -> Result<Vec<Job>, StoreError> {
+        let jobs = sqlx::query_as::<_, Job>(
+            "WITH due AS (
+                 SELECT id FROM jobs
+                  WHERE dead_at IS NULL AND run_at <= now()
+                    AND (locked_until IS NULL OR locked_until < now())
+                  ORDER BY run_at, id
+                  LIMIT $1
+                  FOR UPDATE SKIP LOCKED
+             )
+             UPDATE jobs SET locked_until = now() + make_interval(secs => $2),
+                             lock_token = gen_random_uuid(), attempts = attempts + 1
+               FROM due WHERE jobs.id = due.id
+             RETURNING jobs.id, jobs.kind, jobs.sale_id, jobs.attempts, jobs.lock_token",
+        )
+        .bind(limit)
+        .bind(seconds(lease))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(jobs)
+    }
+
+    /// Removes a finished job. False when the lease was lost (another runner owns it now).
+    pub async fn complete_job(&self, job: &Job) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM jobs WHERE id = $1 AND lock_token = $2")
+            .bind(job.id)
+            .bind(job.lock_token)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Releases a failed job to run again after `backoff`, or parks it after
+    /// [`MAX_ATTEMPTS`].
+    pub async fn retry_job(
+        &self,
+        job: &Job,
+        backoff: Duration,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET locked_until = NULL, lock_token = NULL, last_error = $3,
+                    run_at = now() + make_interval(secs => $4),
+                    dead_at = CASE WHEN attempts >= $5 THEN now() END
+              WHERE id = $1 AND lock_token = $2",
+        )
+        .bind(job.id)
+        .bind(job.lock_token)
+        .bind(error)
+        .bind(seconds(backoff))
+        .bind(MAX_ATTEMPTS)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How long until the next job falls due (zero when one is due now), or `None` when the
+    /// queue holds nothing claimable.
+    pub async fn next_job_due_in(&self) -> Result<Option<Duration>, StoreError> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM min(GREATEST(run_at, COALESCE(locked_until, run_at))) - now())::float8
+               FROM jobs WHERE dead_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+}

@@ -1,0 +1,189 @@
+//! Background work: a job runner that takes jobs from the `jobs` table and runs them.
+//!
+//! Every instance of the service runs one; correctness never depends on there being only one.
+//! A claim (see [`Store::claim_jobs`]) commits at once, the job runs outside any transaction,
+//! and a failure is retried with exponential backoff. The runner sleeps until the next job is
+//! due, a `NOTIFY` on the jobs channel wakes it early, and a poll interval bounds the sleep in
+//! case a notification is lost (the listener is registered before the first claim).
+
+mod sale_state;
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use crate::store::{JOBS_CHANNEL, Job, Store};
+
+pub use sale_state::SaleStateJobs;
+
+/// Runs one claimed job. Implementations must be idempotent: a job whose lease ran out while
+/// it was still running (an instance stalled longer than the lease) may run again.
+pub trait JobHandler: Send + Sync + 'static {
+    fn run(&self, job: &Job) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// How a runner paces itself.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Longest sleep between two polls when no notification arrives.
+    pub poll_interval: Duration,
+    /// Jobs claimed per round trip.
+    pub batch_size: i64,
+    /// How long a claimed job stays ours; much longer than any job runs.
+    pub lease: Duration,
+    /// First retry delay; doubles with each attempt up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            batch_size: 16,
+            lease: Duration::from_secs(60),
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The delay before retry number `attempts` (1 after the first failure).
+pub fn backoff(config: &RunnerConfig, attempts: i32) -> Duration {
+    let exponent = attempts.saturating_sub(1).clamp(0, 20) as u32;
+    config
+        .base_backoff
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(config.max_backoff)
+}
+
+/// Takes jobs from the queue until `shutdown` turns true.
+pub struct Runner<H> {
+    store: Store,
+    handler: H,
+    config: RunnerConfig,
+}
+
+impl<H: JobHandler> Runner<H> {
+    pub fn new(store: Store, handler: H, config: RunnerConfig) -> Self {
+        Self {
+            store,
+            handler,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown` is set; returns after the job in hand (if any) has finished.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut listener = self.listen().await;
+        tracing::info!("job runner started");
+        while !*shutdown.borrow() {
+            let ran = match self.run_due_jobs().await {
+                Ok(ran) => ran,
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming jobs failed; will poll again");
+                    0
+                }
+            };
+            if ran as i64 >= self.config.batch_size {
+                continue;
+            }
+            let sleep = self.sleep_time().await;
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                woke = wait_for_notification(&mut listener) => {
+                    if !woke {
+                        listener = None;
+                    }
+                }
+            }
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+        }
+        tracing::info!("job runner stopped");
+        Ok(())
+    }
+
+    /// Claims one batch and runs it; returns how many jobs ran.
+    pub async fn run_due_jobs(&self) -> anyhow::Result<usize> {
+        let jobs = self
+            .store
+            .claim_jobs(self.config.batch_size, self.config.lease)
+            .await?;
+        for job in &jobs {
+            self.run_one(job).await;
+        }
+        Ok(jobs.len())
+    }
+
+    #[tracing::instrument(skip_all, fields(job = job.id, kind = %job.kind, sale = ?job.sale_id, attempt = job.attempts))]
+    async fn run_one(&self, job: &Job) {
+        match self.handler.run(job).await {
+            Ok(()) => match self.store.complete_job(job).await {
+                Ok(true) => tracing::debug!("job done"),
+                Ok(false) => tracing::warn!("job done after its lease ran out"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not mark job done; it will run again")
+                }
+            },
+            Err(err) => {
+                let delay = backoff(&self.config, job.attempts);
+                tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "job failed");
+                if let Err(err) = self.store.retry_job(job, delay, &format!("{err:#}")).await {
+                    tracing::warn!(error = %err, "could not reschedule job; its lease will expire");
+                }
+            }
+        }
+    }
+
+    async fn sleep_time(&self) -> Duration {
+        match self.store.next_job_due_in().await {
+            Ok(Some(due_in)) => due_in.min(self.config.poll_interval),
+            Ok(None) | Err(_) => self.config.poll_interval,
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = match PgListener::connect_with(self.store.pool()).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "LISTEN connection failed; polling only");
+                return None;
+            }
+        };
+        match listener.listen(JOBS_CHANNEL).await {
+            Ok(()) => Some(listener),
+            Err(err) => {
+                tracing::warn!(error = %err, "LISTEN failed; polling only");
+                None
+            }
+        }
+    }
+}
+
+/// Waits for a notification; false when the listener broke (pending forever without one).
+async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(listener) => listener.recv().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_and_stops_at_the_cap() {
+        let config = RunnerConfig::default();
+        assert_eq!(backoff(&config, 1), Duration::from_millis(500));
+        assert_eq!(backoff(&config, 2), Duration::from_secs(1));
+        assert_eq!(backoff(&config, 4), Duration::from_secs(4));
+        assert_eq!(backoff(&config, 30), Duration::from_secs(300));
+        assert_eq!(backoff(&config, i32::MAX), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,64 @@
+-- flashsale invariant checks for one sale, straight from the tables.
+--
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -v sku=my-sku -f stress/invariants.sql
+--
+-- Prints each check with PASS/FAIL and the numbers behind it, then raises an error when any
+-- check failed, so psql exits non-zero exactly when an invariant is broken. The service's
+-- `GET /api/v1/admin/sales/{sale}/audit` runs the statement between the two `flashsale:audit`
+-- markers below (the binary embeds this file): one source for both.
+\set QUIET on
+\if :{?sku}
+\else
+  \echo 'usage: psql -v ON_ERROR_STOP=1 -v sku=SKU -f stress/invariants.sql'
+  \quit
+\endif
+SELECT set_config('flashsale.audit_sku', :'sku', false) AS audit_sku \gset
+CREATE TEMP TABLE flashsale_audit AS
+-- flashsale:audit:begin
+WITH sale AS (
+    SELECT * FROM sales WHERE sku = current_setting('flashsale.audit_sku')
+), bought AS (
+    SELECT count(*) AS purchases, count(DISTINCT p.user_id) AS buyers
+      FROM purchases p JOIN sale s ON p.sale_id = s.id
+), checks (ord, check_name, passed, detail) AS (
+    SELECT 1, 'sale_exists', count(*) = 1, format('sales with sku %s: %s',
+           current_setting('flashsale.audit_sku'), count(*))
+      FROM sale
+    UNION ALL
+    SELECT 2, 'purchases_within_stock', b.purchases <= s.stock,
+           format('purchases=%s stock=%s', b.purchases, s.stock)
+      FROM sale s, bought b
+    UNION ALL
+    SELECT 3, 'one_purchase_per_user', b.purchases = b.buyers,
+           format('purchases=%s distinct_users=%s', b.purchases, b.buyers)
+      FROM sale s, bought b
+    UNION ALL
+    SELECT 4, 'counters_balance', s.sold + s.held + s.available = s.stock,
+           format('sold=%s held=%s available=%s stock=%s', s.sold, s.held, s.available, s.stock)
+      FROM sale s
+    UNION ALL
+    SELECT 5, 'counters_non_negative', s.available >= 0 AND s.held >= 0 AND s.sold >= 0,
+           format('available=%s held=%s sold=%s', s.available, s.held, s.sold)
+      FROM sale s
+    UNION ALL
+    SELECT 6, 'sold_matches_purchases', s.sold = b.purchases,
+           format('sold=%s purchases=%s', s.sold, b.purchases)
+      FROM sale s, bought b
+)
+SELECT check_name, passed, detail FROM checks ORDER BY ord
+-- flashsale:audit:end
+;
+\set QUIET off
+SELECT check_name AS "check", CASE WHEN passed THEN 'PASS' ELSE 'FAIL' END AS result, detail
+  FROM flashsale_audit;
+DO $$
+DECLARE
+    failed text;
+BEGIN
+    SELECT string_agg(check_name, ', ') INTO failed FROM flashsale_audit WHERE NOT passed;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'flashsale invariants FAILED for sku %: %',
+            current_setting('flashsale.audit_sku'), failed;
+    END IF;
+    RAISE NOTICE 'flashsale invariants: all PASS for sku %', current_setting('flashsale.audit_sku');
+END $$;

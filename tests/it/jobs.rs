@@ -1,0 +1,197 @@
+//! The job runner: several runners on one database never run one job twice, failures are
+//! retried with backoff, and a NOTIFY wakes a sleeping runner.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flashsale::store::{Job, JobKind, Store};
+use flashsale::worker::{JobHandler, Runner, RunnerConfig};
+use tokio::sync::{Barrier, watch};
+
+use crate::support::{TestApp, spawn_app};
+
+/// Records every run and fails a job's first attempt when asked.
+#[derive(Clone, Default)]
+struct RecordingHandler {
+    runs: Arc<Mutex<HashMap<i64, usize>>>,
+    fail_first_attempt: bool,
+}
+
+impl JobHandler for RecordingHandler {
+    async fn run(&self, job: &Job) -> anyhow::Result<()> {
+        if let Ok(mut runs) = self.runs.lock() {
+            *runs.entry(job.id).or_default() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if self.fail_first_attempt && job.attempts == 1 {
+            anyhow::bail!("first attempt fails on purpose");
+        }
+        Ok(())
+    }
+}
+
+async fn enqueue_jobs(store: &Store, sale_id: uuid::Uuid, count: usize) {
+    for _ in 0..count {
+        store
+            .enqueue_job(JobKind::SyncSaleState, sale_id, None)
+            .await
+            .expect("enqueue");
+    }
+}
+
+/// A test app with one sale and no jobs queued (the sale's own state jobs are removed).
+async fn app_with_empty_queue() -> (TestApp, uuid::Uuid) {
+    let app = spawn_app().await;
+    let sale = app.active_sale(1).await;
+    let sale_id = sale["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("id");
+    sqlx::query("DELETE FROM jobs")
+        .execute(app.store.pool())
+        .await
+        .expect("clear");
+    (app, sale_id)
+}
+
+fn fast_config() -> RunnerConfig {
+    RunnerConfig {
+        poll_interval: Duration::from_millis(20),
+        batch_size: 4,
+        base_backoff: Duration::from_millis(10),
+        ..RunnerConfig::default()
+    }
+}
+
+async fn remaining_jobs(store: &Store) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(store.pool())
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_runners_on_one_database_run_every_job_exactly_once() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(1).await;
+    let sale_id = sale["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("id");
+    sqlx::query("DELETE FROM jobs")
+        .execute(app.store.pool())
+        .await
+        .expect("clear");
+    enqueue_jobs(&app.store, sale_id, 200).await;
+
+    let handler = RecordingHandler::default();
+    let barrier = Arc::new(Barrier::new(4));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let runner = Runner::new(app.store.clone(), handler.clone(), fast_config());
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut ran = 0;
+            loop {
+                let batch = runner.run_due_jobs().await.expect("run");
+                if batch == 0 {
+                    break ran;
+                }
+                ran += batch;
+            }
+        }));
+    }
+    let mut per_runner = Vec::new();
+    for task in tasks {
+        per_runner.push(task.await.expect("task"));
+    }
+    let runs = handler.runs.lock().expect("lock").clone();
+    assert_eq!(runs.len(), 200, "every job ran");
+    assert!(runs.values().all(|&n| n == 1), "no job ran twice: {runs:?}");
+    assert_eq!(per_runner.iter().sum::<usize>(), 200);
+    assert!(
+        per_runner.iter().filter(|&&n| n > 0).count() >= 2,
+        "the work was shared: {per_runner:?}"
+    );
+    assert_eq!(remaining_jobs(&app.store).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_is_retried_with_backoff_and_then_completed() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(1).await;
+    let sale_id = sale["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("id");
+    sqlx::query("DELETE FROM jobs")
+        .execute(app.store.pool())
+        .await
+        .expect("clear");
+    enqueue_jobs(&app.store, sale_id, 3).await;
+    let handler = RecordingHandler {
+        fail_first_attempt: true,
+        ..RecordingHandler::default()
+    };
+    // A backoff far longer than the few statements between the failure and the re-check, so
+    // "not due yet" holds on a loaded machine too.
+    let config = RunnerConfig {
+        base_backoff: Duration::from_millis(500),
+        ..fast_config()
+    };
+    let runner = Runner::new(app.store.clone(), handler.clone(), config);
+    assert_eq!(runner.run_due_jobs().await.expect("run"), 3);
+    let (errors, delayed): (i64, bool) =
+        sqlx::query_as("SELECT count(last_error), bool_and(run_at > now()) FROM jobs")
+            .fetch_one(app.store.pool())
+            .await
+            .expect("read");
+    assert_eq!(errors, 3, "the failure is recorded");
+    assert!(delayed, "the retry waits for its backoff");
+    assert_eq!(runner.run_due_jobs().await.expect("run"), 0, "not due yet");
+    sqlx::query("UPDATE jobs SET run_at = now()")
+        .execute(app.store.pool())
+        .await
+        .expect("let the backoff pass");
+    assert_eq!(runner.run_due_jobs().await.expect("run"), 3);
+    assert_eq!(remaining_jobs(&app.store).await, 0);
+    assert!(handler.runs.lock().expect("lock").values().all(|&n| n == 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_wakes_a_sleeping_runner_long_before_its_poll_interval() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(1).await;
+    let sale_id = sale["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("id");
+    sqlx::query("DELETE FROM jobs")
+        .execute(app.store.pool())
+        .await
+        .expect("clear");
+    let handler = RecordingHandler::default();
+    let config = RunnerConfig {
+        poll_interval: Duration::from_secs(60),
+        ..fast_config()
+    };
+    let runner = Runner::new(app.store.clone(), handler.clone(), config);
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(runner.run(stopped));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    enqueue_jobs(&app.store, sale_id, 1).await;
+    let mut waited = Duration::ZERO;
+    while remaining_jobs(&app.store).await > 0 && waited < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    assert_eq!(
+        remaining_jobs(&app.store).await,
+        0,
+        "woken by NOTIFY, not by the 60 s poll"
+    );
+    stop.send(true).expect("stop");
+    task.await.expect("task").expect("runner");
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the whole service against a real PostgreSQL.
+//!
+//! One test binary so every test shares one throwaway cluster (started on first use when
+//! `DATABASE_URL` is unset); each test gets a fresh, migrated database of its own.
+
+mod admin;
+mod bad_input;
+mod jobs;
+mod openapi;
+mod purchase;
+mod rate_limits;
+mod sale_state;
+mod support;

@@ -1,0 +1,198 @@
+//! `spawn_app()`: a fresh database and an in-process HTTP client for one test.
+
+use std::sync::{Arc, OnceLock};
+
+use flashsale::api::auth::AdminKey;
+use flashsale::api::rate_limit::{KeyedLimiter, RateLimits};
+use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use flashsale::store::{self, Store};
+use poem::endpoint::BoxEndpoint;
+use poem::http::StatusCode;
+use poem::test::{TestClient, TestResponse};
+use poem::{EndpointExt, Response};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use uuid::Uuid;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+/// The server every test database lives on: `DATABASE_URL`'s, or a throwaway cluster that
+/// is removed when the test process exits.
+fn server_url() -> &'static str {
+    static SERVER: OnceLock<String> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        let data_dir = std::env::temp_dir().join(format!(
+            "flashsale-test-{}-{}",
+            std::process::id(),
+            Uuid::new_v4().simple()
+        ));
+        let cluster = EmbeddedPostgres::start(&EmbeddedOptions {
+            data_dir,
+            durable: false,
+            remove_on_stop: true,
+        })
+        .expect("the test cluster starts (PostgreSQL binaries installed?)");
+        let url = cluster.url("postgres");
+        // The watchdog stops and removes the cluster when this process exits.
+        std::mem::forget(cluster);
+        url
+    })
+}
+
+/// Creates and migrates a fresh database; returns a pool on it.
+pub async fn fresh_database(pool_size: u32) -> PgPool {
+    let name = format!("test_{}", Uuid::new_v4().simple());
+    store::create_database_if_missing(server_url(), &name)
+        .await
+        .expect("create the test database");
+    let options: PgConnectOptions = server_url().parse().expect("valid server url");
+    let url = options_to_url(&options.database(&name));
+    let pool = store::connect(&url, pool_size).await.expect("connect");
+    store::MIGRATOR.run(&pool).await.expect("migrate");
+    pool
+}
+
+fn options_to_url(options: &PgConnectOptions) -> String {
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres")
+    )
+}
+
+/// Rate limits for a test app: off unless a test asks.
+pub struct Limits {
+    pub per_user: (u32, u32),
+    pub per_ip: (u32, u32),
+    pub trust_forwarded_for: bool,
+}
+
+impl Limits {
+    pub fn off() -> Self {
+        Self {
+            per_user: (0, 0),
+            per_ip: (0, 0),
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub store: Store,
+    pub client: Arc<TestClient<BoxEndpoint<'static, Response>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Limits::off()).await
+}
+
+pub async fn spawn_app_with(limits: Limits) -> TestApp {
+    let store = Store::new(fresh_database(10).await);
+    TestApp {
+        client: Arc::new(client_for(store.clone(), limits)),
+        store,
+    }
+}
+
+pub fn client_for(store: Store, limits: Limits) -> TestClient<BoxEndpoint<'static, Response>> {
+    let limits = Arc::new(RateLimits {
+        per_user: KeyedLimiter::new(limits.per_user.0, limits.per_user.1),
+        per_ip: KeyedLimiter::new(limits.per_ip.0, limits.per_ip.1),
+        trust_forwarded_for: limits.trust_forwarded_for,
+    });
+    let app = flashsale::api::app(store, limits, AdminKey::new(ADMIN_KEY.into()));
+    TestClient::new(app.map_to_response().boxed())
+}
+
+/// A response's status and JSON body.
+pub async fn status_and_json(response: TestResponse) -> (StatusCode, Value) {
+    let status = response.0.status();
+    let body = response
+        .0
+        .into_body()
+        .into_string()
+        .await
+        .unwrap_or_default();
+    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, json)
+}
+
+impl TestApp {
+    /// Creates a sale through the admin API and returns its JSON.
+    pub async fn create_sale(&self, body: Value) -> Value {
+        let response = self
+            .client
+            .post("/api/v1/admin/sales")
+            .header("Authorization", format!("Bearer {ADMIN_KEY}"))
+            .body_json(&body)
+            .send()
+            .await;
+        let (status, json) = status_and_json(response).await;
+        assert_eq!(status, StatusCode::CREATED, "{json}");
+        json
+    }
+
+    /// An active instant sale with `stock` units and a unique sku.
+    pub async fn active_sale(&self, stock: i64) -> Value {
+        let sku = format!("sku-{}", Uuid::new_v4().simple());
+        self.create_sale(json!({"sku": sku, "name": "Test drop", "stock": stock}))
+            .await
+    }
+
+    pub async fn purchase(&self, sale: &str, user: &str) -> (StatusCode, Value) {
+        purchase(&self.client, sale, user).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(path)
+            .header("Authorization", format!("Bearer {ADMIN_KEY}"))
+            .send()
+            .await;
+        status_and_json(response).await
+    }
+
+    pub async fn admin_post(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(path)
+            .header("Authorization", format!("Bearer {ADMIN_KEY}"))
+            .send()
+            .await;
+        status_and_json(response).await
+    }
+}
+
+pub async fn purchase(
+    client: &TestClient<BoxEndpoint<'static, Response>>,
+    sale: &str,
+    user: &str,
+) -> (StatusCode, Value) {
+    let response = client
+        .post(format!("/api/v1/sales/{sale}/purchases"))
+        .body_json(&json!({ "userId": user }))
+        .send()
+        .await;
+    status_and_json(response).await
+}
+
+/// The `code` of an error body.
+pub fn code(body: &Value) -> &str {
+    body["code"].as_str().unwrap_or("<no code>")
+}
+
+/// The sale's counters straight from the table.
+pub async fn counters(pool: &PgPool, sku: &str) -> (i32, i32, i32, i32) {
+    sqlx::query_as("SELECT stock, available, held, sold FROM sales WHERE sku = $1")
+        .bind(sku)
+        .fetch_one(pool)
+        .await
+        .expect("sale row")
+}
