@@ -73,16 +73,7 @@ async fn remaining_jobs(store: &Store) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_runners_on_one_database_run_every_job_exactly_once() {
-    let app = spawn_app().await;
-    let sale = app.active_sale(1).await;
-    let sale_id = sale["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
-    sqlx::query("DELETE FROM jobs")
-        .execute(app.store.pool())
-        .await
-        .expect("clear");
+    let (app, sale_id) = app_with_empty_queue().await;
     enqueue_jobs(&app.store, sale_id, 200).await;
 
     let handler = RecordingHandler::default();
@@ -120,16 +111,7 @@ async fn four_runners_on_one_database_run_every_job_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_job_is_retried_with_backoff_and_then_completed() {
-    let app = spawn_app().await;
-    let sale = app.active_sale(1).await;
-    let sale_id = sale["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
-    sqlx::query("DELETE FROM jobs")
-        .execute(app.store.pool())
-        .await
-        .expect("clear");
+    let (app, sale_id) = app_with_empty_queue().await;
     enqueue_jobs(&app.store, sale_id, 3).await;
     let handler = RecordingHandler {
         fail_first_attempt: true,
@@ -162,16 +144,7 @@ async fn a_failed_job_is_retried_with_backoff_and_then_completed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notify_wakes_a_sleeping_runner_long_before_its_poll_interval() {
-    let app = spawn_app().await;
-    let sale = app.active_sale(1).await;
-    let sale_id = sale["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
-    sqlx::query("DELETE FROM jobs")
-        .execute(app.store.pool())
-        .await
-        .expect("clear");
+    let (app, sale_id) = app_with_empty_queue().await;
     let handler = RecordingHandler::default();
     let config = RunnerConfig {
         poll_interval: Duration::from_secs(60),
