@@ -118,6 +118,18 @@ impl EmbeddedPostgres {
                     self.data_dir.display()
                 );
             }
+            let reachable = Command::new("runuser")
+                .args(["-u", SERVER_USER, "--", "test", "-w"])
+                .arg(&self.data_dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !reachable {
+                bail!(
+                    "the {SERVER_USER} user cannot reach {}: every parent folder must be \
+                     searchable by others (chmod o+x), or set DATA_DIR elsewhere",
+                    self.data_dir.display()
+                );
+            }
         }
         let output = self
             .server_command("initdb")

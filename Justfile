@@ -1,0 +1,58 @@
+# flashsale tasks. Install just with `cargo install just` or `pip install rust-just`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Start the service: docker compose when a Docker engine answers, else the embedded Postgres.
+up:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+        docker compose up -d --build
+        echo "flashsale on http://127.0.0.1:8080 (docker compose); Swagger UI at /docs"
+    else
+        echo "No Docker engine: running on the embedded Postgres (Ctrl-C stops both)."
+        cargo run --release
+    fi
+
+# Stop what `up` started with docker compose (the embedded mode stops with Ctrl-C).
+down:
+    #!/usr/bin/env bash
+    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+        docker compose down
+    else
+        echo "Nothing to stop: the embedded mode stops with the service (Ctrl-C)."
+    fi
+
+# The checks CI runs: format, lints, then the test suite.
+test:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+    cargo test
+
+# Regenerate the committed OpenAPI document.
+openapi:
+    cargo run --quiet -- openapi > openapi/openapi.json
+    @echo "openapi/openapi.json regenerated"
+
+# psql on the service's database (DATABASE_URL, or the running embedded cluster).
+psql *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -n "${DATABASE_URL:-}" ]; then
+        exec psql "$DATABASE_URL" {{args}}
+    fi
+    pid_file=.data/pg/postmaster.pid
+    [ -f "$pid_file" ] || { echo "No embedded cluster is running (start the service first)."; exit 1; }
+    exec psql -h 127.0.0.1 -p "$(sed -n 4p "$pid_file")" -U postgres flashsale {{args}}
+
+# Check a sale's invariants straight in Postgres.
+invariants sku:
+    just psql -v ON_ERROR_STOP=1 -v sku={{sku}} -f stress/invariants.sql
+
+# Run a k6 scenario (default purchase-load) against BASE_URL or a service it starts.
+stress scenario="purchase-load":
+    stress/run-stress.sh {{scenario}}

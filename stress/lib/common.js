@@ -1,0 +1,74 @@
+// Shared helpers for the flashsale k6 scenarios: configuration from the environment, admin
+// calls, sale setup and outcome classification.
+import http from 'k6/http';
+import { sleep } from 'k6';
+
+export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/$/, '');
+export const ADMIN_API_KEY = __ENV.ADMIN_API_KEY || 'dev-admin-key';
+
+export function envInt(name, fallback) {
+  const value = parseInt(__ENV[name] || '', 10);
+  return Number.isFinite(value) ? value : fallback;
+}
+
+export function adminParams(endpoint) {
+  return {
+    headers: { Authorization: `Bearer ${ADMIN_API_KEY}`, 'Content-Type': 'application/json' },
+    tags: { endpoint },
+  };
+}
+
+export function jsonParams(endpoint) {
+  return { headers: { 'Content-Type': 'application/json' }, tags: { endpoint } };
+}
+
+// A sku unique to this run (or TEST_SKU), so runs never see each other's buyers.
+export function runSku(scenario) {
+  return __ENV.TEST_SKU || `${scenario}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+}
+
+// Creates a sale (deleting an old one with the same sku first) and waits until it is active.
+export function createSale(sku, stock, extra) {
+  const params = Object.assign(adminParams('admin_delete_sale'), { responseCallback: http.expectedStatuses(204, 404) });
+  http.del(`${BASE_URL}/api/v1/admin/sales/${sku}`, null, params);
+  const body = Object.assign({ sku, name: `k6 ${sku}`, stock }, extra || {});
+  const res = http.post(`${BASE_URL}/api/v1/admin/sales`, JSON.stringify(body), adminParams('admin_create_sale'));
+  if (res.status !== 201) {
+    throw new Error(`creating sale ${sku} failed: ${res.status} ${res.body}`);
+  }
+  for (let i = 0; i < 100; i++) {
+    const view = http.get(`${BASE_URL}/api/v1/sales/${sku}`, { tags: { endpoint: 'sale_view' } });
+    if (view.status === 200 && view.json('state') === 'active') {
+      return view.json();
+    }
+    sleep(0.1);
+  }
+  throw new Error(`sale ${sku} never became active`);
+}
+
+export function saleAdminView(sku) {
+  const res = http.get(`${BASE_URL}/api/v1/admin/sales/${sku}`, adminParams('admin_sale'));
+  return res.status === 200 ? res.json() : null;
+}
+
+export function audit(sku) {
+  const res = http.get(`${BASE_URL}/api/v1/admin/sales/${sku}/audit`, adminParams('admin_audit'));
+  return res.status === 200 ? res.json() : null;
+}
+
+// The outcome of a purchase response: success, sold_out, not_active, duplicate,
+// rate_limited, or error (anything unexpected, 5xx included).
+export function purchaseOutcome(res) {
+  if (res.status === 201) return 'success';
+  let code = null;
+  try {
+    code = res.json('code');
+  } catch (_) {
+    code = null;
+  }
+  if (res.status === 409 && code === 'SOLD_OUT') return 'sold_out';
+  if (res.status === 409 && code === 'SALE_NOT_ACTIVE') return 'not_active';
+  if (res.status === 409 && code === 'ALREADY_PURCHASED') return 'duplicate';
+  if (res.status === 429 && code === 'RATE_LIMITED') return 'rate_limited';
+  return 'error';
+}

