@@ -16,7 +16,7 @@ use crate::api::rate_limit::{self, KeyedLimiter, RateLimits};
 use crate::config::Config;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use crate::store::{self, Store};
-use crate::worker::{Runner, RunnerConfig, SaleStateJobs};
+use crate::worker::{Runner, RunnerConfig, ServiceJobs};
 
 /// Name of the database the service uses on its embedded cluster.
 const EMBEDDED_DATABASE: &str = "flashsale";
@@ -103,7 +103,7 @@ impl Application {
         let (stop_workers, workers_stopped) = watch::channel(false);
         let runner = Runner::new(
             self.store.clone(),
-            SaleStateJobs::new(self.store.clone()),
+            ServiceJobs::new(self.store.clone()),
             self.runner_config.clone(),
         );
         let worker = tokio::spawn(runner.run(workers_stopped));

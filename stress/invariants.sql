@@ -2,6 +2,11 @@
 --
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -v sku=my-sku -f stress/invariants.sql
 --
+-- Checks: the sale exists; purchases <= stock; one purchase per user; sold + held + available
+-- = stock; no negative counter; `sold` equals the purchases recorded; `held` equals the live
+-- holds of the queue; the queue length equals the waiting entries; every confirmed hold has
+-- its purchase.
+--
 -- Prints each check with PASS/FAIL and the numbers behind it, then raises an error when any
 -- check failed, so psql exits non-zero exactly when an invariant is broken. The service's
 -- `GET /api/v1/admin/sales/{sale}/audit` runs the statement between the two `flashsale:audit`
@@ -20,6 +25,17 @@ WITH sale AS (
 ), bought AS (
     SELECT count(*) AS purchases, count(DISTINCT p.user_id) AS buyers
       FROM purchases p JOIN sale s ON p.sale_id = s.id
+), entries AS (
+    SELECT count(*) FILTER (WHERE e.status = 'held') AS holds,
+           count(*) FILTER (WHERE e.status = 'queued') AS queued,
+           count(*) FILTER (WHERE e.status = 'purchased') AS confirmed,
+           count(*) FILTER (WHERE e.status = 'purchased' AND NOT EXISTS (
+               SELECT 1 FROM purchases p WHERE p.sale_id = e.sale_id AND p.user_id = e.user_id
+           )) AS confirmed_without_purchase,
+           count(*) FILTER (WHERE e.status = 'held' AND e.hold_expires_at IS NULL) AS holds_without_expiry
+      FROM queue_entries e JOIN sale s ON e.sale_id = s.id
+), queue AS (
+    SELECT COALESCE(max(q.waiting), 0) AS waiting FROM sale_queues q JOIN sale s ON q.sale_id = s.id
 ), checks (ord, check_name, passed, detail) AS (
     SELECT 1, 'sale_exists', count(*) = 1, format('sales with sku %s: %s',
            current_setting('flashsale.audit_sku'), count(*))
@@ -44,6 +60,19 @@ WITH sale AS (
     SELECT 6, 'sold_matches_purchases', s.sold = b.purchases,
            format('sold=%s purchases=%s', s.sold, b.purchases)
       FROM sale s, bought b
+    UNION ALL
+    SELECT 7, 'held_matches_live_holds', s.held = e.holds AND e.holds_without_expiry = 0,
+           format('held=%s live_holds=%s holds_without_expiry=%s', s.held, e.holds,
+                  e.holds_without_expiry)
+      FROM sale s, entries e
+    UNION ALL
+    SELECT 8, 'queue_length_matches_entries', q.waiting = e.queued,
+           format('waiting=%s queued_entries=%s', q.waiting, e.queued)
+      FROM sale s, entries e, queue q
+    UNION ALL
+    SELECT 9, 'confirmed_holds_are_purchases', e.confirmed_without_purchase = 0,
+           format('confirmed=%s without_purchase=%s', e.confirmed, e.confirmed_without_purchase)
+      FROM sale s, entries e
 )
 SELECT check_name, passed, detail FROM checks ORDER BY ord
 -- flashsale:audit:end

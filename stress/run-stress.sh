@@ -40,7 +40,7 @@ service_pid=""
 stop_service() {
   if [ -n "$service_pid" ]; then
     log "stopping the service this run started"
-    kill -INT "$service_pid" 2>/dev/null || true
+    kill -TERM "$service_pid" 2>/dev/null || true
     wait "$service_pid" 2>/dev/null || true
   fi
 }
@@ -56,8 +56,10 @@ ensure_service() {
     bin="$root/target/release/flashsale"
   fi
   log "starting $bin on port $port (embedded Postgres under $root/.data)"
+  # exec: the background PID is the service itself, so the TERM below reaches it (a
+  # non-interactive shell ignores SIGINT in its background jobs).
   (cd "$root" && PORT=$port RUST_LOG=${RUST_LOG:-warn} DATA_DIR=${DATA_DIR:-$root/.data} \
-    "$bin" >"$results/service.log" 2>&1) &
+    exec "$bin" >"$results/service.log" 2>&1) &
   service_pid=$!
   for _ in $(seq 1 120); do
     if curl -fsS "$BASE_URL/health" >/dev/null 2>&1; then return; fi

@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use super::ApiTags;
 use super::auth::AdminAuth;
 use super::error::{ErrorBody, ErrorCode, parse_error_body};
-use super::models::{AdminSaleView, AuditView, CreateSaleRequest, SaleEventView};
+use super::models::{AdminSaleView, AuditView, CreateSaleRequest, QueueStatsView, SaleEventView};
 use crate::store::{CancelOutcome, Store, StoreError};
 
 pub struct AdminApi {
@@ -154,10 +154,6 @@ pub enum AuditResponse {
 }
 admin_parse_error!(audit_parse_error, AuditResponse);
 
-fn sale_not_found(sale_ref: &str) -> Json<ErrorBody> {
-    ErrorBody::json(ErrorCode::SaleNotFound, format!("no sale {sale_ref:?}"))
-}
-
 #[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
 impl AdminApi {
     /// Create a sale
@@ -223,13 +219,17 @@ impl AdminApi {
     ) -> AdminSaleResponse {
         let found = match self.store.find_sale(&sale.0).await {
             Ok(Some(found)) => found,
-            Ok(None) => return AdminSaleResponse::NotFound(sale_not_found(&sale.0)),
+            Ok(None) => return AdminSaleResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
             Err(err) => return AdminSaleResponse::Internal(ErrorBody::internal(&err)),
         };
         match self.store.sale_events(found.id).await {
             Ok(events) => {
                 let mut view = AdminSaleView::from(&found);
                 view.events = Some(events.into_iter().map(SaleEventView::from).collect());
+                match self.store.queue_stats(found.id).await {
+                    Ok(stats) => view.queue = stats.map(|stats| QueueStatsView::new(&found, stats)),
+                    Err(err) => return AdminSaleResponse::Internal(ErrorBody::internal(&err)),
+                }
                 AdminSaleResponse::Ok(Json(view))
             }
             Err(err) => AdminSaleResponse::Internal(ErrorBody::internal(&err)),
@@ -261,7 +261,9 @@ impl AdminApi {
                     format!("sale {:?} is already {}", ended.sku, ended.state().as_str()),
                 ))
             }
-            Ok(CancelOutcome::NotFound) => CancelSaleResponse::NotFound(sale_not_found(&sale.0)),
+            Ok(CancelOutcome::NotFound) => {
+                CancelSaleResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
+            }
             Err(err) => CancelSaleResponse::Internal(ErrorBody::internal(&err)),
         }
     }
@@ -281,7 +283,7 @@ impl AdminApi {
                 tracing::info!("sale deleted");
                 DeleteSaleResponse::Deleted
             }
-            Ok(false) => DeleteSaleResponse::NotFound(sale_not_found(&sale.0)),
+            Ok(false) => DeleteSaleResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
             Err(err) => DeleteSaleResponse::Internal(ErrorBody::internal(&err)),
         }
     }
@@ -305,7 +307,7 @@ impl AdminApi {
     ) -> AuditResponse {
         let found = match self.store.find_sale(&sale.0).await {
             Ok(Some(found)) => found,
-            Ok(None) => return AuditResponse::NotFound(sale_not_found(&sale.0)),
+            Ok(None) => return AuditResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
             Err(err) => return AuditResponse::Internal(ErrorBody::internal(&err)),
         };
         match self.store.audit_sale(&found.sku).await {

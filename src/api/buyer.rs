@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
-use super::error::{ErrorBody, ErrorCode, parse_error_body};
+use super::error::{ErrorBody, ErrorCode};
 use super::models::{PurchaseRequest, PurchaseView, SaleView};
 use super::rate_limit::RateLimits;
 use crate::domain::sale::valid_user_id;
@@ -16,10 +16,6 @@ use crate::store::{PurchaseOutcome, Store};
 pub struct BuyerApi {
     pub store: Store,
     pub limits: Arc<RateLimits>,
-}
-
-fn bad_input(err: poem::Error) -> Json<ErrorBody> {
-    parse_error_body(&err).1
 }
 
 #[derive(ApiResponse)]
@@ -40,7 +36,7 @@ pub enum SaleViewResponse {
 }
 
 fn sale_view_parse_error(err: poem::Error) -> SaleViewResponse {
-    SaleViewResponse::BadRequest(bad_input(err))
+    SaleViewResponse::BadRequest(ErrorBody::bad_input(err))
 }
 
 #[derive(ApiResponse)]
@@ -68,7 +64,7 @@ pub enum PurchaseResponse {
 }
 
 fn purchase_parse_error(err: poem::Error) -> PurchaseResponse {
-    PurchaseResponse::BadRequest(bad_input(err))
+    PurchaseResponse::BadRequest(ErrorBody::bad_input(err))
 }
 
 #[derive(ApiResponse)]
@@ -89,11 +85,7 @@ pub enum GetPurchaseResponse {
 }
 
 fn get_purchase_parse_error(err: poem::Error) -> GetPurchaseResponse {
-    GetPurchaseResponse::BadRequest(bad_input(err))
-}
-
-fn sale_not_found(sale_ref: &str) -> Json<ErrorBody> {
-    ErrorBody::json(ErrorCode::SaleNotFound, format!("no sale {sale_ref:?}"))
+    GetPurchaseResponse::BadRequest(ErrorBody::bad_input(err))
 }
 
 fn conflict(code: ErrorCode, message: &str) -> PurchaseResponse {
@@ -112,7 +104,7 @@ impl BuyerApi {
     ) -> SaleViewResponse {
         match self.store.find_sale(&sale.0).await {
             Ok(Some(found)) => SaleViewResponse::Ok(Json((&found).into())),
-            Ok(None) => SaleViewResponse::NotFound(sale_not_found(&sale.0)),
+            Ok(None) => SaleViewResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
             Err(err) => SaleViewResponse::Internal(ErrorBody::internal(&err)),
         }
     }
@@ -131,17 +123,11 @@ impl BuyerApi {
     ) -> PurchaseResponse {
         let user_id = body.0.user_id.0;
         if !valid_user_id(&user_id) {
-            return PurchaseResponse::BadRequest(ErrorBody::json(
-                ErrorCode::InvalidRequest,
-                "userId must be 1-128 characters without control characters",
-            ));
+            return PurchaseResponse::BadRequest(ErrorBody::invalid_user_id());
         }
         if let Err(retry_after) = self.limits.per_user.check(&user_id) {
             return PurchaseResponse::TooManyRequests(
-                ErrorBody::json(
-                    ErrorCode::RateLimited,
-                    format!("too many requests for this user; retry after {retry_after} s"),
-                ),
+                ErrorBody::rate_limited(retry_after),
                 retry_after,
             );
         }
@@ -155,27 +141,19 @@ impl BuyerApi {
                 PurchaseResponse::Created(Json(purchase.into()))
             }
             PurchaseOutcome::AlreadyPurchased(purchase) => {
-                let mut body = ErrorBody::new(
-                    ErrorCode::AlreadyPurchased,
-                    "this user already bought from this sale",
-                );
-                body.purchase = Some(purchase.into());
-                PurchaseResponse::Conflict(Json(body))
+                PurchaseResponse::Conflict(ErrorBody::already_purchased(purchase))
             }
             PurchaseOutcome::SoldOut => conflict(ErrorCode::SoldOut, "the sale is sold out"),
             PurchaseOutcome::NotActive(state) => {
-                let mut body = ErrorBody::new(
-                    ErrorCode::SaleNotActive,
-                    format!("the sale is {}", state.as_str()),
-                );
-                body.state = Some(state.into());
-                PurchaseResponse::Conflict(Json(body))
+                PurchaseResponse::Conflict(ErrorBody::not_active(state))
             }
             PurchaseOutcome::WrongCheckout => conflict(
                 ErrorCode::WrongCheckout,
                 "this sale uses the queued checkout: join its queue",
             ),
-            PurchaseOutcome::SaleNotFound => PurchaseResponse::NotFound(sale_not_found(&sale.0)),
+            PurchaseOutcome::SaleNotFound => {
+                PurchaseResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
+            }
         }
     }
 
@@ -196,7 +174,7 @@ impl BuyerApi {
     ) -> GetPurchaseResponse {
         let found = match self.store.find_sale(&sale.0).await {
             Ok(Some(found)) => found,
-            Ok(None) => return GetPurchaseResponse::NotFound(sale_not_found(&sale.0)),
+            Ok(None) => return GetPurchaseResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
             Err(err) => return GetPurchaseResponse::Internal(ErrorBody::internal(&err)),
         };
         match self.store.find_purchase(found.id, &user_id.0).await {

@@ -10,6 +10,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object};
 
 use super::models::{PurchaseView, SaleStateView};
+use crate::domain::{Purchase, SaleState};
 
 /// Machine-readable reason of an error response.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,14 @@ pub enum ErrorCode {
     SaleAlreadyEnded,
     /// Too many requests; retry after the `Retry-After` seconds.
     RateLimited,
+    /// The sale's queue is at capacity; retry after the `Retry-After` seconds.
+    QueueFull,
+    /// The user has no entry in this sale's queue.
+    NotInQueue,
+    /// The user is still waiting for a hold; nothing to confirm yet.
+    NoHold,
+    /// The hold ran out before the confirmation; the unit went back to stock.
+    HoldExpired,
     /// No such route.
     NotFound,
     /// The route exists but not with this method.
@@ -89,6 +98,52 @@ impl ErrorBody {
         }
         tracing::error!(error = %chain, "request failed");
         Self::json(ErrorCode::Internal, "internal error; see the service log")
+    }
+}
+
+/// Bodies shared by several routes.
+impl ErrorBody {
+    pub fn sale_not_found(sale_ref: &str) -> Json<Self> {
+        Self::json(ErrorCode::SaleNotFound, format!("no sale {sale_ref:?}"))
+    }
+
+    pub fn invalid_user_id() -> Json<Self> {
+        Self::json(
+            ErrorCode::InvalidRequest,
+            "userId must be 1-128 characters without control characters",
+        )
+    }
+
+    /// `ALREADY_PURCHASED`, carrying the purchase so a retry learns it won.
+    pub fn already_purchased(purchase: Purchase) -> Json<Self> {
+        let mut body = Self::new(
+            ErrorCode::AlreadyPurchased,
+            "this user already bought from this sale",
+        );
+        body.purchase = Some(purchase.into());
+        Json(body)
+    }
+
+    /// `SALE_NOT_ACTIVE`, carrying the sale's state.
+    pub fn not_active(state: SaleState) -> Json<Self> {
+        let mut body = Self::new(
+            ErrorCode::SaleNotActive,
+            format!("the sale is {}", state.as_str()),
+        );
+        body.state = Some(state.into());
+        Json(body)
+    }
+
+    pub fn rate_limited(retry_after: u64) -> Json<Self> {
+        Self::json(
+            ErrorCode::RateLimited,
+            format!("too many requests for this user; retry after {retry_after} s"),
+        )
+    }
+
+    /// The body for a request that failed to parse (see [`parse_error_body`]).
+    pub fn bad_input(err: poem::Error) -> Json<Self> {
+        parse_error_body(&err).1
     }
 }
 

@@ -10,6 +10,7 @@ mod buyer;
 pub mod error;
 mod health;
 pub mod models;
+mod queue;
 pub mod rate_limit;
 mod strict;
 
@@ -26,19 +27,22 @@ use auth::AdminKey;
 use buyer::BuyerApi;
 use error::{ErrorBody, ErrorCode};
 use health::HealthApi;
+use queue::QueueApi;
 use rate_limit::RateLimits;
 
 #[derive(Tags)]
 pub enum ApiTags {
     /// Create, inspect, cancel, delete and audit sales (bearer admin key).
     Admin,
-    /// The public sale view and checkout.
+    /// The public sale view and instant checkout.
     Buyer,
+    /// Queued checkout: the waiting room, holds and confirmation.
+    Queue,
     /// Service health.
     Health,
 }
 
-type Apis = (AdminApi, BuyerApi, HealthApi);
+type Apis = (AdminApi, BuyerApi, QueueApi, HealthApi);
 
 const API_DESCRIPTION: &str = "\
 Sells a limited stock to a burst of buyers with no overselling and one unit per buyer, \
@@ -55,6 +59,10 @@ pub fn openapi_service(store: Store, limits: Arc<RateLimits>) -> OpenApiService<
                 store: store.clone(),
             },
             BuyerApi {
+                store: store.clone(),
+                limits: limits.clone(),
+            },
+            QueueApi {
                 store: store.clone(),
                 limits,
             },

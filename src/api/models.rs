@@ -6,8 +6,10 @@ use poem_openapi::{Enum, Object};
 use uuid::Uuid;
 
 use super::strict::StrictString;
-use crate::domain::{self, Checkout, EndReason, Purchase, Sale, SaleState};
-use crate::store::{AuditReport, SaleEvent};
+use crate::domain::{
+    self, Checkout, EndReason, EntryStatus, Purchase, QueueEntry, Sale, SaleState,
+};
+use crate::store::{AuditReport, QueueStats, SaleEvent};
 
 /// How buyers check out.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,13 @@ pub struct CreateSaleRequest {
     /// How long a queued buyer's hold lasts, in seconds (1-86400); default 600.
     #[oai(validator(minimum(value = "1"), maximum(value = "86400")))]
     pub hold_seconds: Option<i32>,
+    /// Queued checkout: most buyers waiting at once (1-10,000,000); default 100,000.
+    #[oai(validator(minimum(value = "1"), maximum(value = "10000000")))]
+    pub queue_capacity: Option<i32>,
+    /// Queued checkout: most holds live at once, an admission-rate control; 0 (default) =
+    /// as many as there is stock.
+    #[oai(validator(minimum(value = "0"), maximum(value = "10000000")))]
+    pub max_active_holds: Option<i32>,
 }
 
 impl CreateSaleRequest {
@@ -113,6 +122,10 @@ impl CreateSaleRequest {
             hold_seconds: self
                 .hold_seconds
                 .unwrap_or(domain::sale::DEFAULT_HOLD_SECONDS),
+            queue_capacity: self
+                .queue_capacity
+                .unwrap_or(domain::queue::DEFAULT_QUEUE_CAPACITY),
+            max_active_holds: self.max_active_holds.unwrap_or(0),
         }
     }
 }
@@ -139,10 +152,14 @@ pub struct SaleView {
     pub stock: i32,
     /// Units nobody has bought or holds.
     pub available: i32,
+    /// Units held by queued buyers who may still confirm (0 for instant sales).
+    pub held: i32,
     pub sold: i32,
     /// Nothing available and nothing held that could come back.
     pub sold_out: bool,
     pub checkout: CheckoutView,
+    /// Buyers waiting in the queue (0 for instant sales).
+    pub queue_length: i32,
 }
 
 impl From<&Sale> for SaleView {
@@ -156,9 +173,11 @@ impl From<&Sale> for SaleView {
             ends_at: sale.ends_at,
             stock: sale.stock,
             available: sale.available,
+            held: sale.held,
             sold: sale.sold,
             sold_out: sale.is_sold_out(),
             checkout: sale.checkout.into(),
+            queue_length: sale.queue_length,
         }
     }
 }
@@ -194,9 +213,9 @@ impl From<SaleEvent> for SaleEventView {
 pub struct AdminSaleView {
     #[oai(flatten)]
     pub sale: SaleView,
-    /// Units held by queued buyers (0 for instant sales).
-    pub held: i32,
     pub hold_seconds: i32,
+    pub queue_capacity: i32,
+    pub max_active_holds: i32,
     /// Why the sale no longer sells; absent while scheduled or active.
     #[oai(skip_serializing_if_is_none)]
     pub end_reason: Option<EndReasonView>,
@@ -206,18 +225,23 @@ pub struct AdminSaleView {
     /// The state changes the workers recorded (only on the single-sale view).
     #[oai(skip_serializing_if_is_none)]
     pub events: Option<Vec<SaleEventView>>,
+    /// The waiting room's counters (queued sales, single-sale view only).
+    #[oai(skip_serializing_if_is_none)]
+    pub queue: Option<QueueStatsView>,
 }
 
 impl From<&Sale> for AdminSaleView {
     fn from(sale: &Sale) -> Self {
         Self {
             sale: sale.into(),
-            held: sale.held,
             hold_seconds: sale.hold_seconds,
+            queue_capacity: sale.queue_capacity,
+            max_active_holds: sale.max_active_holds,
             end_reason: sale.end_reason().map(EndReasonView::from),
             cancelled_at: sale.cancelled_at,
             created_at: sale.created_at,
             events: None,
+            queue: None,
         }
     }
 }
@@ -288,4 +312,122 @@ impl AuditView {
 pub struct HealthView {
     /// `ok`.
     pub status: String,
+}
+
+/// A queued sale's waiting room, for admins.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase")]
+pub struct QueueStatsView {
+    /// Buyers waiting now.
+    pub queued: i32,
+    /// Holds granted in all.
+    pub admitted: i32,
+    /// Holds live now.
+    pub held: i32,
+    /// Holds that ran out in all.
+    pub expired: i32,
+    /// Holds confirmed (units sold).
+    pub purchased: i32,
+    /// The ticket of the last buyer admitted: the queue's front.
+    pub last_admitted_position: i64,
+    /// Tickets handed out in all.
+    pub last_ticket: i64,
+    /// The seed of the pre-queue shuffle (decimal string), to replay its order.
+    pub shuffle_seed: String,
+    /// When the pre-queue was shuffled (the opening).
+    pub shuffled_at: Option<DateTime<Utc>>,
+    /// Buyers in the pre-queue at the shuffle.
+    pub prequeue_size: Option<i32>,
+}
+
+impl QueueStatsView {
+    pub fn new(sale: &Sale, stats: QueueStats) -> Self {
+        Self {
+            queued: stats.waiting,
+            admitted: stats.admitted,
+            held: sale.held,
+            expired: stats.expired,
+            purchased: sale.sold,
+            last_admitted_position: stats.admitted_upto,
+            last_ticket: stats.last_ticket,
+            shuffle_seed: stats.shuffle_seed.to_string(),
+            shuffled_at: stats.shuffled_at,
+            prequeue_size: stats.prequeue_size,
+        }
+    }
+}
+
+/// Where a buyer stands in a queued sale.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum QueueStatusKind {
+    /// Waiting; see `position`.
+    Queued,
+    /// Holding a unit until `holdExpiresAt`: confirm before then.
+    Held,
+    /// Confirmed: bought.
+    Purchased,
+    /// The hold ran out; join again to queue anew.
+    Expired,
+    /// Nothing left and nothing held: the buyer's turn will not come.
+    SoldOut,
+    /// Left the queue or released the hold.
+    Left,
+    /// The sale ended or was cancelled before the buyer's turn.
+    Closed,
+}
+
+/// A buyer's place in a queued sale.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase")]
+pub struct QueueStatusView {
+    pub status: QueueStatusKind,
+    /// While queued: buyers (tickets) ahead, never growing. Absent in the pre-queue, whose
+    /// order is drawn at the opening.
+    #[oai(skip_serializing_if_is_none)]
+    pub position: Option<i64>,
+    /// Buyers waiting in this sale now.
+    pub queue_length: i32,
+    /// While queued: seconds until this buyer's turn at the recent admission rate.
+    #[oai(skip_serializing_if_is_none)]
+    pub estimated_wait_seconds: Option<f64>,
+    /// While held: when the hold runs out (database clock).
+    #[oai(skip_serializing_if_is_none)]
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    /// Joined before the opening: the order among pre-queued buyers is drawn at the opening.
+    pub prequeue: bool,
+    /// Poll again after this many milliseconds (grows with the distance to the front).
+    pub poll_after_ms: u32,
+}
+
+impl QueueStatusView {
+    /// The view of `entry`; with the sale, a waiting entry whose turn cannot come any more
+    /// shows `sold_out` or `closed`.
+    pub fn new(entry: &QueueEntry, sale: Option<&Sale>) -> Self {
+        let status = match (entry.status, sale) {
+            (EntryStatus::Queued, Some(sale)) if sale.is_sold_out() => QueueStatusKind::SoldOut,
+            (EntryStatus::Queued, Some(sale))
+                if matches!(sale.state(), SaleState::Ended | SaleState::Cancelled) =>
+            {
+                QueueStatusKind::Closed
+            }
+            (EntryStatus::Queued, _) => QueueStatusKind::Queued,
+            (EntryStatus::Held, _) => QueueStatusKind::Held,
+            (EntryStatus::Purchased, _) => QueueStatusKind::Purchased,
+            (EntryStatus::Expired, _) => QueueStatusKind::Expired,
+            (EntryStatus::Left, _) => QueueStatusKind::Left,
+        };
+        let waiting = status == QueueStatusKind::Queued;
+        Self {
+            status,
+            position: entry.position().filter(|_| waiting),
+            queue_length: entry.waiting,
+            estimated_wait_seconds: entry.estimated_wait_seconds().filter(|_| waiting),
+            hold_expires_at: entry
+                .hold_expires_at
+                .filter(|_| status == QueueStatusKind::Held),
+            prequeue: entry.prequeue,
+            poll_after_ms: entry.poll_after_ms(),
+        }
+    }
 }

@@ -99,6 +99,12 @@ pub struct Sale {
     pub ends_at: DateTime<Utc>,
     pub checkout: Checkout,
     pub hold_seconds: i32,
+    /// Most buyers that may wait in the queue at once (queued checkout).
+    pub queue_capacity: i32,
+    /// Most holds live at once; 0 means as many as there is stock.
+    pub max_active_holds: i32,
+    /// Buyers waiting in the queue now (0 for instant sales).
+    pub queue_length: i32,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     /// The database clock when the row was read: the state is derived against it, never
@@ -162,6 +168,8 @@ pub struct NewSale {
     pub ends_at: Option<DateTime<Utc>>,
     pub checkout: Checkout,
     pub hold_seconds: i32,
+    pub queue_capacity: i32,
+    pub max_active_holds: i32,
 }
 
 /// Why a requested sale is not valid.
@@ -175,6 +183,10 @@ pub enum NewSaleError {
     BadStock,
     #[error("holdSeconds must be between 1 and {MAX_HOLD_SECONDS}")]
     BadHoldSeconds,
+    #[error("queueCapacity must be between 1 and {MAX_STOCK}")]
+    BadQueueCapacity,
+    #[error("maxActiveHolds must be between 0 and {MAX_STOCK}")]
+    BadMaxActiveHolds,
     #[error("endsAt must be after startsAt")]
     EndBeforeStart,
 }
@@ -198,6 +210,12 @@ impl NewSale {
         }
         if !(1..=MAX_HOLD_SECONDS).contains(&self.hold_seconds) {
             return Err(NewSaleError::BadHoldSeconds);
+        }
+        if !(1..=MAX_STOCK).contains(&self.queue_capacity) {
+            return Err(NewSaleError::BadQueueCapacity);
+        }
+        if !(0..=MAX_STOCK).contains(&self.max_active_holds) {
+            return Err(NewSaleError::BadMaxActiveHolds);
         }
         if let (Some(start), Some(end)) = (self.starts_at, self.ends_at)
             && end <= start
@@ -233,6 +251,9 @@ mod tests {
             ends_at: start + Duration::hours(1),
             checkout: Checkout::Instant,
             hold_seconds: 600,
+            queue_capacity: 100,
+            max_active_holds: 0,
+            queue_length: 0,
             cancelled_at: None,
             created_at: start,
             observed_at,
@@ -292,6 +313,8 @@ mod tests {
             ends_at: None,
             checkout: Checkout::Instant,
             hold_seconds: 600,
+            queue_capacity: 1000,
+            max_active_holds: 0,
         };
         assert_eq!(good.validate(), Ok(()));
         let cases: Vec<(NewSale, NewSaleError)> = vec![
@@ -343,6 +366,20 @@ mod tests {
                     ..good.clone()
                 },
                 NewSaleError::BadHoldSeconds,
+            ),
+            (
+                NewSale {
+                    queue_capacity: 0,
+                    ..good.clone()
+                },
+                NewSaleError::BadQueueCapacity,
+            ),
+            (
+                NewSale {
+                    max_active_holds: -1,
+                    ..good.clone()
+                },
+                NewSaleError::BadMaxActiveHolds,
             ),
             (
                 NewSale {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, violated_constraint};
 
 /// Notification channel the `jobs_notify` trigger signals on every insert.
 pub const JOBS_CHANNEL: &str = "flashsale_jobs";
@@ -22,18 +22,23 @@ pub const MAX_ATTEMPTS: i32 = 25;
 pub enum JobKind {
     /// Record the state changes a sale has gone through (start, end, sell-out, cancel).
     SyncSaleState,
+    /// Run a queued sale's waiting room: shuffle the pre-queue at the opening, return
+    /// expired holds to stock, admit the next buyers to holds.
+    QueueTick,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::SyncSaleState => "sync_sale_state",
+            JobKind::QueueTick => "queue_tick",
         }
     }
 
     pub fn parse(value: &str) -> Option<Self> {
         match value {
             "sync_sale_state" => Some(JobKind::SyncSaleState),
+            "queue_tick" => Some(JobKind::QueueTick),
             _ => None,
         }
     }
@@ -62,6 +67,28 @@ pub async fn enqueue(
         .bind(run_at)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Makes sure a queue tick for the sale is due by `run_at` (now when `None`). At most one
+/// tick waits per sale (`jobs_one_pending_queue_tick`): a second request only moves it
+/// earlier, so a burst of joins or releases does not flood the queue with ticks.
+pub async fn enqueue_queue_tick(
+    conn: &mut PgConnection,
+    sale_id: Uuid,
+    run_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO jobs (kind, sale_id, run_at) VALUES ('queue_tick', $1, COALESCE($2, now()))
+         ON CONFLICT (sale_id)
+            WHERE kind = 'queue_tick' AND lock_token IS NULL AND dead_at IS NULL
+         DO UPDATE SET run_at = LEAST(jobs.run_at, EXCLUDED.run_at)
+            WHERE jobs.run_at > EXCLUDED.run_at",
+    )
+    .bind(sale_id)
+    .bind(run_at)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -126,7 +153,7 @@ impl Store {
         backoff: Duration,
         error: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let retried = sqlx::query(
             "UPDATE jobs SET locked_until = NULL, lock_token = NULL, last_error = $3,
                     run_at = now() + make_interval(secs => $4),
                     dead_at = CASE WHEN attempts >= $5 THEN now() END
@@ -138,8 +165,15 @@ impl Store {
         .bind(seconds(backoff))
         .bind(MAX_ATTEMPTS)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await;
+        match retried {
+            Ok(_) => Ok(()),
+            // Another tick for this sale is already pending and will do the same work.
+            Err(err) if violated_constraint(&err) == Some("jobs_one_pending_queue_tick") => {
+                self.complete_job(job).await.map(|_| ())
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// How long until the next job falls due (zero when one is due now), or `None` when the

@@ -6,6 +6,7 @@
 mod audit;
 mod jobs;
 mod purchases;
+mod queue;
 mod sales;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use audit::{AuditCheck, AuditReport};
 pub use jobs::{JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS};
 pub use purchases::PurchaseOutcome;
+pub use queue::{ConfirmOutcome, JoinOutcome, LeaveOutcome, QueueStats, TICK_INTERVAL, TickReport};
 pub use sales::{CancelOutcome, SaleEvent};
 
 /// The migrations, embedded in the binary.

@@ -26,7 +26,7 @@ pub enum PurchaseOutcome {
 }
 
 #[derive(FromRow)]
-struct PurchaseRow {
+pub(super) struct PurchaseRow {
     id: Uuid,
     sale_id: Uuid,
     user_id: String,
@@ -156,7 +156,7 @@ fn refusal_for(sale: &Sale) -> Option<PurchaseOutcome> {
     }
 }
 
-async fn find_purchase(
+pub(super) async fn find_purchase(
     conn: &mut PgConnection,
     sale_id: Uuid,
     user_id: &str,

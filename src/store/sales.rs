@@ -9,8 +9,11 @@ use super::{Store, StoreError, violated_constraint};
 use crate::domain::{Checkout, EndReason, NewSale, Sale};
 
 /// The columns of a sale plus the database clock, in the order [`SaleRow`] reads them.
+/// `queue_length` comes from the sale's queue row (absent for instant sales).
 pub(super) const SALE_COLUMNS: &str = "id, sku, name, stock, available, held, sold, starts_at, \
-     ends_at, checkout, hold_seconds, cancelled_at, created_at, now() AS observed_at";
+     ends_at, checkout, hold_seconds, queue_capacity, max_active_holds, \
+     COALESCE((SELECT q.waiting FROM sale_queues q WHERE q.sale_id = id), 0) AS queue_length, \
+     cancelled_at, created_at, now() AS observed_at";
 
 #[derive(FromRow)]
 pub(super) struct SaleRow {
@@ -25,6 +28,9 @@ pub(super) struct SaleRow {
     ends_at: DateTime<Utc>,
     checkout: String,
     hold_seconds: i32,
+    queue_capacity: i32,
+    max_active_holds: i32,
+    queue_length: i32,
     cancelled_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     observed_at: DateTime<Utc>,
@@ -45,6 +51,9 @@ impl From<SaleRow> for Sale {
             // The column's CHECK allows only the two values.
             checkout: Checkout::parse(&row.checkout).unwrap_or(Checkout::Instant),
             hold_seconds: row.hold_seconds,
+            queue_capacity: row.queue_capacity,
+            max_active_holds: row.max_active_holds,
+            queue_length: row.queue_length,
             cancelled_at: row.cancelled_at,
             created_at: row.created_at,
             observed_at: row.observed_at,
@@ -81,9 +90,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "INSERT INTO sales (id, sku, name, stock, available, starts_at, ends_at, checkout, \
-                                hold_seconds)
+                                hold_seconds, queue_capacity, max_active_holds)
              SELECT $1, $2, $3, $4, $4, start_at, COALESCE($6, start_at + interval '1 hour'),
-                    $7, $8
+                    $7, $8, $9, $10
                FROM (SELECT COALESCE($5, now()) AS start_at) AS s
              RETURNING {SALE_COLUMNS}"
         );
@@ -96,6 +105,8 @@ impl Store {
             .bind(new.ends_at)
             .bind(new.checkout.as_str())
             .bind(new.hold_seconds)
+            .bind(new.queue_capacity)
+            .bind(new.max_active_holds)
             .fetch_one(&mut *tx)
             .await;
         let sale: Sale = match inserted {
@@ -116,6 +127,10 @@ impl Store {
         )
         .await?;
         jobs::enqueue(&mut tx, JobKind::SyncSaleState, sale.id, Some(sale.ends_at)).await?;
+        if sale.checkout == Checkout::Queued {
+            super::queue::create_queue(&mut tx, sale.id).await?;
+            jobs::enqueue_queue_tick(&mut tx, sale.id, Some(sale.starts_at)).await?;
+        }
         tx.commit().await?;
         Ok(sale)
     }

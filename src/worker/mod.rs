@@ -6,7 +6,7 @@
 //! due, a `NOTIFY` on the jobs channel wakes it early, and a poll interval bounds the sleep in
 //! case a notification is lost (the listener is registered before the first claim).
 
-mod sale_state;
+mod service_jobs;
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::store::{JOBS_CHANNEL, Job, Store};
 
-pub use sale_state::SaleStateJobs;
+pub use service_jobs::{ADMIT_BATCH, ServiceJobs};
 
 /// Runs one claimed job. Implementations must be idempotent: a job whose lease ran out while
 /// it was still running (an instance stalled longer than the lease) may run again.

@@ -8,6 +8,7 @@ mod bad_input;
 mod jobs;
 mod openapi;
 mod purchase;
+mod queue;
 mod rate_limits;
 mod sale_state;
 mod support;

@@ -3,7 +3,7 @@
 //! against the database clock, not by sleeping.
 
 use flashsale::store::Store;
-use flashsale::worker::{Runner, RunnerConfig, SaleStateJobs};
+use flashsale::worker::{Runner, RunnerConfig, ServiceJobs};
 use poem::http::StatusCode;
 use serde_json::json;
 
@@ -31,7 +31,7 @@ async fn run_jobs_now(store: &Store) -> usize {
         .expect("make jobs due");
     let runner = Runner::new(
         store.clone(),
-        SaleStateJobs::new(store.clone()),
+        ServiceJobs::new(store.clone()),
         RunnerConfig::default(),
     );
     runner.run_due_jobs().await.expect("run jobs")

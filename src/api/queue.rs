@@ -1,0 +1,393 @@
+//! Queued checkout: join the waiting room, poll the position, confirm the hold, leave; and a
+//! buyer's purchases across sales.
+
+use std::sync::Arc;
+
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::ApiTags;
+use super::error::{ErrorBody, ErrorCode};
+use super::models::{PurchaseRequest, PurchaseView, QueueStatusView};
+use super::rate_limit::RateLimits;
+use crate::domain::EntryStatus;
+use crate::domain::sale::valid_user_id;
+use crate::store::{ConfirmOutcome, JoinOutcome, LeaveOutcome, Store};
+
+/// Seconds a buyer refused with `QUEUE_FULL` is told to wait.
+const QUEUE_FULL_RETRY_SECONDS: u64 = 5;
+
+pub struct QueueApi {
+    pub store: Store,
+    pub limits: Arc<RateLimits>,
+}
+
+fn wrong_checkout() -> Json<ErrorBody> {
+    ErrorBody::json(
+        ErrorCode::WrongCheckout,
+        "this sale uses the instant checkout: buy with POST .../purchases",
+    )
+}
+
+fn not_in_queue() -> Json<ErrorBody> {
+    ErrorBody::json(
+        ErrorCode::NotInQueue,
+        "this user has no entry in this sale's queue",
+    )
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "join_parse_error")]
+pub enum JoinResponse {
+    /// In the queue (`queued`, with the position) or already holding a unit (`held`).
+    /// Joining again returns the current entry.
+    #[oai(status = 202)]
+    Accepted(Json<QueueStatusView>),
+    /// `INVALID_REQUEST`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `ALREADY_PURCHASED` (with the purchase), `SOLD_OUT` (no stock and no live holds),
+    /// `SALE_NOT_ACTIVE` (with the state), `WRONG_CHECKOUT` (an instant sale).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// `RATE_LIMITED`, with `Retry-After`.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// `INTERNAL`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// `QUEUE_FULL`: the sale's queue capacity is reached; retry after `Retry-After`.
+    #[oai(status = 503)]
+    QueueFull(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+}
+
+fn join_parse_error(err: poem::Error) -> JoinResponse {
+    JoinResponse::BadRequest(ErrorBody::bad_input(err))
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "status_parse_error")]
+pub enum QueueStatusResponse {
+    /// The buyer's status: `queued` (with `position` and an estimated wait), `held` (with
+    /// `holdExpiresAt`), `purchased`, `expired`, `sold_out`, `left` or `closed`; always
+    /// with `pollAfterMs`.
+    #[oai(status = 200)]
+    Ok(Json<QueueStatusView>),
+    /// `INVALID_REQUEST`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`, or `NOT_IN_QUEUE` when the user never joined.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `WRONG_CHECKOUT`: an instant sale has no queue.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// `INTERNAL`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+fn status_parse_error(err: poem::Error) -> QueueStatusResponse {
+    QueueStatusResponse::BadRequest(ErrorBody::bad_input(err))
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "confirm_parse_error")]
+pub enum ConfirmResponse {
+    /// Bought: the hold became a committed purchase.
+    #[oai(status = 201)]
+    Created(Json<PurchaseView>),
+    /// `INVALID_REQUEST`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND` or `NOT_IN_QUEUE`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `NO_HOLD` (still queued), `ALREADY_PURCHASED` (with the purchase),
+    /// `SALE_NOT_ACTIVE` (cancelled), `WRONG_CHECKOUT`.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// `HOLD_EXPIRED`: the hold ran out, even by a millisecond; the unit went back to stock.
+    #[oai(status = 410)]
+    Gone(Json<ErrorBody>),
+    /// `RATE_LIMITED`, with `Retry-After`.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// `INTERNAL`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+fn confirm_parse_error(err: poem::Error) -> ConfirmResponse {
+    ConfirmResponse::BadRequest(ErrorBody::bad_input(err))
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "leave_parse_error")]
+pub enum LeaveResponse {
+    /// Left (`left`): a released hold's unit is back in stock and the next buyer is being
+    /// admitted. Leaving again, or after the hold expired, answers the same way.
+    #[oai(status = 200)]
+    Ok(Json<QueueStatusView>),
+    /// `INVALID_REQUEST`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND` or `NOT_IN_QUEUE`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `ALREADY_PURCHASED` (a purchase cannot be undone here), `WRONG_CHECKOUT`.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// `RATE_LIMITED`, with `Retry-After`.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// `INTERNAL`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+fn leave_parse_error(err: poem::Error) -> LeaveResponse {
+    LeaveResponse::BadRequest(ErrorBody::bad_input(err))
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "purchases_parse_error")]
+pub enum UserPurchasesResponse {
+    /// The user's purchases, newest first (both checkouts).
+    #[oai(status = 200)]
+    Ok(Json<Vec<PurchaseView>>),
+    /// `INVALID_REQUEST`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `INTERNAL`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+fn purchases_parse_error(err: poem::Error) -> UserPurchasesResponse {
+    UserPurchasesResponse::BadRequest(ErrorBody::bad_input(err))
+}
+
+impl QueueApi {
+    fn check_user(&self, user_id: &str) -> Result<(), Result<u64, Json<ErrorBody>>> {
+        if !valid_user_id(user_id) {
+            return Err(Err(ErrorBody::invalid_user_id()));
+        }
+        self.limits.per_user.check(&user_id.to_string()).map_err(Ok)
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Queue")]
+impl QueueApi {
+    /// Join a queued sale's waiting room
+    ///
+    /// Buyers who join before the opening are in a pre-queue whose order is drawn once, by a
+    /// seeded shuffle, at the opening; later buyers are served first come, first served.
+    #[oai(
+        path = "/sales/:sale/queue",
+        method = "post",
+        operation_id = "joinQueue"
+    )]
+    #[tracing::instrument(skip_all, fields(sale = %sale.0, user = %body.user_id.0))]
+    async fn join(
+        &self,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+        body: Json<PurchaseRequest>,
+    ) -> JoinResponse {
+        let user_id = body.0.user_id.0;
+        match self.check_user(&user_id) {
+            Ok(()) => {}
+            Err(Err(body)) => return JoinResponse::BadRequest(body),
+            Err(Ok(retry)) => {
+                return JoinResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
+            }
+        }
+        match self.store.join_queue(&sale.0, &user_id).await {
+            Ok(JoinOutcome::Queued(entry)) | Ok(JoinOutcome::Held(entry)) => {
+                JoinResponse::Accepted(Json(QueueStatusView::new(&entry, None)))
+            }
+            Ok(JoinOutcome::AlreadyPurchased(purchase)) => {
+                JoinResponse::Conflict(ErrorBody::already_purchased(purchase))
+            }
+            Ok(JoinOutcome::SoldOut) => JoinResponse::Conflict(ErrorBody::json(
+                ErrorCode::SoldOut,
+                "the sale is sold out and no hold can come back",
+            )),
+            Ok(JoinOutcome::NotActive(state)) => {
+                JoinResponse::Conflict(ErrorBody::not_active(state))
+            }
+            Ok(JoinOutcome::QueueFull) => JoinResponse::QueueFull(
+                ErrorBody::json(ErrorCode::QueueFull, "the queue is full; retry later"),
+                QUEUE_FULL_RETRY_SECONDS,
+            ),
+            Ok(JoinOutcome::WrongCheckout) => JoinResponse::Conflict(wrong_checkout()),
+            Ok(JoinOutcome::SaleNotFound) => {
+                JoinResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
+            }
+            Err(err) => JoinResponse::Internal(ErrorBody::internal(&err)),
+        }
+    }
+
+    /// A buyer's place in the queue
+    #[oai(
+        path = "/sales/:sale/queue/:user_id",
+        method = "get",
+        operation_id = "queueStatus"
+    )]
+    async fn status(
+        &self,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+        /// The buyer.
+        #[oai(validator(min_length = 1, max_length = 128))]
+        user_id: Path<String>,
+    ) -> QueueStatusResponse {
+        match self.store.queue_entry(&sale.0, &user_id.0).await {
+            Ok(Some((_, Some(entry)))) => {
+                let found = self.store.find_sale(&sale.0).await.ok().flatten();
+                QueueStatusResponse::Ok(Json(QueueStatusView::new(&entry, found.as_ref())))
+            }
+            Ok(Some((found, None))) if found.checkout == crate::domain::Checkout::Instant => {
+                QueueStatusResponse::Conflict(wrong_checkout())
+            }
+            Ok(Some((_, None))) => QueueStatusResponse::NotFound(not_in_queue()),
+            Ok(None) => QueueStatusResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
+            Err(err) => QueueStatusResponse::Internal(ErrorBody::internal(&err)),
+        }
+    }
+
+    /// Confirm the hold: buy the held unit
+    #[oai(
+        path = "/sales/:sale/queue/:user_id/confirm",
+        method = "post",
+        operation_id = "confirmHold"
+    )]
+    #[tracing::instrument(skip_all, fields(sale = %sale.0, user = %user_id.0))]
+    async fn confirm(
+        &self,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+        /// The buyer.
+        #[oai(validator(min_length = 1, max_length = 128))]
+        user_id: Path<String>,
+    ) -> ConfirmResponse {
+        match self.check_user(&user_id.0) {
+            Ok(()) => {}
+            Err(Err(body)) => return ConfirmResponse::BadRequest(body),
+            Err(Ok(retry)) => {
+                return ConfirmResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
+            }
+        }
+        let outcome = match self.store.confirm_hold(&sale.0, &user_id.0).await {
+            Ok(outcome) => outcome,
+            Err(err) => return ConfirmResponse::Internal(ErrorBody::internal(&err)),
+        };
+        tracing::info!(outcome = ?std::mem::discriminant(&outcome), "confirm");
+        match outcome {
+            ConfirmOutcome::Purchased(purchase) => ConfirmResponse::Created(Json(purchase.into())),
+            ConfirmOutcome::HoldExpired => ConfirmResponse::Gone(ErrorBody::json(
+                ErrorCode::HoldExpired,
+                "the hold ran out before the confirmation; join again to queue anew",
+            )),
+            ConfirmOutcome::NoHold => ConfirmResponse::Conflict(ErrorBody::json(
+                ErrorCode::NoHold,
+                "still queued: wait for a hold before confirming",
+            )),
+            ConfirmOutcome::AlreadyPurchased(purchase) => {
+                ConfirmResponse::Conflict(ErrorBody::already_purchased(purchase))
+            }
+            ConfirmOutcome::NotActive(state) => {
+                ConfirmResponse::Conflict(ErrorBody::not_active(state))
+            }
+            ConfirmOutcome::NotInQueue => ConfirmResponse::NotFound(not_in_queue()),
+            ConfirmOutcome::WrongCheckout => ConfirmResponse::Conflict(wrong_checkout()),
+            ConfirmOutcome::SaleNotFound => {
+                ConfirmResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
+            }
+        }
+    }
+
+    /// Leave the queue or release the hold
+    #[oai(
+        path = "/sales/:sale/queue/:user_id",
+        method = "delete",
+        operation_id = "leaveQueue"
+    )]
+    #[tracing::instrument(skip_all, fields(sale = %sale.0, user = %user_id.0))]
+    async fn leave(
+        &self,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+        /// The buyer.
+        #[oai(validator(min_length = 1, max_length = 128))]
+        user_id: Path<String>,
+    ) -> LeaveResponse {
+        match self.check_user(&user_id.0) {
+            Ok(()) => {}
+            Err(Err(body)) => return LeaveResponse::BadRequest(body),
+            Err(Ok(retry)) => {
+                return LeaveResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
+            }
+        }
+        match self.store.leave_queue(&sale.0, &user_id.0).await {
+            Ok(LeaveOutcome::Left)
+            | Ok(LeaveOutcome::Released)
+            | Ok(LeaveOutcome::Finished(EntryStatus::Left))
+            | Ok(LeaveOutcome::Finished(EntryStatus::Expired)) => {
+                match self.store.queue_entry(&sale.0, &user_id.0).await {
+                    Ok(Some((_, Some(entry)))) => {
+                        LeaveResponse::Ok(Json(QueueStatusView::new(&entry, None)))
+                    }
+                    Ok(_) => LeaveResponse::NotFound(not_in_queue()),
+                    Err(err) => LeaveResponse::Internal(ErrorBody::internal(&err)),
+                }
+            }
+            Ok(LeaveOutcome::Finished(_)) => match self.store.find_sale(&sale.0).await {
+                Ok(Some(found)) => match self.store.find_purchase(found.id, &user_id.0).await {
+                    Ok(Some(purchase)) => {
+                        LeaveResponse::Conflict(ErrorBody::already_purchased(purchase))
+                    }
+                    Ok(None) => LeaveResponse::NotFound(not_in_queue()),
+                    Err(err) => LeaveResponse::Internal(ErrorBody::internal(&err)),
+                },
+                Ok(None) => LeaveResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
+                Err(err) => LeaveResponse::Internal(ErrorBody::internal(&err)),
+            },
+            Ok(LeaveOutcome::NotInQueue) => LeaveResponse::NotFound(not_in_queue()),
+            Ok(LeaveOutcome::WrongCheckout) => LeaveResponse::Conflict(wrong_checkout()),
+            Ok(LeaveOutcome::SaleNotFound) => {
+                LeaveResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
+            }
+            Err(err) => LeaveResponse::Internal(ErrorBody::internal(&err)),
+        }
+    }
+
+    /// A buyer's purchases across sales
+    #[oai(
+        path = "/users/:user_id/purchases",
+        method = "get",
+        operation_id = "userPurchases"
+    )]
+    async fn user_purchases(
+        &self,
+        /// The buyer.
+        #[oai(validator(min_length = 1, max_length = 128))]
+        user_id: Path<String>,
+    ) -> UserPurchasesResponse {
+        match self.store.user_purchases(&user_id.0).await {
+            Ok(purchases) => UserPurchasesResponse::Ok(Json(
+                purchases.into_iter().map(PurchaseView::from).collect(),
+            )),
+            Err(err) => UserPurchasesResponse::Internal(ErrorBody::internal(&err)),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The jobs the service queues for itself.
+//!
+//! - `sync_sale_state`: records a sale's state changes (active; ended by sell-out, time or
+//!   cancel). Queued at the start and end, on the last unit and on cancel; it records
+//!   whatever has happened by then, each change once, so running it twice or late is
+//!   harmless. The public state never waits for it: it is derived on every read.
+//! - `queue_tick`: runs a queued sale's waiting room (shuffle at the opening, expire holds,
+//!   admit buyers) and schedules the next tick while the queue is live: at the next hold
+//!   expiry or after [`TICK_INTERVAL`], whichever is first. Joins and releases wake it
+//!   earlier.
+
+use anyhow::Context;
+
+use super::JobHandler;
+use crate::store::{Job, JobKind, Store, TICK_INTERVAL};
+
+/// Holds granted (and holds expired) per tick at most; a full batch ticks again at once.
+pub const ADMIT_BATCH: i64 = 500;
+
+/// Handles the jobs the service itself queues.
+#[derive(Clone)]
+pub struct ServiceJobs {
+    store: Store,
+}
+
+impl ServiceJobs {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    async fn sync_sale_state(&self, sale_id: uuid::Uuid) -> anyhow::Result<()> {
+        let sale = self
+            .store
+            .record_state_changes(sale_id)
+            .await
+            .context("Failed to record the sale's state changes")?;
+        if let Some(sale) = sale {
+            tracing::info!(sale = %sale.sku, state = sale.state().as_str(), "sale state recorded");
+        }
+        Ok(())
+    }
+
+    async fn queue_tick(&self, sale_id: uuid::Uuid) -> anyhow::Result<()> {
+        let report = self
+            .store
+            .queue_tick(sale_id, ADMIT_BATCH)
+            .await
+            .context("Failed to run the queue tick")?;
+        if report.admitted > 0 || report.expired > 0 || report.shuffled.is_some() {
+            tracing::info!(
+                admitted = report.admitted,
+                expired = report.expired,
+                shuffled = report.shuffled,
+                "queue tick"
+            );
+        }
+        if report.admitted >= ADMIT_BATCH || report.expired >= ADMIT_BATCH {
+            self.store.schedule_queue_tick(sale_id, None).await?;
+        } else if report.live {
+            self.store
+                .schedule_next_queue_tick(sale_id, TICK_INTERVAL)
+                .await
+                .context("Failed to schedule the next queue tick")?;
+        }
+        Ok(())
+    }
+}
+
+impl JobHandler for ServiceJobs {
+    async fn run(&self, job: &Job) -> anyhow::Result<()> {
+        let kind = JobKind::parse(&job.kind);
+        let Some(sale_id) = job.sale_id else {
+            anyhow::bail!("job {} ({}) has no sale", job.id, job.kind);
+        };
+        match kind {
+            Some(JobKind::SyncSaleState) => self.sync_sale_state(sale_id).await,
+            Some(JobKind::QueueTick) => self.queue_tick(sale_id).await,
+            None => anyhow::bail!("unknown job kind {:?}", job.kind),
+        }
+    }
+}
