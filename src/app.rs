@@ -11,7 +11,9 @@ use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use tokio::sync::watch;
 
+use crate::api::ApiState;
 use crate::api::auth::AdminKey;
+use crate::api::buyer_auth::BuyerTokens;
 use crate::api::rate_limit::{self, KeyedLimiter, RateLimits};
 use crate::config::Config;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
@@ -29,6 +31,7 @@ pub struct Application {
     store: Store,
     limits: Arc<RateLimits>,
     admin_key: AdminKey,
+    tokens: Arc<BuyerTokens>,
     runner_config: RunnerConfig,
     /// The private cluster we started, stopped after the server and workers.
     embedded: Option<EmbeddedPostgres>,
@@ -43,6 +46,13 @@ impl Application {
             tracing::warn!(
                 "ADMIN_API_KEY is not set: the admin API accepts the built-in development key. \
                  Set ADMIN_API_KEY before exposing this service."
+            );
+        }
+        let tokens = BuyerTokens::new(&config.token_settings());
+        if !tokens.enabled() {
+            tracing::warn!(
+                "BUYER_TOKEN_SECRET is not set: buyer identity is NOT verified; any client can \
+                 buy, confirm or release in any userId's name. Set it before going live."
             );
         }
         let (url, embedded) = match &config.database_url {
@@ -76,6 +86,7 @@ impl Application {
             store: Store::new(pool),
             limits,
             admin_key: AdminKey::new(admin_key),
+            tokens: Arc::new(tokens),
             runner_config: RunnerConfig {
                 poll_interval: Duration::from_millis(config.worker_poll_ms.max(10)),
                 ..RunnerConfig::default()
@@ -108,7 +119,12 @@ impl Application {
         );
         let worker = tokio::spawn(runner.run(workers_stopped));
         rate_limit::spawn_pruner(&self.limits);
-        let app = crate::api::app(self.store.clone(), self.limits.clone(), self.admin_key);
+        let app = crate::api::app(ApiState {
+            store: self.store.clone(),
+            limits: self.limits.clone(),
+            admin_key: self.admin_key,
+            tokens: self.tokens,
+        });
         tracing::info!(
             port = self.acceptor.local_addr().first().map(ToString::to_string),
             "listening; Swagger UI at /docs"

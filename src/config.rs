@@ -11,6 +11,8 @@
 //! | `RATE_LIMIT_PER_IP` / `RATE_LIMIT_PER_IP_BURST` | 0 / 50 | API requests per second per client IP, 0 = off |
 //! | `TRUST_FORWARDED_FOR` | false | take the client IP from `X-Forwarded-For` (behind a proxy) |
 //! | `WORKER_POLL_MS` | 1000 | longest sleep of the job runner between polls |
+//! | `BUYER_TOKEN_SECRET` | unset: no buyer identity check, with a warning | HS256 secret of buyer JWTs |
+//! | `BUYER_TOKEN_AUDIENCE` / `BUYER_TOKEN_ISSUER` | unset | `aud` / `iss` buyer tokens must carry |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
 //! | `RUST_LOG` | `info` | log filter |
 
@@ -40,6 +42,14 @@ pub enum Command {
     Serve,
     /// Print the OpenAPI document (JSON) to stdout.
     Openapi,
+    /// Print a buyer token for USER_ID signed with BUYER_TOKEN_SECRET (for trying the API
+    /// from Swagger UI; a shop signs its own tokens the same way).
+    Token {
+        user_id: String,
+        /// Seconds the token stays valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+    },
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -90,6 +100,19 @@ pub struct Config {
 
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// HS256 secret of buyer tokens; when set, buyer routes require a JWT whose `sub` is
+    /// the user. Unset: the userId is taken at its word (development only).
+    #[arg(long, env = "BUYER_TOKEN_SECRET", hide_env_values = true)]
+    pub buyer_token_secret: Option<String>,
+
+    /// When set, buyer tokens must carry this `aud`.
+    #[arg(long, env = "BUYER_TOKEN_AUDIENCE")]
+    pub buyer_token_audience: Option<String>,
+
+    /// When set, buyer tokens must carry this `iss`.
+    #[arg(long, env = "BUYER_TOKEN_ISSUER")]
+    pub buyer_token_issuer: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +122,15 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// How buyer tokens are checked.
+    pub fn token_settings(&self) -> crate::api::buyer_auth::TokenSettings {
+        crate::api::buyer_auth::TokenSettings {
+            secret: self.buyer_token_secret.clone().filter(|s| !s.is_empty()),
+            audience: self.buyer_token_audience.clone(),
+            issuer: self.buyer_token_issuer.clone(),
+        }
+    }
+
     /// The admin key, and whether it is the built-in development default.
     pub fn admin_key(&self) -> (String, bool) {
         match self.admin_api_key.as_deref().map(str::trim) {

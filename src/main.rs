@@ -1,5 +1,5 @@
 //! The `flashsale` binary: `flashsale` (or `flashsale serve`) runs the service,
-//! `flashsale openapi` prints the OpenAPI document.
+//! `flashsale openapi` prints the OpenAPI document, `flashsale token USER` a buyer token.
 
 use std::io::Write;
 
@@ -21,6 +21,15 @@ async fn main() -> anyhow::Result<()> {
             let spec = flashsale::api::openapi_json(Store::new(pool));
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{spec}").context("Failed to write the document")
+        }
+        Command::Token {
+            user_id,
+            ttl_seconds,
+        } => {
+            let settings = cli.config.token_settings();
+            let token = flashsale::api::buyer_auth::mint_token(&settings, &user_id, ttl_seconds)?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{token}").context("Failed to write the token")
         }
         Command::Serve => {
             flashsale::telemetry::init(cli.config.log_format);

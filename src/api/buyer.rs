@@ -7,6 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
+use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityRefusal, identity_refusal};
 use super::error::{ErrorBody, ErrorCode};
 use super::models::{PurchaseRequest, PurchaseView, SaleView};
 use super::rate_limit::RateLimits;
@@ -16,7 +17,10 @@ use crate::store::{PurchaseOutcome, Store};
 pub struct BuyerApi {
     pub store: Store,
     pub limits: Arc<RateLimits>,
+    pub tokens: Arc<BuyerTokens>,
 }
+
+identity_refusal!(PurchaseResponse, GetPurchaseResponse);
 
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "sale_view_parse_error")]
@@ -48,6 +52,12 @@ pub enum PurchaseResponse {
     /// `INVALID_REQUEST`: malformed JSON, missing, unknown or invalid `userId`.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `FORBIDDEN`: the token's user is not the request's `userId`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// `SALE_NOT_FOUND`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -76,6 +86,12 @@ pub enum GetPurchaseResponse {
     /// `INVALID_REQUEST`: the sale reference or user id is too long or empty.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `FORBIDDEN`: the token's user is not the request's `userId`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// `SALE_NOT_FOUND`, or `NOT_PURCHASED` when the user has no purchase in it.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -113,15 +129,21 @@ impl BuyerApi {
     ///
     /// One unit per user per sale. The answer comes after the purchase is committed.
     #[oai(path = "/:sale/purchases", method = "post", operation_id = "purchase")]
-    #[tracing::instrument(skip_all, fields(sale = %sale.0, user = %body.user_id.0))]
+    #[tracing::instrument(skip_all, fields(sale = %sale.0, user))]
     async fn purchase(
         &self,
+        auth: BuyerAuth,
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
         body: Json<PurchaseRequest>,
     ) -> PurchaseResponse {
-        let user_id = body.0.user_id.0;
+        let claimed = body.0.user_id.map(|user| user.0);
+        let user_id = match self.tokens.identify(&auth, claimed.as_deref()) {
+            Ok(user_id) => user_id,
+            Err(err) => return PurchaseResponse::refuse(err),
+        };
+        tracing::Span::current().record("user", user_id.as_str());
         if !valid_user_id(&user_id) {
             return PurchaseResponse::BadRequest(ErrorBody::invalid_user_id());
         }
@@ -165,6 +187,7 @@ impl BuyerApi {
     )]
     async fn get_purchase(
         &self,
+        auth: BuyerAuth,
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
@@ -172,6 +195,9 @@ impl BuyerApi {
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
     ) -> GetPurchaseResponse {
+        if let Err(err) = self.tokens.identify(&auth, Some(&user_id.0)) {
+            return GetPurchaseResponse::refuse(err);
+        }
         let found = match self.store.find_sale(&sale.0).await {
             Ok(Some(found)) => found,
             Ok(None) => return GetPurchaseResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),

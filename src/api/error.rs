@@ -20,6 +20,11 @@ pub enum ErrorCode {
     InvalidRequest,
     /// Missing or wrong admin key.
     Unauthorized,
+    /// Buyer routes with `BUYER_TOKEN_SECRET` set: a missing, malformed, wrongly signed or
+    /// expired buyer token.
+    Unauthenticated,
+    /// The buyer token's user is not the `userId` of the request.
+    Forbidden,
     /// No sale has this id or sku.
     SaleNotFound,
     /// Another sale already uses this sku.

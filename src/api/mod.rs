@@ -7,6 +7,7 @@
 mod admin;
 pub mod auth;
 mod buyer;
+pub mod buyer_auth;
 pub mod error;
 mod health;
 pub mod models;
@@ -25,6 +26,7 @@ use crate::store::Store;
 use admin::AdminApi;
 use auth::AdminKey;
 use buyer::BuyerApi;
+use buyer_auth::BuyerTokens;
 use error::{ErrorBody, ErrorCode};
 use health::HealthApi;
 use queue::QueueApi;
@@ -51,22 +53,51 @@ Every error response is JSON `{\"code\": ..., \"message\": ...}`; `code` is one 
 `ErrorCode` values. Admin routes need `Authorization: Bearer <ADMIN_API_KEY>`. `{sale}` \
 in a path is the sale's UUID or its sku.";
 
+/// What the HTTP layer needs from the rest of the service.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub limits: Arc<RateLimits>,
+    pub admin_key: AdminKey,
+    pub tokens: Arc<BuyerTokens>,
+}
+
+impl ApiState {
+    /// No rate limits and no buyer tokens: for the OpenAPI document and tests.
+    pub fn unlimited(store: Store, admin_key: AdminKey) -> Self {
+        Self {
+            store,
+            limits: Arc::new(RateLimits {
+                per_user: rate_limit::KeyedLimiter::new(0, 0),
+                per_ip: rate_limit::KeyedLimiter::new(0, 0),
+                trust_forwarded_for: false,
+            }),
+            admin_key,
+            tokens: Arc::new(BuyerTokens::disabled()),
+        }
+    }
+}
+
 /// The OpenAPI service over all operations.
-pub fn openapi_service(store: Store, limits: Arc<RateLimits>) -> OpenApiService<Apis, ()> {
+pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             AdminApi {
-                store: store.clone(),
+                store: state.store.clone(),
             },
             BuyerApi {
-                store: store.clone(),
-                limits: limits.clone(),
+                store: state.store.clone(),
+                limits: state.limits.clone(),
+                tokens: state.tokens.clone(),
             },
             QueueApi {
-                store: store.clone(),
-                limits,
+                store: state.store.clone(),
+                limits: state.limits.clone(),
+                tokens: state.tokens.clone(),
             },
-            HealthApi { store },
+            HealthApi {
+                store: state.store.clone(),
+            },
         ),
         "flashsale",
         env!("CARGO_PKG_VERSION"),
@@ -76,20 +107,16 @@ pub fn openapi_service(store: Store, limits: Arc<RateLimits>) -> OpenApiService<
 
 /// The OpenAPI document as served at `/openapi.json` (and committed under `openapi/`).
 pub fn openapi_json(store: Store) -> String {
-    let limits = Arc::new(RateLimits {
-        per_user: rate_limit::KeyedLimiter::new(0, 0),
-        per_ip: rate_limit::KeyedLimiter::new(0, 0),
-        trust_forwarded_for: false,
-    });
-    openapi_service(store, limits).spec()
+    openapi_service(&ApiState::unlimited(store, AdminKey::new(String::new()))).spec()
 }
 
 /// The whole HTTP application.
-pub fn app(store: Store, limits: Arc<RateLimits>, admin_key: AdminKey) -> impl Endpoint {
-    let api = openapi_service(store, limits.clone());
+pub fn app(state: ApiState) -> impl Endpoint {
+    let api = openapi_service(&state);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
-    let ip_limits = limits;
+    let ip_limits = state.limits.clone();
+    let admin_key = state.admin_key;
     Route::new()
         .nest("/docs", docs)
         .at("/openapi.json", spec)

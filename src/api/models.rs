@@ -130,13 +130,14 @@ impl CreateSaleRequest {
     }
 }
 
-/// A buyer's purchase request.
+/// A buyer's purchase or queue-join request.
 #[derive(Object, Debug, Clone)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PurchaseRequest {
-    /// The buyer, 1-128 characters, no control characters.
+    /// The buyer, 1-128 characters, no control characters. Required without a buyer token;
+    /// with one it may be left out (the token's `sub` is the buyer) and must match it if given.
     #[oai(validator(min_length = 1, max_length = 128))]
-    pub user_id: StrictString,
+    pub user_id: Option<StrictString>,
 }
 
 /// The public view of a sale.

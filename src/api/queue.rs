@@ -8,6 +8,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
+use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityError, IdentityRefusal, identity_refusal};
 use super::error::{ErrorBody, ErrorCode};
 use super::models::{PurchaseRequest, PurchaseView, QueueStatusView};
 use super::rate_limit::RateLimits;
@@ -21,7 +22,16 @@ const QUEUE_FULL_RETRY_SECONDS: u64 = 5;
 pub struct QueueApi {
     pub store: Store,
     pub limits: Arc<RateLimits>,
+    pub tokens: Arc<BuyerTokens>,
 }
+
+identity_refusal!(
+    JoinResponse,
+    QueueStatusResponse,
+    ConfirmResponse,
+    LeaveResponse,
+    UserPurchasesResponse,
+);
 
 fn wrong_checkout() -> Json<ErrorBody> {
     ErrorBody::json(
@@ -47,6 +57,12 @@ pub enum JoinResponse {
     /// `INVALID_REQUEST`.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `FORBIDDEN`: the token's user is not the request's `userId`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// `SALE_NOT_FOUND`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -80,6 +96,12 @@ pub enum QueueStatusResponse {
     /// `INVALID_REQUEST`.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `FORBIDDEN`: the token's user is not the request's `userId`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// `SALE_NOT_FOUND`, or `NOT_IN_QUEUE` when the user never joined.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -104,6 +126,12 @@ pub enum ConfirmResponse {
     /// `INVALID_REQUEST`.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `FORBIDDEN`: the token's user is not the request's `userId`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// `SALE_NOT_FOUND` or `NOT_IN_QUEUE`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -136,6 +164,12 @@ pub enum LeaveResponse {
     /// `INVALID_REQUEST`.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `FORBIDDEN`: the token's user is not the request's `userId`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// `SALE_NOT_FOUND` or `NOT_IN_QUEUE`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -163,6 +197,12 @@ pub enum UserPurchasesResponse {
     /// `INVALID_REQUEST`.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `FORBIDDEN`: the token's user is not the request's `userId`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// `INTERNAL`.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -172,12 +212,27 @@ fn purchases_parse_error(err: poem::Error) -> UserPurchasesResponse {
     UserPurchasesResponse::BadRequest(ErrorBody::bad_input(err))
 }
 
+/// Why a buyer write was refused before it reached the store.
+enum Refusal {
+    Identity(IdentityError),
+    RateLimited(u64),
+}
+
 impl QueueApi {
-    fn check_user(&self, user_id: &str) -> Result<(), Result<u64, Json<ErrorBody>>> {
-        if !valid_user_id(user_id) {
-            return Err(Err(ErrorBody::invalid_user_id()));
+    /// The verified buyer of a write route, checked and within its rate limit.
+    fn buyer(&self, auth: &BuyerAuth, claimed: Option<&str>) -> Result<String, Refusal> {
+        let user_id = self
+            .tokens
+            .identify(auth, claimed)
+            .map_err(Refusal::Identity)?;
+        if !valid_user_id(&user_id) {
+            return Err(Refusal::Identity(IdentityError::MissingUser));
         }
-        self.limits.per_user.check(&user_id.to_string()).map_err(Ok)
+        self.limits
+            .per_user
+            .check(&user_id)
+            .map_err(Refusal::RateLimited)?;
+        Ok(user_id)
     }
 }
 
@@ -192,22 +247,23 @@ impl QueueApi {
         method = "post",
         operation_id = "joinQueue"
     )]
-    #[tracing::instrument(skip_all, fields(sale = %sale.0, user = %body.user_id.0))]
+    #[tracing::instrument(skip_all, fields(sale = %sale.0))]
     async fn join(
         &self,
+        auth: BuyerAuth,
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
         body: Json<PurchaseRequest>,
     ) -> JoinResponse {
-        let user_id = body.0.user_id.0;
-        match self.check_user(&user_id) {
-            Ok(()) => {}
-            Err(Err(body)) => return JoinResponse::BadRequest(body),
-            Err(Ok(retry)) => {
+        let claimed = body.0.user_id.map(|user| user.0);
+        let user_id = match self.buyer(&auth, claimed.as_deref()) {
+            Ok(user_id) => user_id,
+            Err(Refusal::Identity(err)) => return JoinResponse::refuse(err),
+            Err(Refusal::RateLimited(retry)) => {
                 return JoinResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
             }
-        }
+        };
         match self.store.join_queue(&sale.0, &user_id).await {
             Ok(JoinOutcome::Queued(entry)) | Ok(JoinOutcome::Held(entry)) => {
                 JoinResponse::Accepted(Json(QueueStatusView::new(&entry, None)))
@@ -242,6 +298,7 @@ impl QueueApi {
     )]
     async fn status(
         &self,
+        auth: BuyerAuth,
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
@@ -249,6 +306,9 @@ impl QueueApi {
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
     ) -> QueueStatusResponse {
+        if let Err(err) = self.tokens.identify(&auth, Some(&user_id.0)) {
+            return QueueStatusResponse::refuse(err);
+        }
         match self.store.queue_entry(&sale.0, &user_id.0).await {
             Ok(Some((_, Some(entry)))) => {
                 let found = self.store.find_sale(&sale.0).await.ok().flatten();
@@ -272,6 +332,7 @@ impl QueueApi {
     #[tracing::instrument(skip_all, fields(sale = %sale.0, user = %user_id.0))]
     async fn confirm(
         &self,
+        auth: BuyerAuth,
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
@@ -279,10 +340,10 @@ impl QueueApi {
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
     ) -> ConfirmResponse {
-        match self.check_user(&user_id.0) {
-            Ok(()) => {}
-            Err(Err(body)) => return ConfirmResponse::BadRequest(body),
-            Err(Ok(retry)) => {
+        match self.buyer(&auth, Some(&user_id.0)) {
+            Ok(_) => {}
+            Err(Refusal::Identity(err)) => return ConfirmResponse::refuse(err),
+            Err(Refusal::RateLimited(retry)) => {
                 return ConfirmResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
             }
         }
@@ -324,6 +385,7 @@ impl QueueApi {
     #[tracing::instrument(skip_all, fields(sale = %sale.0, user = %user_id.0))]
     async fn leave(
         &self,
+        auth: BuyerAuth,
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
@@ -331,10 +393,10 @@ impl QueueApi {
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
     ) -> LeaveResponse {
-        match self.check_user(&user_id.0) {
-            Ok(()) => {}
-            Err(Err(body)) => return LeaveResponse::BadRequest(body),
-            Err(Ok(retry)) => {
+        match self.buyer(&auth, Some(&user_id.0)) {
+            Ok(_) => {}
+            Err(Refusal::Identity(err)) => return LeaveResponse::refuse(err),
+            Err(Refusal::RateLimited(retry)) => {
                 return LeaveResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
             }
         }
@@ -379,10 +441,14 @@ impl QueueApi {
     )]
     async fn user_purchases(
         &self,
+        auth: BuyerAuth,
         /// The buyer.
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
     ) -> UserPurchasesResponse {
+        if let Err(err) = self.tokens.identify(&auth, Some(&user_id.0)) {
+            return UserPurchasesResponse::refuse(err);
+        }
         match self.store.user_purchases(&user_id.0).await {
             Ok(purchases) => UserPurchasesResponse::Ok(Json(
                 purchases.into_iter().map(PurchaseView::from).collect(),

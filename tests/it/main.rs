@@ -5,6 +5,7 @@
 
 mod admin;
 mod bad_input;
+mod identity;
 mod jobs;
 mod openapi;
 mod purchase;

@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+use flashsale::api::ApiState;
 use flashsale::api::auth::AdminKey;
+use flashsale::api::buyer_auth::BuyerTokens;
 use flashsale::api::rate_limit::{KeyedLimiter, RateLimits};
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use flashsale::store::{self, Store};
@@ -101,12 +103,25 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
 }
 
 pub fn client_for(store: Store, limits: Limits) -> TestClient<BoxEndpoint<'static, Response>> {
+    client_with_tokens(store, limits, BuyerTokens::disabled())
+}
+
+pub fn client_with_tokens(
+    store: Store,
+    limits: Limits,
+    tokens: BuyerTokens,
+) -> TestClient<BoxEndpoint<'static, Response>> {
     let limits = Arc::new(RateLimits {
         per_user: KeyedLimiter::new(limits.per_user.0, limits.per_user.1),
         per_ip: KeyedLimiter::new(limits.per_ip.0, limits.per_ip.1),
         trust_forwarded_for: limits.trust_forwarded_for,
     });
-    let app = flashsale::api::app(store, limits, AdminKey::new(ADMIN_KEY.into()));
+    let app = flashsale::api::app(ApiState {
+        store,
+        limits,
+        admin_key: AdminKey::new(ADMIN_KEY.into()),
+        tokens: Arc::new(tokens),
+    });
     TestClient::new(app.map_to_response().boxed())
 }
 
