@@ -2,10 +2,9 @@
 # Runs one k6 scenario (or `all`) against BASE_URL, then checks the sale's invariants in
 # Postgres. Starts a service on the embedded database when none answers at BASE_URL.
 #
-#   stress/run-stress.sh [purchase-load|all]
+#   stress/run-stress.sh [purchase-load|duplicate-user|status-polling|mixed-workload|queue-journey|all]
 #
-# Knobs (environment): BASE_URL, ADMIN_API_KEY, INITIAL_STOCK, VUS, K6_CMD, TEST_SKU,
-# DATABASE_URL. See stress/README.md.
+# Knobs (environment): see the table in stress/README.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,7 +12,7 @@ root=$(dirname "$here")
 scenario=${1:-purchase-load}
 export BASE_URL=${BASE_URL:-http://127.0.0.1:8080}
 export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
-all_scenarios=(purchase-load)
+all_scenarios=(purchase-load duplicate-user status-polling mixed-workload queue-journey)
 
 log() { printf '[stress] %s\n' "$*" >&2; }
 
@@ -59,7 +58,7 @@ ensure_service() {
   # exec: the background PID is the service itself, so the TERM below reaches it (a
   # non-interactive shell ignores SIGINT in its background jobs).
   (cd "$root" && PORT=$port RUST_LOG=${RUST_LOG:-warn} DATA_DIR=${DATA_DIR:-$root/.data} \
-    exec "$bin" >"$results/service.log" 2>&1) &
+    ADMIN_API_KEY=$ADMIN_API_KEY exec "$bin" >"$results/service.log" 2>&1) &
   service_pid=$!
   for _ in $(seq 1 120); do
     if curl -fsS "$BASE_URL/health" >/dev/null 2>&1; then return; fi
@@ -84,9 +83,11 @@ run_scenario() {
     $k6 run --quiet --address 127.0.0.1:0 --summary-export "$out/summary.json" "$script" \
     2>&1 | tee "$out/k6.txt" || status=$?
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  if ! "$here/verify-invariants.sh" "$sku" | tee "$out/invariants.txt"; then
+  if ! "$here/verify-invariants.sh" "$sku" > "$out/invariants.txt" 2>&1; then
     status=1
   fi
+  cat "$out/invariants.txt"
+  python3 "$here/summarize.py" "$name" "$out" "$status" >> "$results/summary.txt" || true
   return "$status"
 }
 
@@ -97,9 +98,16 @@ ensure_service
 
 failed=0
 if [ "$scenario" = all ]; then
-  for name in "${all_scenarios[@]}"; do run_scenario "$name" || failed=$((failed + 1)); done
+  first=1
+  for name in "${all_scenarios[@]}"; do
+    [ "$first" = 1 ] || sleep "${COOLDOWN:-5}"
+    first=0
+    run_scenario "$name" || failed=$((failed + 1))
+  done
 else
   run_scenario "$scenario" || failed=1
 fi
+echo
+cat "$results/summary.txt"
 log "results in $results; $failed scenario(s) failed"
 exit "$failed"

@@ -2,6 +2,8 @@
 // calls, sale setup and outcome classification.
 import http from 'k6/http';
 import { sleep } from 'k6';
+import crypto from 'k6/crypto';
+import encoding from 'k6/encoding';
 
 export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/$/, '');
 export const ADMIN_API_KEY = __ENV.ADMIN_API_KEY || 'dev-admin-key';
@@ -18,8 +20,34 @@ export function adminParams(endpoint) {
   };
 }
 
-export function jsonParams(endpoint) {
-  return { headers: { 'Content-Type': 'application/json' }, tags: { endpoint } };
+// With BUYER_TOKEN_SECRET set (the service's buyer-token secret), every buyer request
+// carries an HS256 JWT for its user, signed here the way a shop would sign it.
+const TOKEN_SECRET = __ENV.BUYER_TOKEN_SECRET || '';
+const tokenCache = {};
+
+export function buyerToken(userId) {
+  const now = Math.floor(Date.now() / 1000);
+  const cached = tokenCache[userId];
+  if (cached && cached.exp - now > 60) return cached.token;
+  const exp = now + 3600;
+  const header = encoding.b64encode(JSON.stringify({ alg: 'HS256', typ: 'JWT' }), 'rawurl');
+  const payload = encoding.b64encode(JSON.stringify({ sub: userId, exp }), 'rawurl');
+  const signature = crypto.hmac('sha256', TOKEN_SECRET, `${header}.${payload}`, 'base64rawurl');
+  const token = `${header}.${payload}.${signature}`;
+  tokenCache[userId] = { token, exp };
+  return token;
+}
+
+export function jsonParams(endpoint, userId) {
+  const headers = { 'Content-Type': 'application/json' };
+  if (TOKEN_SECRET && userId) headers.Authorization = `Bearer ${buyerToken(userId)}`;
+  return { headers, tags: { endpoint } };
+}
+
+// A whole-second Retry-After, or the fallback.
+export function retryAfter(res, fallback) {
+  const value = parseInt(res.headers['Retry-After'] || '', 10);
+  return Number.isFinite(value) && value > 0 ? value : fallback;
 }
 
 // A sku unique to this run (or TEST_SKU), so runs never see each other's buyers.

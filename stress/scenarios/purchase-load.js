@@ -38,10 +38,11 @@ export function setup() {
 }
 
 export default function (data) {
+  const userId = `pl-${data.run}-${__VU}`;
   const res = http.post(
     `${BASE_URL}/api/v1/sales/${data.sku}/purchases`,
-    JSON.stringify({ userId: `pl-${data.run}-${__VU}` }),
-    Object.assign(jsonParams('purchase'), { responseCallback: http.expectedStatuses(201, 409, 429) }),
+    JSON.stringify({ userId }),
+    Object.assign(jsonParams('purchase', userId), { responseCallback: http.expectedStatuses(201, 409, 429) }),
   );
   outcomes[purchaseOutcome(res)].add(1);
 }
