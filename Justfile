@@ -56,3 +56,7 @@ invariants sku:
 # Run a k6 scenario (default purchase-load) against BASE_URL or a service it starts.
 stress scenario="purchase-load":
     stress/run-stress.sh {{scenario}}
+
+# The purchase benchmark (durable Postgres, release build, pgbench baseline, k6); see docs/PERFORMANCE.md.
+bench:
+    stress/bench.sh

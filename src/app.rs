@@ -15,9 +15,10 @@ use crate::api::ApiState;
 use crate::api::auth::AdminKey;
 use crate::api::buyer_auth::BuyerTokens;
 use crate::api::rate_limit::{self, KeyedLimiter, RateLimits};
+use crate::api::view_cache::SaleViewCache;
 use crate::config::Config;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use crate::store::{self, Store};
+use crate::store::{self, PurchaseQueue, Store};
 use crate::worker::{Runner, RunnerConfig, ServiceJobs};
 
 /// Name of the database the service uses on its embedded cluster.
@@ -32,6 +33,8 @@ pub struct Application {
     limits: Arc<RateLimits>,
     admin_key: AdminKey,
     tokens: Arc<BuyerTokens>,
+    group_commit: bool,
+    view_cache: Duration,
     runner_config: RunnerConfig,
     /// The private cluster we started, stopped after the server and workers.
     embedded: Option<EmbeddedPostgres>,
@@ -87,6 +90,8 @@ impl Application {
             limits,
             admin_key: AdminKey::new(admin_key),
             tokens: Arc::new(tokens),
+            group_commit: config.group_commit,
+            view_cache: Duration::from_millis(config.sale_view_cache_ms),
             runner_config: RunnerConfig {
                 poll_interval: Duration::from_millis(config.worker_poll_ms.max(10)),
                 ..RunnerConfig::default()
@@ -124,6 +129,8 @@ impl Application {
             limits: self.limits.clone(),
             admin_key: self.admin_key,
             tokens: self.tokens,
+            purchases: PurchaseQueue::new(self.store.clone(), self.group_commit),
+            views: Arc::new(SaleViewCache::new(self.view_cache)),
         });
         tracing::info!(
             port = self.acceptor.local_addr().first().map(ToString::to_string),

@@ -10,6 +10,8 @@
 //! | `RATE_LIMIT_PER_USER` / `RATE_LIMIT_PER_USER_BURST` | 1 / 5 | buyer writes per second per user, 0 = off |
 //! | `RATE_LIMIT_PER_IP` / `RATE_LIMIT_PER_IP_BURST` | 0 / 50 | API requests per second per client IP, 0 = off |
 //! | `TRUST_FORWARDED_FOR` | false | take the client IP from `X-Forwarded-For` (behind a proxy) |
+//! | `GROUP_COMMIT` | true | batch concurrent instant purchases of a sale into one statement |
+//! | `SALE_VIEW_CACHE_MS` | 100 | most age of a cached public sale view; 0 = off |
 //! | `WORKER_POLL_MS` | 1000 | longest sleep of the job runner between polls |
 //! | `BUYER_TOKEN_SECRET` | unset: no buyer identity check, with a warning | HS256 secret of buyer JWTs |
 //! | `BUYER_TOKEN_AUDIENCE` / `BUYER_TOKEN_ISSUER` | unset | `aud` / `iss` buyer tokens must carry |
@@ -93,6 +95,14 @@ pub struct Config {
     /// that appends it; otherwise clients could pick their own IP).
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false)]
     pub trust_forwarded_for: bool,
+
+    /// Decide concurrent instant purchases of one sale together (one statement, one commit).
+    #[arg(long, env = "GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_commit: bool,
+
+    /// How old (ms) a cached public sale view may be; 0 turns the cache off.
+    #[arg(long, env = "SALE_VIEW_CACHE_MS", default_value_t = 100)]
+    pub sale_view_cache_ms: u64,
 
     /// Longest sleep of the job runner between polls, in milliseconds.
     #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]

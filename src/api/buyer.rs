@@ -11,13 +11,16 @@ use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityRefusal, identity_refusa
 use super::error::{ErrorBody, ErrorCode};
 use super::models::{PurchaseRequest, PurchaseView, SaleView};
 use super::rate_limit::RateLimits;
+use super::view_cache::SaleViewCache;
 use crate::domain::sale::valid_user_id;
-use crate::store::{PurchaseOutcome, Store};
+use crate::store::{PurchaseOutcome, PurchaseQueue, Store};
 
 pub struct BuyerApi {
     pub store: Store,
     pub limits: Arc<RateLimits>,
     pub tokens: Arc<BuyerTokens>,
+    pub purchases: PurchaseQueue,
+    pub views: Arc<SaleViewCache>,
 }
 
 identity_refusal!(PurchaseResponse, GetPurchaseResponse);
@@ -111,6 +114,9 @@ fn conflict(code: ErrorCode, message: &str) -> PurchaseResponse {
 #[OpenApi(prefix_path = "/api/v1/sales", tag = "ApiTags::Buyer")]
 impl BuyerApi {
     /// A sale's public view
+    ///
+    /// State and counters are read together; the view may be up to `SALE_VIEW_CACHE_MS`
+    /// old (default 100 ms; 0 = always fresh). Purchases never rely on it.
     #[oai(path = "/:sale", method = "get", operation_id = "getSale")]
     async fn get_sale(
         &self,
@@ -118,8 +124,15 @@ impl BuyerApi {
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
     ) -> SaleViewResponse {
+        if let Some(view) = self.views.get(&sale.0) {
+            return SaleViewResponse::Ok(Json(view));
+        }
         match self.store.find_sale(&sale.0).await {
-            Ok(Some(found)) => SaleViewResponse::Ok(Json((&found).into())),
+            Ok(Some(found)) => {
+                let view = SaleView::from(&found);
+                self.views.put(&sale.0, &view);
+                SaleViewResponse::Ok(Json(view))
+            }
             Ok(None) => SaleViewResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
             Err(err) => SaleViewResponse::Internal(ErrorBody::internal(&err)),
         }
@@ -153,7 +166,7 @@ impl BuyerApi {
                 retry_after,
             );
         }
-        let outcome = match self.store.purchase(&sale.0, &user_id).await {
+        let outcome = match self.purchases.purchase(&sale.0, &user_id).await {
             Ok(outcome) => outcome,
             Err(err) => return PurchaseResponse::Internal(ErrorBody::internal(&err)),
         };

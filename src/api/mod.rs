@@ -14,6 +14,7 @@ pub mod models;
 mod queue;
 pub mod rate_limit;
 mod strict;
+pub mod view_cache;
 
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use poem::middleware::{CatchPanic, RequestId, Tracing};
 use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, Tags};
 
-use crate::store::Store;
+use crate::store::{PurchaseQueue, Store};
 use admin::AdminApi;
 use auth::AdminKey;
 use buyer::BuyerApi;
@@ -31,6 +32,7 @@ use error::{ErrorBody, ErrorCode};
 use health::HealthApi;
 use queue::QueueApi;
 use rate_limit::RateLimits;
+use view_cache::SaleViewCache;
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -60,13 +62,16 @@ pub struct ApiState {
     pub limits: Arc<RateLimits>,
     pub admin_key: AdminKey,
     pub tokens: Arc<BuyerTokens>,
+    /// Instant purchases go through group commit.
+    pub purchases: PurchaseQueue,
+    /// The public sale view's short-lived cache.
+    pub views: Arc<SaleViewCache>,
 }
 
 impl ApiState {
     /// No rate limits and no buyer tokens: for the OpenAPI document and tests.
     pub fn unlimited(store: Store, admin_key: AdminKey) -> Self {
         Self {
-            store,
             limits: Arc::new(RateLimits {
                 per_user: rate_limit::KeyedLimiter::new(0, 0),
                 per_ip: rate_limit::KeyedLimiter::new(0, 0),
@@ -74,6 +79,9 @@ impl ApiState {
             }),
             admin_key,
             tokens: Arc::new(BuyerTokens::disabled()),
+            purchases: PurchaseQueue::new(store.clone(), true),
+            views: Arc::new(SaleViewCache::new(std::time::Duration::ZERO)),
+            store,
         }
     }
 }
@@ -89,6 +97,8 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
                 store: state.store.clone(),
                 limits: state.limits.clone(),
                 tokens: state.tokens.clone(),
+                purchases: state.purchases.clone(),
+                views: state.views.clone(),
             },
             QueueApi {
                 store: state.store.clone(),

@@ -71,24 +71,45 @@ pub async fn enqueue(
 }
 
 /// Makes sure a queue tick for the sale is due by `run_at` (now when `None`). At most one
-/// tick waits per sale (`jobs_one_pending_queue_tick`): a second request only moves it
-/// earlier, so a burst of joins or releases does not flood the queue with ticks.
+/// tick waits per sale (`jobs_one_pending_queue_tick`), so a burst of joins or releases does
+/// not flood the queue with ticks.
+///
+/// The "now" form is what every join calls, so it must not serialize them: it moves a
+/// pending tick earlier only when that tick is still in the future (an UPDATE locks only
+/// the rows it changes), and otherwise inserts with ON CONFLICT DO NOTHING, which locks
+/// nothing. The scheduled form (the tick planning its successor) may lock the pending row.
 pub async fn enqueue_queue_tick(
     conn: &mut PgConnection,
     sale_id: Uuid,
     run_at: Option<DateTime<Utc>>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO jobs (kind, sale_id, run_at) VALUES ('queue_tick', $1, COALESCE($2, now()))
-         ON CONFLICT (sale_id)
-            WHERE kind = 'queue_tick' AND lock_token IS NULL AND dead_at IS NULL
-         DO UPDATE SET run_at = LEAST(jobs.run_at, EXCLUDED.run_at)
-            WHERE jobs.run_at > EXCLUDED.run_at",
-    )
-    .bind(sale_id)
-    .bind(run_at)
-    .execute(conn)
-    .await?;
+    let sql = match run_at {
+        None => {
+            "WITH moved AS (
+                 UPDATE jobs SET run_at = now()
+                  WHERE kind = 'queue_tick' AND sale_id = $1 AND lock_token IS NULL
+                    AND dead_at IS NULL AND run_at > now()
+                 RETURNING id
+             )
+             INSERT INTO jobs (kind, sale_id, run_at)
+             SELECT 'queue_tick', $1, COALESCE($2, now()) WHERE NOT EXISTS (SELECT 1 FROM moved)
+             ON CONFLICT (sale_id)
+                WHERE kind = 'queue_tick' AND lock_token IS NULL AND dead_at IS NULL
+             DO NOTHING"
+        }
+        Some(_) => {
+            "INSERT INTO jobs (kind, sale_id, run_at) VALUES ('queue_tick', $1, COALESCE($2, now()))
+             ON CONFLICT (sale_id)
+                WHERE kind = 'queue_tick' AND lock_token IS NULL AND dead_at IS NULL
+             DO UPDATE SET run_at = LEAST(jobs.run_at, EXCLUDED.run_at)
+                WHERE jobs.run_at > EXCLUDED.run_at"
+        }
+    };
+    sqlx::query(sql)
+        .bind(sale_id)
+        .bind(run_at)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! (sold out, duplicate, ...) are ordinary values; [`StoreError`] is for what went wrong.
 
 mod audit;
+mod group_commit;
 mod jobs;
 mod purchases;
 mod queue;
@@ -15,8 +16,9 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use audit::{AuditCheck, AuditReport};
+pub use group_commit::{MAX_BATCH, PurchaseQueue};
 pub use jobs::{JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS};
-pub use purchases::PurchaseOutcome;
+pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, JoinOutcome, LeaveOutcome, QueueStats, TICK_INTERVAL, TickReport};
 pub use sales::{CancelOutcome, SaleEvent};
 
@@ -36,6 +38,13 @@ pub enum StoreError {
     /// The database failed or could not be reached.
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// A group-commit batch failed; every request in it gets this (the cause is logged
+    /// once per request with the message).
+    #[error("purchase batch failed: {0}")]
+    Batch(String),
+    /// The purchase batcher is gone (the service is shutting down).
+    #[error("the purchase batcher is not running")]
+    Unavailable,
 }
 
 /// A handle on the database; cheap to clone.

@@ -10,7 +10,7 @@ use super::{Store, StoreError, violated_constraint};
 use crate::domain::{Checkout, Purchase, Sale, SaleState};
 
 /// The result of an instant purchase attempt. Refusals are values, not errors.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum PurchaseOutcome {
     /// Committed: the unit is the buyer's.
     Purchased(Purchase),
@@ -170,4 +170,148 @@ pub(super) async fn find_purchase(
     .fetch_optional(conn)
     .await?;
     Ok(row.map(Purchase::from))
+}
+
+/// One buyer in a group-commit batch.
+#[derive(Debug, Clone)]
+pub struct BatchBuyer {
+    pub user_id: String,
+    pub purchase_id: Uuid,
+}
+
+/// Sells to a batch of distinct users of one sale in one statement: one row lock and one
+/// commit (one WAL flush) for the whole batch.
+///
+/// Race-free under READ COMMITTED:
+/// - `locked` takes the sale row with FOR NO KEY UPDATE (the lock an UPDATE of the counters
+///   takes anyway; plain FOR UPDATE would also block the foreign-key checks of every insert
+///   that references the sale); after waiting for the lock it sees the
+///   latest committed counters, and the UPDATE in the same statement decrements by at most
+///   that `available`, so the stock can never go below zero (the CHECKs back this up).
+/// - Users who already own a purchase (as of the statement's snapshot) are left out. One who
+///   bought through another instance after that snapshot makes the plain INSERT fail with
+///   23505, which rolls back the whole statement, decrement included; the caller retries
+///   the batch with a fresh snapshot. Users in one batch are distinct (the caller dedupes).
+/// - The window, cancel and checkout are checked on the locked row.
+/// - Winners are the first `n` in arrival order; the rest are refused only when the stock
+///   is exhausted (or the sale is not sellable), so nobody hears `SOLD_OUT` while units remain.
+const BATCH_SQL: &str = "
+    WITH req AS (
+        SELECT u.user_id, u.purchase_id, u.ord
+          FROM unnest($2::text[], $3::uuid[]) WITH ORDINALITY AS u(user_id, purchase_id, ord)
+    ), owned AS (
+        SELECT p.id, p.user_id, p.created_at FROM purchases p
+         WHERE p.sale_id = $1 AND p.user_id = ANY($2::text[])
+    ), fresh AS (
+        SELECT r.user_id, r.purchase_id, row_number() OVER (ORDER BY r.ord) AS place
+          FROM req r WHERE NOT EXISTS (SELECT 1 FROM owned o WHERE o.user_id = r.user_id)
+    ), locked AS (
+        SELECT id, available FROM sales
+         WHERE id = $1 AND checkout = 'instant' AND cancelled_at IS NULL
+           AND starts_at <= now() AND now() < ends_at
+           FOR NO KEY UPDATE
+    ), taken AS (
+        UPDATE sales s SET available = s.available - w.n, sold = s.sold + w.n
+          FROM (SELECT LEAST(l.available, (SELECT count(*) FROM fresh))::int AS n FROM locked l) w
+         WHERE s.id = $1 AND w.n > 0
+        RETURNING w.n, s.available
+    ), bought AS (
+        INSERT INTO purchases (id, sale_id, user_id)
+        SELECT f.purchase_id, $1, f.user_id FROM fresh f
+         WHERE f.place <= (SELECT COALESCE(max(n), 0) FROM taken)
+        RETURNING id, user_id, created_at
+    ), sold_out_job AS (
+        INSERT INTO jobs (kind, sale_id) SELECT $4, $1 FROM taken WHERE available = 0
+    )
+    SELECT true AS new, id, user_id, created_at FROM bought
+    UNION ALL
+    SELECT false AS new, id, user_id, created_at FROM owned";
+
+#[derive(FromRow)]
+struct BatchRow {
+    new: bool,
+    id: Uuid,
+    user_id: String,
+    created_at: DateTime<Utc>,
+}
+
+/// What a batch did for each user: bought now, owned already, or refused.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    pub bought: Vec<Purchase>,
+    pub owned: Vec<Purchase>,
+}
+
+/// How often a batch is retried after a duplicate from another instance (23505).
+const BATCH_ATTEMPTS: usize = 3;
+
+impl Store {
+    /// Runs [`BATCH_SQL`] for `buyers` (distinct users) of the sale `sale_id`. `Ok(None)` when
+    /// it kept colliding with concurrent purchases of the same users elsewhere: the caller
+    /// then buys one by one.
+    pub async fn purchase_batch(
+        &self,
+        sale_id: Uuid,
+        buyers: &[BatchBuyer],
+    ) -> Result<Option<BatchResult>, StoreError> {
+        let users: Vec<&str> = buyers.iter().map(|b| b.user_id.as_str()).collect();
+        let ids: Vec<Uuid> = buyers.iter().map(|b| b.purchase_id).collect();
+        for _ in 0..BATCH_ATTEMPTS {
+            let rows = sqlx::query_as::<_, BatchRow>(BATCH_SQL)
+                .bind(sale_id)
+                .bind(&users)
+                .bind(&ids)
+                .bind(JobKind::SyncSaleState.as_str())
+                .fetch_all(&self.pool)
+                .await;
+            match rows {
+                Ok(rows) => {
+                    let mut result = BatchResult::default();
+                    for row in rows {
+                        let purchase = Purchase {
+                            id: row.id,
+                            sale_id,
+                            user_id: row.user_id,
+                            created_at: row.created_at,
+                        };
+                        if row.new {
+                            result.bought.push(purchase);
+                        } else {
+                            result.owned.push(purchase);
+                        }
+                    }
+                    return Ok(Some(result));
+                }
+                Err(err) if violated_constraint(&err) == Some("purchases_one_per_user") => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The purchases these users own in the sale, read now.
+    pub async fn purchases_of(
+        &self,
+        sale_id: Uuid,
+        users: &[&str],
+    ) -> Result<Vec<Purchase>, StoreError> {
+        let rows = sqlx::query_as::<_, PurchaseRow>(
+            "SELECT id, sale_id, user_id, created_at FROM purchases
+              WHERE sale_id = $1 AND user_id = ANY($2::text[])",
+        )
+        .bind(sale_id)
+        .bind(users)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Purchase::from).collect())
+    }
+
+    /// Why an instant purchase in the sale `sale_id` would be refused now, for a user known
+    /// not to own one; `None` when the sale is sellable.
+    pub async fn refusal_now(&self, sale_id: Uuid) -> Result<Option<PurchaseOutcome>, StoreError> {
+        Ok(match self.sale_by_id(sale_id).await? {
+            None => Some(PurchaseOutcome::SaleNotFound),
+            Some(sale) => refusal_for(&sale),
+        })
+    }
 }

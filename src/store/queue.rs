@@ -245,42 +245,61 @@ impl Store {
             SaleState::Ended if sale.is_sold_out() => return Ok(JoinOutcome::SoldOut),
             state => return Ok(JoinOutcome::NotActive(state)),
         }
-        let ticket: Option<(i64, bool)> = sqlx::query_as(
-            "UPDATE sale_queues SET last_ticket = last_ticket + 1, waiting = waiting + 1
-              WHERE sale_id = $1 AND waiting < $2
-              RETURNING last_ticket, shuffled_at IS NULL",
-        )
-        .bind(sale.id)
-        .bind(sale.queue_capacity)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((ticket, not_shuffled)) = ticket else {
-            return Ok(JoinOutcome::QueueFull);
-        };
-        // Before the opening the order is drawn later; the shuffle happens under the queue
-        // row's lock, which this transaction now holds, so it cannot miss this entry.
-        let prequeue = not_shuffled && sale.observed_at < sale.starts_at;
-        sqlx::query(
-            "INSERT INTO queue_entries (sale_id, user_id, ticket, prequeue, status)
-             VALUES ($1, $2, $3, $4, 'queued')
-             ON CONFLICT (sale_id, user_id) DO UPDATE
-                SET ticket = EXCLUDED.ticket, prequeue = EXCLUDED.prequeue, status = 'queued',
-                    joined_at = now(), admitted_at = NULL, hold_expires_at = NULL,
-                    finished_at = NULL
-              WHERE queue_entries.status IN ('expired', 'left')",
-        )
-        .bind(sale.id)
-        .bind(user_id)
-        .bind(ticket)
-        .bind(prequeue)
-        .execute(&mut *tx)
-        .await?;
-        if sale.available > 0 && !prequeue {
+        if sale.available > 0 && sale.observed_at >= sale.starts_at {
+            // Wake the admission worker before taking the queue row, so the queue row is
+            // held only for the one statement below.
             enqueue_queue_tick(&mut tx, sale.id, None).await?;
         }
-        let entry = find_entry(&mut tx, sale.id, user_id).await?;
+        // Ticket, counter and entry in one statement: the queue row's lock is held for it
+        // and the commit only. Before the opening (no shuffle yet) the entry joins the
+        // pre-queue; the shuffle happens under the queue row's lock, so it cannot miss it.
+        // A first join inserts (a concurrent first join of the same user fails with 23505,
+        // which rolls back the ticket too, and the caller retries and finds the entry); a
+        // rejoin updates the entry whose lock this transaction holds.
+        let entry_sql = if existing.is_none() {
+            "INSERT INTO queue_entries (sale_id, user_id, ticket, prequeue, status)
+                 SELECT $1, $2, q.last_ticket,
+                        q.shuffled_at IS NULL AND now() < (SELECT starts_at FROM sales WHERE id = $1),
+                        'queued'
+                   FROM q"
+        } else {
+            "UPDATE queue_entries e
+                    SET ticket = q.last_ticket, status = 'queued', joined_at = now(),
+                        prequeue = q.shuffled_at IS NULL
+                                   AND now() < (SELECT starts_at FROM sales WHERE id = $1),
+                        admitted_at = NULL, hold_expires_at = NULL, finished_at = NULL
+                   FROM q
+                  WHERE e.sale_id = $1 AND e.user_id = $2 AND e.status IN ('expired', 'left')"
+        };
+        let sql = format!(
+            "WITH q AS (
+                 UPDATE sale_queues SET last_ticket = last_ticket + 1, waiting = waiting + 1
+                  WHERE sale_id = $1 AND waiting < $3
+                 RETURNING last_ticket, admitted_upto, waiting, shuffled_at, admitted,
+                           first_admitted_at
+             ), entry AS ({ENTRY_SQL}
+                 RETURNING user_id, ticket, prequeue, status, joined_at, hold_expires_at
+             )
+             SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at,
+                    q.admitted_upto, q.waiting, q.shuffled_at IS NOT NULL AS shuffled,
+                    CASE WHEN q.admitted > 0 AND now() > q.first_admitted_at
+                         THEN q.admitted / EXTRACT(EPOCH FROM now() - q.first_admitted_at)::float8
+                    END AS admission_rate
+               FROM q JOIN entry e ON true",
+            ENTRY_SQL = entry_sql
+        );
+        // Built from the two constant statements above.
+        let row = sqlx::query_as::<_, EntryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(sale.id)
+            .bind(user_id)
+            .bind(sale.queue_capacity)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(JoinOutcome::QueueFull);
+        };
         tx.commit().await?;
-        Ok(entry.map_or(JoinOutcome::SaleNotFound, JoinOutcome::Queued))
+        Ok(JoinOutcome::Queued(row.into()))
     }
 
     /// The buyer's entry in the sale's queue, with the sale (for its state).
@@ -561,8 +580,10 @@ impl Store {
 
     /// Admits the head of the queue to holds while units are available.
     ///
-    /// Race-free under READ COMMITTED: the sale row is locked first (FOR UPDATE), so two
-    /// admitters of one sale run one after the other and each reads the other's committed
+    /// Race-free under READ COMMITTED: the sale row is locked first (FOR NO KEY UPDATE, the
+    /// lock the counter UPDATE takes anyway; FOR UPDATE would also block the foreign-key
+    /// checks of joins inserting entries for this sale, which hold the queue row: measured as
+    /// deadlocks under load), so two admitters of one sale run one after the other and each reads the other's committed
     /// counters; the head entries are taken in ticket order with SKIP LOCKED (an entry being
     /// left right now is skipped, not waited on); the entries become `held` and their units
     /// move from `available` to `held` in the same statement. `available` never goes below
@@ -578,7 +599,7 @@ impl Store {
                FROM sales s JOIN sale_queues q ON q.sale_id = s.id
               WHERE s.id = $1 AND s.checkout = 'queued' AND s.cancelled_at IS NULL
                 AND s.starts_at <= now() AND now() < s.ends_at AND q.shuffled_at IS NOT NULL
-                FOR UPDATE OF s",
+                FOR NO KEY UPDATE OF s",
         )
         .bind(sale_id)
         .bind(batch)

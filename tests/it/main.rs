@@ -5,6 +5,7 @@
 
 mod admin;
 mod bad_input;
+mod group_commit;
 mod identity;
 mod jobs;
 mod openapi;

@@ -549,3 +549,41 @@ async fn the_prequeue_is_shuffled_once_at_the_opening_by_a_replayable_seed() {
         "replaying the recorded seed gives the admitted order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_joining_many_times_at_once_gets_one_entry_and_one_ticket() {
+    let app = spawn_app().await;
+    let (sku, sale) = queued_sale(&app, 5, json!({"holdSeconds": 600})).await;
+    for round in 0..2 {
+        let barrier = Arc::new(Barrier::new(20));
+        let mut joins = Vec::new();
+        for _ in 0..20 {
+            let (client, sku, barrier) = (app.client.clone(), sku.clone(), barrier.clone());
+            joins.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let response = client
+                    .post(format!("/api/v1/sales/{sku}/queue"))
+                    .body_json(&json!({"userId": "eager"}))
+                    .send()
+                    .await;
+                status_and_json(response).await
+            }));
+        }
+        for join in joins {
+            let (status, body) = join.await.expect("join");
+            assert_eq!(status, StatusCode::ACCEPTED, "round {round}: {body}");
+        }
+        let (entries, waiting): (i64, i32) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM queue_entries WHERE sale_id = $1),
+                    (SELECT waiting FROM sale_queues WHERE sale_id = $1)",
+        )
+        .bind(sale)
+        .fetch_one(app.store.pool())
+        .await
+        .expect("count");
+        assert_eq!((entries, waiting), (1, 1), "round {round}");
+        assert!(broken_invariants(&app.store, &sku).await.is_empty());
+        // Round two: the same races on a rejoin after leaving.
+        assert_eq!(leave(&app, &sku, "eager").await.0, StatusCode::OK);
+    }
+}

@@ -6,8 +6,9 @@ use flashsale::api::ApiState;
 use flashsale::api::auth::AdminKey;
 use flashsale::api::buyer_auth::BuyerTokens;
 use flashsale::api::rate_limit::{KeyedLimiter, RateLimits};
+use flashsale::api::view_cache::SaleViewCache;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use flashsale::store::{self, Store};
+use flashsale::store::{self, PurchaseQueue, Store};
 use poem::endpoint::BoxEndpoint;
 use poem::http::StatusCode;
 use poem::test::{TestClient, TestResponse};
@@ -15,6 +16,7 @@ use poem::{EndpointExt, Response};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
+use std::time::Duration;
 use uuid::Uuid;
 
 pub const ADMIN_KEY: &str = "test-admin-key";
@@ -117,10 +119,12 @@ pub fn client_with_tokens(
         trust_forwarded_for: limits.trust_forwarded_for,
     });
     let app = flashsale::api::app(ApiState {
-        store,
         limits,
         admin_key: AdminKey::new(ADMIN_KEY.into()),
         tokens: Arc::new(tokens),
+        purchases: PurchaseQueue::new(store.clone(), true),
+        views: Arc::new(SaleViewCache::new(Duration::ZERO)),
+        store,
     });
     TestClient::new(app.map_to_response().boxed())
 }
