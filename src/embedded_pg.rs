@@ -52,14 +52,28 @@ impl EmbeddedPostgres {
             remove_on_stop: options.remove_on_stop,
         };
         if let Some(port) = cluster.running_port() {
-            tracing::info!(port, data_dir = %cluster.data_dir.display(), "using the embedded Postgres already running");
-            cluster.port = port;
-            cluster.owned = false;
-            return Ok(cluster);
+            match cluster.live_owner() {
+                Some(owner) => {
+                    tracing::warn!(
+                        port,
+                        owner,
+                        data_dir = %cluster.data_dir.display(),
+                        "using the embedded Postgres that flashsale process {owner} started; \
+                         it stops when that process exits"
+                    );
+                    cluster.port = port;
+                    cluster.owned = false;
+                    return Ok(cluster);
+                }
+                // Its owner is gone (it may be shutting down right now): let it finish
+                // stopping, then start our own.
+                None => cluster.stop_server(),
+            }
         }
         cluster.init_if_needed()?;
         cluster.port = free_port()?;
         cluster.start_server(options.durable)?;
+        cluster.record_owner();
         cluster.spawn_watchdog()?;
         tracing::info!(port = cluster.port, data_dir = %cluster.data_dir.display(), "embedded Postgres started");
         Ok(cluster)
@@ -82,6 +96,15 @@ impl EmbeddedPostgres {
         if !self.owned {
             return;
         }
+        self.stop_server();
+        let _ = std::fs::remove_file(self.owner_file());
+        if self.remove_on_stop {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+
+    /// `pg_ctl stop -m fast`, waiting until the server is down.
+    fn stop_server(&self) {
         let status = self
             .server_command("pg_ctl")
             .arg("stop")
@@ -94,9 +117,27 @@ impl EmbeddedPostgres {
         if !matches!(status, Ok(s) if s.success()) {
             tracing::warn!("embedded Postgres did not stop cleanly");
         }
-        if self.remove_on_stop {
-            let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+
+    /// Beside the data folder: the pid of the flashsale process that started the cluster.
+    fn owner_file(&self) -> PathBuf {
+        self.data_dir.with_extension("owner")
+    }
+
+    fn record_owner(&self) {
+        if let Err(err) = std::fs::write(self.owner_file(), std::process::id().to_string()) {
+            tracing::warn!(error = %err, "could not record the embedded Postgres owner");
         }
+    }
+
+    /// The pid of the process that started the running cluster, if it is still alive.
+    fn live_owner(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.owner_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
     fn init_if_needed(&self) -> anyhow::Result<()> {
@@ -204,9 +245,16 @@ impl EmbeddedPostgres {
         } else {
             String::from(":")
         };
+        // Only the server this process started: if another instance has since started its
+        // own on the same folder, the postmaster pid differs and the watchdog leaves it be.
+        let postmaster = std::fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|pid_file| pid_file.lines().next().map(str::trim).map(str::to_string))
+            .unwrap_or_default();
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             {as_server}'{pg_ctl}' stop -D '{data}' -m fast -w >/dev/null 2>&1; {remove}",
+             if [ \"$(head -n 1 '{data}/postmaster.pid' 2>/dev/null)\" = '{postmaster}' ]; then \
+             {as_server}'{pg_ctl}' stop -D '{data}' -m fast -w >/dev/null 2>&1; {remove}; fi",
             pid = std::process::id(),
             pg_ctl = pg_ctl.display(),
         );

@@ -7,10 +7,11 @@
 //! last batch ran (at most [`MAX_BATCH`]), so a lone buyer waits for nobody. Once a batch
 //! sees an instant sale's stock at zero it cannot come back, so later buyers of that sale
 //! skip the batcher: one indexed read tells a repeat buyer (`ALREADY_PURCHASED`) from the
-//! rest (`SOLD_OUT`). Several instances each run their own batchers; the statement is safe
+//! rest (`SOLD_OUT`); for stocks up to [`MAX_REMEMBERED_BUYERS`] the final buyer list is
+//! loaded once and no query is needed at all. Several instances each run their own batchers; the statement is safe
 //! across them (see [`Store::purchase_batch`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,10 +20,12 @@ use uuid::Uuid;
 
 use super::purchases::{BatchBuyer, PurchaseOutcome};
 use super::{Store, StoreError};
-use crate::domain::Checkout;
+use crate::domain::{Checkout, Purchase};
 
 /// Most buyers decided by one statement.
-pub const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 2048;
+/// Largest stock whose buyers are held in memory once the sale sells out.
+const MAX_REMEMBERED_BUYERS: i64 = 100_000;
 /// How long a sku keeps resolving to the same sale id without asking the database.
 const SKU_CACHE_TTL: Duration = Duration::from_secs(1);
 /// A sale's batcher stops after this long without requests (and starts again on demand).
@@ -38,7 +41,10 @@ struct Request {
 #[derive(Default)]
 struct Shared {
     batchers: HashMap<Uuid, mpsc::UnboundedSender<Request>>,
-    sold_out: HashSet<Uuid>,
+    /// Sold-out instant sales, with their buyers when the stock is small enough to hold:
+    /// a sold-out instant sale never sells again, so that set is final and answers a
+    /// repeat buyer (`ALREADY_PURCHASED`) and everyone else (`SOLD_OUT`) without a query.
+    sold_out: HashMap<Uuid, Option<Arc<HashMap<String, Purchase>>>>,
     skus: HashMap<String, (Uuid, Checkout, Instant)>,
 }
 
@@ -92,8 +98,12 @@ impl PurchaseQueue {
         if checkout == Checkout::Queued {
             return self.store.purchase(&sale_id.to_string(), user_id).await;
         }
-        if self.is_sold_out(sale_id) {
-            return Ok(match self.store.find_purchase(sale_id, user_id).await? {
+        if let Some(buyers) = self.sold_out(sale_id) {
+            let owned = match buyers {
+                Some(buyers) => buyers.get(user_id).cloned(),
+                None => self.store.find_purchase(sale_id, user_id).await?,
+            };
+            return Ok(match owned {
                 Some(purchase) => PurchaseOutcome::AlreadyPurchased(purchase),
                 None => PurchaseOutcome::SoldOut,
             });
@@ -108,10 +118,31 @@ impl PurchaseQueue {
         answer.await.map_err(|_| StoreError::Unavailable)?
     }
 
-    fn is_sold_out(&self, sale_id: Uuid) -> bool {
-        self.shared
-            .lock()
-            .is_ok_and(|shared| shared.sold_out.contains(&sale_id))
+    /// `Some` once the sale is known to be sold out, with its buyers when remembered.
+    #[allow(clippy::type_complexity)]
+    fn sold_out(&self, sale_id: Uuid) -> Option<Option<Arc<HashMap<String, Purchase>>>> {
+        self.shared.lock().ok()?.sold_out.get(&sale_id).cloned()
+    }
+
+    /// Records that the sale sold out, loading its (final) buyers when there are few enough.
+    async fn mark_sold_out(&self, sale_id: Uuid) {
+        let buyers = match self
+            .store
+            .buyers_if_at_most(sale_id, MAX_REMEMBERED_BUYERS)
+            .await
+        {
+            Ok(Some(buyers)) => Some(Arc::new(
+                buyers
+                    .into_iter()
+                    .map(|purchase| (purchase.user_id.clone(), purchase))
+                    .collect(),
+            )),
+            // Too many to hold, or the read failed: answer from the database instead.
+            Ok(None) | Err(_) => None,
+        };
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.sold_out.insert(sale_id, buyers);
+        }
     }
 
     /// The sale id and checkout for a reference, from a short-lived cache. A UUID that
@@ -252,10 +283,8 @@ impl PurchaseQueue {
         // The stock ran out, or the sale is not sellable.
         match self.store.refusal_now(sale_id).await {
             Ok(Some(refusal)) => {
-                if matches!(refusal, PurchaseOutcome::SoldOut)
-                    && let Ok(mut shared) = self.shared.lock()
-                {
-                    shared.sold_out.insert(sale_id);
+                if matches!(refusal, PurchaseOutcome::SoldOut) && self.sold_out(sale_id).is_none() {
+                    self.mark_sold_out(sale_id).await;
                 }
                 for replies in by_user.into_values() {
                     for reply in replies {

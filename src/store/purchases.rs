@@ -289,6 +289,22 @@ impl Store {
         Ok(None)
     }
 
+    /// Every purchase of the sale when it has at most `limit` (else `None`).
+    pub async fn buyers_if_at_most(
+        &self,
+        sale_id: Uuid,
+        limit: i64,
+    ) -> Result<Option<Vec<Purchase>>, StoreError> {
+        let rows = sqlx::query_as::<_, PurchaseRow>(
+            "SELECT id, sale_id, user_id, created_at FROM purchases WHERE sale_id = $1 LIMIT $2",
+        )
+        .bind(sale_id)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((rows.len() as i64 <= limit).then(|| rows.into_iter().map(Purchase::from).collect()))
+    }
+
     /// The purchases these users own in the sale, read now.
     pub async fn purchases_of(
         &self,

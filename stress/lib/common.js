@@ -2,6 +2,7 @@
 // calls, sale setup and outcome classification.
 import http from 'k6/http';
 import { sleep } from 'k6';
+import { Counter } from 'k6/metrics';
 import crypto from 'k6/crypto';
 import encoding from 'k6/encoding';
 
@@ -99,4 +100,37 @@ export function purchaseOutcome(res) {
   if (res.status === 409 && code === 'ALREADY_PURCHASED') return 'duplicate';
   if (res.status === 429 && code === 'RATE_LIMITED') return 'rate_limited';
   return 'error';
+}
+
+// Counters per purchase outcome; call once, in the init context of a script.
+export function purchaseCounters() {
+  return {
+    success: new Counter('purchase_success'),
+    sold_out: new Counter('purchase_sold_out'),
+    not_active: new Counter('purchase_not_active'),
+    duplicate: new Counter('purchase_duplicate'),
+    rate_limited: new Counter('purchase_rate_limited'),
+    error: new Counter('purchase_error'),
+  };
+}
+
+// One instant purchase for userId, counted by outcome.
+export function buy(sku, userId, counters) {
+  const res = http.post(
+    `${BASE_URL}/api/v1/sales/${sku}/purchases`,
+    JSON.stringify({ userId }),
+    Object.assign(jsonParams('purchase', userId), { responseCallback: http.expectedStatuses(201, 409, 429) }),
+  );
+  const outcome = purchaseOutcome(res);
+  counters[outcome].add(1);
+  return outcome;
+}
+
+// Teardown shared by the purchase scenarios: the audit route must pass.
+export function auditTeardown(data) {
+  const report = audit(data.sku);
+  console.log(`sale ${data.sku}: audit ${report && report.passed ? 'PASS' : 'FAIL'}`);
+  if (!report || !report.passed) {
+    throw new Error(`invariant audit failed for ${data.sku}: ${JSON.stringify(report)}`);
+  }
 }

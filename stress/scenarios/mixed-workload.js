@@ -3,27 +3,19 @@
 // correctness thresholds as purchase-load: exactly the stock sells, no error.
 import http from 'k6/http';
 import { check, sleep } from 'k6';
-import { Counter } from 'k6/metrics';
-import { BASE_URL, audit, createSale, envInt, jsonParams, purchaseOutcome, runSku } from '../lib/common.js';
+import { BASE_URL, auditTeardown, buy, createSale, envInt, purchaseCounters, runSku } from '../lib/common.js';
 
 const VUS = envInt('VUS', 1000);
 const POLL_VUS = envInt('POLL_VUS', 500);
 const STOCK = envInt('INITIAL_STOCK', 100);
 
-const outcomes = {
-  success: new Counter('purchase_success'),
-  sold_out: new Counter('purchase_sold_out'),
-  not_active: new Counter('purchase_not_active'),
-  duplicate: new Counter('purchase_duplicate'),
-  rate_limited: new Counter('purchase_rate_limited'),
-  error: new Counter('purchase_error'),
-};
+const outcomes = purchaseCounters();
 
 export const options = {
   setupTimeout: '60s',
   scenarios: {
     pollers: { executor: 'constant-vus', vus: POLL_VUS, duration: '20s', exec: 'poll' },
-    buyers: { executor: 'per-vu-iterations', vus: VUS, iterations: 1, startTime: '5s', maxDuration: '60s', exec: 'buy' },
+    buyers: { executor: 'per-vu-iterations', vus: VUS, iterations: 1, startTime: '5s', maxDuration: '60s', exec: 'buyer' },
   },
   thresholds: {
     purchase_success: [`count==${Math.min(STOCK, VUS)}`],
@@ -41,14 +33,9 @@ export function setup() {
   return { sku, run: `${Date.now()}` };
 }
 
-export function buy(data) {
+export function buyer(data) {
   const userId = `mx-${data.run}-${__VU}`;
-  const res = http.post(
-    `${BASE_URL}/api/v1/sales/${data.sku}/purchases`,
-    JSON.stringify({ userId }),
-    Object.assign(jsonParams('purchase', userId), { responseCallback: http.expectedStatuses(201, 409, 429) }),
-  );
-  outcomes[purchaseOutcome(res)].add(1);
+  buy(data.sku, userId, outcomes);
 }
 
 export function poll(data) {
@@ -58,8 +45,5 @@ export function poll(data) {
 }
 
 export function teardown(data) {
-  const report = audit(data.sku);
-  if (!report || !report.passed) {
-    throw new Error(`invariant audit failed for ${data.sku}: ${JSON.stringify(report)}`);
-  }
+  auditTeardown(data);
 }

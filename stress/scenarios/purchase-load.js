@@ -1,21 +1,12 @@
 // purchase-load: VUS buyers (default 1,000) each fire one instant purchase, all at once,
 // against INITIAL_STOCK units (default 100). Exactly the stock must sell, with no error.
-import http from 'k6/http';
-import { Counter } from 'k6/metrics';
-import { BASE_URL, audit, createSale, envInt, jsonParams, purchaseOutcome, runSku } from '../lib/common.js';
+import { auditTeardown, buy, createSale, envInt, purchaseCounters, runSku } from '../lib/common.js';
 
 const VUS = envInt('VUS', 1000);
 const STOCK = envInt('INITIAL_STOCK', 100);
 const expectedSuccess = Math.min(STOCK, VUS);
 
-const outcomes = {
-  success: new Counter('purchase_success'),
-  sold_out: new Counter('purchase_sold_out'),
-  not_active: new Counter('purchase_not_active'),
-  duplicate: new Counter('purchase_duplicate'),
-  rate_limited: new Counter('purchase_rate_limited'),
-  error: new Counter('purchase_error'),
-};
+const outcomes = purchaseCounters();
 
 export const options = {
   setupTimeout: '60s',
@@ -39,18 +30,9 @@ export function setup() {
 
 export default function (data) {
   const userId = `pl-${data.run}-${__VU}`;
-  const res = http.post(
-    `${BASE_URL}/api/v1/sales/${data.sku}/purchases`,
-    JSON.stringify({ userId }),
-    Object.assign(jsonParams('purchase', userId), { responseCallback: http.expectedStatuses(201, 409, 429) }),
-  );
-  outcomes[purchaseOutcome(res)].add(1);
+  buy(data.sku, userId, outcomes);
 }
 
 export function teardown(data) {
-  const report = audit(data.sku);
-  console.log(`sale ${data.sku}: audit ${report && report.passed ? 'PASS' : 'FAIL'}`);
-  if (!report || !report.passed) {
-    throw new Error(`invariant audit failed for ${data.sku}: ${JSON.stringify(report)}`);
-  }
+  auditTeardown(data);
 }
