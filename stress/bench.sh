@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
 # The purchase benchmark: a durable Postgres of its own (fsync and synchronous_commit on), a
 # release build, the pgbench baseline of the naive single-hot-row statement, then the
-# service under k6: throughput at 100, 1,000 and 5,000 buyers, the 1,000-buyer burst on a
-# stock of 100, and the sale view under 1,000 pollers. Prints one table; every run ends with
+# service: committed purchases per second at 100, 1,000 and 5,000 concurrent buyers (wrk,
+# every request a new buyer, stock too large to sell out), the 1,000-buyer burst on a stock
+# of 100 (k6), the sale view under 1,000 pollers at about 10,000 requests/s (wrk), and
+# purchases with and without those pollers. Prints one table; every run that buys ends with
 # the invariant check. Results go to stress/results/<timestamp>-bench/ (git-ignored).
 #
 #   stress/bench.sh            (or: just bench)
 #
-# Knobs: BENCH_DURATION (15s), BENCH_LEVELS ("100 1000 5000"), PGBENCH_CLIENTS ("8 32 64"),
+# Knobs: BENCH_SECONDS (15), BENCH_LEVELS ("100 1000 5000"), PGBENCH_CLIENTS ("8 32 64"),
 # K6_CMD, GROUP_COMMIT (true), SALE_VIEW_CACHE_MS (100), DB_POOL_SIZE (10).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 out="$here/results/$(date +%Y%m%d-%H%M%S)-bench"
 mkdir -p "$out"
-duration=${BENCH_DURATION:-15s}
+seconds=${BENCH_SECONDS:-15}
 levels=${BENCH_LEVELS:-100 1000 5000}
 clients=${PGBENCH_CLIENTS:-8 32 64}
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-log "building the release binary"
-(cd "$root" && cargo build --release --quiet)
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing wrk (Debian package)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  else
+    log "wrk is required (apt-get install wrk)"; exit 2
+  fi
+fi
 k6=${K6_CMD:-}
 if [ -z "$k6" ]; then
   if command -v k6 >/dev/null 2>&1; then k6=$(command -v k6)
@@ -29,7 +37,10 @@ if [ -z "$k6" ]; then
     k6="$root/.venv/bin/k6"
   fi
 fi
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+log "building the release binary"
+(cd "$root" && cargo build --release --quiet)
 data=$(mktemp -d /tmp/flashsale-bench-XXXXXX)
 chmod 755 "$data"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -42,8 +53,9 @@ service=$!
 trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 1 120); do curl -fsS "$BASE_URL/health" >/dev/null 2>&1 && break; sleep 0.5; done
 pg_port=$(sed -n 4p "$data/pg/postmaster.pid")
-psql_cmd=(psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres flashsale)
-"${psql_cmd[@]}" -At -c "SELECT 'fsync=' || current_setting('fsync') || ' synchronous_commit=' || current_setting('synchronous_commit')" | tee "$out/durability.txt"
+export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/flashsale"
+psql_cmd=(psql -X -q "$DATABASE_URL")
+"${psql_cmd[@]}" -At -c "SELECT 'fsync=' || current_setting('fsync') || ' synchronous_commit=' || current_setting('synchronous_commit')" > "$out/durability.txt"
 
 log "pgbench baseline: the naive statement on one hot row"
 "${psql_cmd[@]}" <<'SQL'
@@ -61,7 +73,7 @@ SQL
 baseline=0
 declare -A pgbench_tps
 for c in $clients; do
-  tps=$(pgbench -n -M prepared -h 127.0.0.1 -p "$pg_port" -U postgres -c "$c" -j 2 -T "${duration%s}" \
+  tps=$(pgbench -n -M prepared -h 127.0.0.1 -p "$pg_port" -U postgres -c "$c" -j 2 -T "$seconds" \
         -f "$out/naive.sql" flashsale 2>&1 | tee "$out/pgbench-$c.txt" | awk '/^tps/ {print int($3); exit}')
   pgbench_tps[$c]=$tps
   log "pgbench $c clients: $tps purchases/s"
@@ -69,48 +81,80 @@ for c in $clients; do
 done
 "${psql_cmd[@]}" -c "DROP TABLE bench_purchases, bench_sales"
 
-row() { python3 - "$@" <<'PY'
-import json, sys
-name, path, baseline, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-m = json.load(open(path))["metrics"]
-ok = m.get("purchase_success", {}).get("count")
-d = m.get("http_req_duration{endpoint:purchase}") or m.get("http_req_duration{endpoint:sale_view}") or m["http_req_duration"]
-rate = (ok / seconds) if ok is not None and seconds > 0 else m["http_reqs"]["rate"]
-ratio = f"{rate / baseline:5.2f}x" if ok is not None and baseline > 0 else "  -  "
-print(f"{name:28} {rate:9.0f}/s  p50 {d['med']:7.1f}  p95 {d['p(95)']:7.1f}  p99 {d['p(99)']:7.1f} ms  {ratio}")
-PY
+failed=0
+new_sale() {  # sku stock
+  curl -fsS -X POST "$BASE_URL/api/v1/admin/sales" -H "Authorization: Bearer $ADMIN_API_KEY" \
+    -H 'Content-Type: application/json' -d "{\"sku\":\"$1\",\"name\":\"bench\",\"stock\":$2}" >/dev/null
 }
-
-run_k6() {
-  local name=$1 script=$2; shift 2
-  local sku="$name-$(date +%s)-$RANDOM"
-  log "k6 $name"
-  local status=0
-  env TEST_SKU="$sku" "$@" "$k6" run --quiet --address 127.0.0.1:0 --summary-export "$out/$name.json" \
-    "$here/scenarios/$script.js" > "$out/$name.txt" 2>&1 || status=$?
-  if ! DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/flashsale" \
-      "$here/verify-invariants.sh" "$sku" > "$out/$name-invariants.txt" 2>&1; then
-    status=1
+verify() {  # sku name
+  if ! "$here/verify-invariants.sh" "$1" > "$out/$2-invariants.txt" 2>&1; then
+    failed=1
+    echo "FAILED invariants: $2" >> "$out/failures.txt"
   fi
-  echo "$status" > "$out/$name.status"
+}
+wrk_buy() {  # name connections sku
+  SKU=$3 RUN="$1-$RANDOM" wrk -t2 -c"$2" -d"${seconds}s" --timeout 10s -s "$here/wrk-purchase.lua" "$BASE_URL" \
+    > "$out/$1.txt" 2>&1
+  grep RESULT "$out/$1.txt" | tail -1
+}
+result() {  # "RESULT k=v ..." key
+  sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"
 }
 
-seconds=$(python3 -c "print(float('${duration%s}'))")
-for vus in $levels; do
-  run_k6 "throughput-$vus" bench-purchase VUS="$vus" BENCH_DURATION="$duration"
+declare -A rows
+for c in $levels; do
+  sku="bench-$c-$(date +%s)-$RANDOM"
+  new_sale "$sku" 10000000
+  log "wrk: $c concurrent buyers for ${seconds}s"
+  r=$(wrk_buy "throughput-$c" "$c" "$sku")
+  verify "$sku" "throughput-$c"
+  rows[$c]=$r
 done
-run_k6 burst-1000-on-100 purchase-load VUS=1000 INITIAL_STOCK=100
-run_k6 reads-1000-pollers status-polling POLL_VUS=1000 POLL_DURATION="$duration" POLL_INTERVAL=0
+
+log "k6: burst of 1,000 buyers on a stock of 100"
+burst_sku="burst-$(date +%s)-$RANDOM"
+TEST_SKU=$burst_sku VUS=1000 INITIAL_STOCK=100 "$k6" run --quiet --address 127.0.0.1:0 \
+  --summary-export "$out/burst.json" "$here/scenarios/purchase-load.js" > "$out/burst.txt" 2>&1 || { failed=1; echo "FAILED burst thresholds" >> "$out/failures.txt"; }
+verify "$burst_sku" burst
+burst=$(python3 -c "
+import json; m = json.load(open('$out/burst.json'))['metrics']
+d = m['http_req_duration{endpoint:purchase}']; ok = m['purchase_success']['count']
+print(f\"sold={int(ok)} p50={d['med']:.1f} p95={d['p(95)']:.1f} p99={d['p(99)']:.1f}\")")
+
+log "wrk: 1,000 pollers of the sale view (~10,000 requests/s)"
+view_sku="view-$(date +%s)-$RANDOM"
+new_sale "$view_sku" 100
+SALE_PATH="/api/v1/sales/$view_sku" POLL_MS=90 wrk -t2 -c1000 -d"${seconds}s" -s "$here/wrk-poll.lua" \
+  "$BASE_URL" > "$out/reads.txt" 2>&1
+reads=$(grep RESULT "$out/reads.txt" | tail -1)
+
+log "wrk: 100 buyers while the 1,000 pollers poll"
+mixed_sku="mixed-$(date +%s)-$RANDOM"
+new_sale "$mixed_sku" 10000000
+SALE_PATH="/api/v1/sales/$view_sku" POLL_MS=90 wrk -t1 -c1000 -d"$((seconds + 2))s" -s "$here/wrk-poll.lua" \
+  "$BASE_URL" > "$out/mixed-reads.txt" 2>&1 &
+poller=$!
+sleep 1
+mixed=$(wrk_buy mixed-buyers 100 "$mixed_sku")
+wait "$poller" || true
+verify "$mixed_sku" mixed-buyers
+mixed_reads=$(grep RESULT "$out/mixed-reads.txt" | tail -1)
 
 {
-  echo "flashsale purchase benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(cat "$out/durability.txt")"
-  for c in $clients; do printf 'pgbench naive, %-3s clients    %9s/s\n' "$c" "${pgbench_tps[$c]}"; done
-  echo "baseline (best pgbench)      ${baseline}/s"
-  for vus in $levels; do row "service, $vus buyers" "$out/throughput-$vus.json" "$baseline" "$seconds"; done
-  row "burst 1,000 on stock 100" "$out/burst-1000-on-100.json" 0 0
-  row "sale view, 1,000 pollers" "$out/reads-1000-pollers.json" 0 0
-  failed=0
-  for f in "$out"/*.status; do [ "$(cat "$f")" = 0 ] || { echo "FAILED: $(basename "$f" .status) (thresholds or invariants)"; failed=1; }; done
-  [ "$failed" = 0 ] && echo "invariants: PASS after every run"
+  echo "flashsale purchase benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(cat "$out/durability.txt"), ${seconds}s per run"
+  for c in $clients; do printf '  pgbench naive statement, %2s clients   %7s purchases/s\n' "$c" "${pgbench_tps[$c]}"; done
+  printf '  baseline (best pgbench rate)          %7s purchases/s\n' "$baseline"
+  printf '  %-38s %9s %9s %9s %9s %7s\n' "service (group commit)" "rate/s" "p50 ms" "p95 ms" "p99 ms" "ratio"
+  for c in $levels; do
+    r=${rows[$c]}
+    rate=$(result "$r" rate)
+    printf '  %-38s %9.0f %9s %9s %9s %6.2fx\n' "$c concurrent buyers (wrk)" "$rate" "$(result "$r" p50)" "$(result "$r" p95)" "$(result "$r" p99)" "$(python3 -c "print($rate / max($baseline, 1))")"
+  done
+  printf '  %-38s %9s %9s %9s %9s\n' "burst: 1,000 at once on stock 100 (k6)" "$(result " $burst" sold) sold" "$(result " $burst" p50)" "$(result " $burst" p95)" "$(result " $burst" p99)"
+  printf '  %-38s %9.0f %9s %9s %9s\n' "sale view, 1,000 pollers (wrk)" "$(result "$reads" rate)" "$(result "$reads" p50)" "$(result "$reads" p95)" "$(result "$reads" p99)"
+  printf '  %-38s %9.0f %9s %9s %9s\n' "100 buyers while 1,000 pollers poll" "$(result "$mixed" rate)" "$(result "$mixed" p50)" "$(result "$mixed" p95)" "$(result "$mixed" p99)"
+  printf '  %-38s %9.0f %9s %9s %9s\n' "  the pollers meanwhile" "$(result "$mixed_reads" rate)" "$(result "$mixed_reads" p50)" "$(result "$mixed_reads" p95)" "$(result "$mixed_reads" p99)"
+  if [ "$failed" = 0 ]; then echo "  invariants: PASS after every run that bought"; else cat "$out/failures.txt"; fi
 } | tee "$out/table.txt"
 log "results in $out"
+exit "$failed"
