@@ -18,6 +18,7 @@ use crate::api::rate_limit::{self, KeyedLimiter, RateLimits};
 use crate::api::view_cache::SaleViewCache;
 use crate::config::Config;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use crate::metrics::Metrics;
 use crate::store::{self, PurchaseQueue, Store};
 use crate::worker::{Runner, RunnerConfig, ServiceJobs};
 
@@ -35,6 +36,7 @@ pub struct Application {
     tokens: Arc<BuyerTokens>,
     group_commit: bool,
     view_cache: Duration,
+    metrics: Metrics,
     runner_config: RunnerConfig,
     /// The private cluster we started, stopped after the server and workers.
     embedded: Option<EmbeddedPostgres>,
@@ -91,6 +93,7 @@ impl Application {
             admin_key: AdminKey::new(admin_key),
             tokens: Arc::new(tokens),
             group_commit: config.group_commit,
+            metrics: Metrics::new().context("Failed to set up metrics")?,
             view_cache: Duration::from_millis(config.sale_view_cache_ms),
             runner_config: RunnerConfig {
                 poll_interval: Duration::from_millis(config.worker_poll_ms.max(10)),
@@ -121,7 +124,8 @@ impl Application {
             self.store.clone(),
             ServiceJobs::new(self.store.clone()),
             self.runner_config.clone(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
         let worker = tokio::spawn(runner.run(workers_stopped));
         rate_limit::spawn_pruner(&self.limits);
         let app = crate::api::app(ApiState {
@@ -131,6 +135,7 @@ impl Application {
             tokens: self.tokens,
             purchases: PurchaseQueue::new(self.store.clone(), self.group_commit),
             views: Arc::new(SaleViewCache::new(self.view_cache)),
+            metrics: self.metrics.clone(),
         });
         tracing::info!(
             port = self.acceptor.local_addr().first().map(ToString::to_string),

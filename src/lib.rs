@@ -11,13 +11,15 @@
 //! - [`domain`] holds plain types and rules: a sale's derived state, validation.
 //! - [`embedded_pg`] starts a private Postgres from the installed binaries when no
 //!   `DATABASE_URL` is given (and for the tests).
-//! - [`config`] and [`telemetry`] read the environment and set up logging.
+//! - [`config`] and [`telemetry`] read the environment and set up logging; [`metrics`]
+//!   counts requests, purchases, queue actions and jobs for `GET /metrics`.
 
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod embedded_pg;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -18,7 +18,8 @@ async fn main() -> anyhow::Result<()> {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .connect_lazy("postgres://localhost/flashsale")
                 .context("Failed to build a lazy pool")?;
-            let spec = flashsale::api::openapi_json(Store::new(pool));
+            let spec = flashsale::api::openapi_json(Store::new(pool))
+                .context("Failed to build the OpenAPI document")?;
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{spec}").context("Failed to write the document")
         }

@@ -13,6 +13,7 @@ use super::models::{PurchaseRequest, PurchaseView, SaleView};
 use super::rate_limit::RateLimits;
 use super::view_cache::SaleViewCache;
 use crate::domain::sale::valid_user_id;
+use crate::metrics::Metrics;
 use crate::store::{PurchaseOutcome, PurchaseQueue, Store};
 
 pub struct BuyerApi {
@@ -21,6 +22,7 @@ pub struct BuyerApi {
     pub tokens: Arc<BuyerTokens>,
     pub purchases: PurchaseQueue,
     pub views: Arc<SaleViewCache>,
+    pub metrics: Metrics,
 }
 
 identity_refusal!(PurchaseResponse, GetPurchaseResponse);
@@ -171,6 +173,10 @@ impl BuyerApi {
             Err(err) => return PurchaseResponse::Internal(ErrorBody::internal(&err)),
         };
         tracing::info!(outcome = outcome_name(&outcome), "purchase");
+        self.metrics
+            .purchases
+            .with_label_values(&[outcome_name(&outcome)])
+            .inc();
         match outcome {
             PurchaseOutcome::Purchased(purchase) => {
                 PurchaseResponse::Created(Json(purchase.into()))

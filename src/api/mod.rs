@@ -23,6 +23,7 @@ use poem::middleware::{CatchPanic, RequestId, Tracing};
 use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, Tags};
 
+use crate::metrics::Metrics;
 use crate::store::{PurchaseQueue, Store};
 use admin::AdminApi;
 use auth::AdminKey;
@@ -66,12 +67,13 @@ pub struct ApiState {
     pub purchases: PurchaseQueue,
     /// The public sale view's short-lived cache.
     pub views: Arc<SaleViewCache>,
+    pub metrics: Metrics,
 }
 
 impl ApiState {
     /// No rate limits and no buyer tokens: for the OpenAPI document and tests.
-    pub fn unlimited(store: Store, admin_key: AdminKey) -> Self {
-        Self {
+    pub fn unlimited(store: Store, admin_key: AdminKey) -> prometheus::Result<Self> {
+        Ok(Self {
             limits: Arc::new(RateLimits {
                 per_user: rate_limit::KeyedLimiter::new(0, 0),
                 per_ip: rate_limit::KeyedLimiter::new(0, 0),
@@ -81,8 +83,9 @@ impl ApiState {
             tokens: Arc::new(BuyerTokens::disabled()),
             purchases: PurchaseQueue::new(store.clone(), true),
             views: Arc::new(SaleViewCache::new(std::time::Duration::ZERO)),
+            metrics: Metrics::new()?,
             store,
-        }
+        })
     }
 }
 
@@ -99,11 +102,13 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
                 tokens: state.tokens.clone(),
                 purchases: state.purchases.clone(),
                 views: state.views.clone(),
+                metrics: state.metrics.clone(),
             },
             QueueApi {
                 store: state.store.clone(),
                 limits: state.limits.clone(),
                 tokens: state.tokens.clone(),
+                metrics: state.metrics.clone(),
             },
             HealthApi {
                 store: state.store.clone(),
@@ -116,8 +121,8 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
 }
 
 /// The OpenAPI document as served at `/openapi.json` (and committed under `openapi/`).
-pub fn openapi_json(store: Store) -> String {
-    openapi_service(&ApiState::unlimited(store, AdminKey::new(String::new()))).spec()
+pub fn openapi_json(store: Store) -> prometheus::Result<String> {
+    Ok(openapi_service(&ApiState::unlimited(store, AdminKey::new(String::new()))?).spec())
 }
 
 /// The whole HTTP application.
@@ -127,13 +132,38 @@ pub fn app(state: ApiState) -> impl Endpoint {
     let docs = api.swagger_ui();
     let ip_limits = state.limits.clone();
     let admin_key = state.admin_key;
+    let metrics = state.metrics.clone();
+    let counted = state.metrics.clone();
     Route::new()
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .at(
+            "/metrics",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                metrics
+                    .render()
+                    .with_content_type("text/plain; version=0.0.4")
+            })),
+        )
         .nest("/", api)
         .around(move |next, req| {
             let limits = ip_limits.clone();
             rate_limit::per_ip_limit(next, req, limits)
+        })
+        .around(move |next, req| {
+            let counted = counted.clone();
+            async move {
+                let response = next.call(req).await?;
+                let class = match response.status().as_u16() {
+                    100..=199 => "1xx",
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                };
+                counted.http_responses.with_label_values(&[class]).inc();
+                Ok(response)
+            }
         })
         .data(admin_key)
         .with(CatchPanic::new().with_handler(|_| {

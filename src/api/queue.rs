@@ -14,6 +14,7 @@ use super::models::{PurchaseRequest, PurchaseView, QueueStatusView};
 use super::rate_limit::RateLimits;
 use crate::domain::EntryStatus;
 use crate::domain::sale::valid_user_id;
+use crate::metrics::Metrics;
 use crate::store::{ConfirmOutcome, JoinOutcome, LeaveOutcome, Store};
 
 /// Seconds a buyer refused with `QUEUE_FULL` is told to wait.
@@ -23,6 +24,7 @@ pub struct QueueApi {
     pub store: Store,
     pub limits: Arc<RateLimits>,
     pub tokens: Arc<BuyerTokens>,
+    pub metrics: Metrics,
 }
 
 identity_refusal!(
@@ -219,6 +221,13 @@ enum Refusal {
 }
 
 impl QueueApi {
+    fn count(&self, action: &str, outcome: &str) {
+        self.metrics
+            .queue_actions
+            .with_label_values(&[action, outcome])
+            .inc();
+    }
+
     /// The verified buyer of a write route, checked and within its rate limit.
     fn buyer(&self, auth: &BuyerAuth, claimed: Option<&str>) -> Result<String, Refusal> {
         let user_id = self
@@ -264,7 +273,11 @@ impl QueueApi {
                 return JoinResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
             }
         };
-        match self.store.join_queue(&sale.0, &user_id).await {
+        let joined = self.store.join_queue(&sale.0, &user_id).await;
+        if let Ok(outcome) = &joined {
+            self.count("join", join_outcome_name(outcome));
+        }
+        match joined {
             Ok(JoinOutcome::Queued(entry)) | Ok(JoinOutcome::Held(entry)) => {
                 JoinResponse::Accepted(Json(QueueStatusView::new(&entry, None)))
             }
@@ -351,7 +364,9 @@ impl QueueApi {
             Ok(outcome) => outcome,
             Err(err) => return ConfirmResponse::Internal(ErrorBody::internal(&err)),
         };
-        tracing::info!(outcome = ?std::mem::discriminant(&outcome), "confirm");
+        let name = confirm_outcome_name(&outcome);
+        tracing::info!(outcome = name, "confirm");
+        self.count("confirm", name);
         match outcome {
             ConfirmOutcome::Purchased(purchase) => ConfirmResponse::Created(Json(purchase.into())),
             ConfirmOutcome::HoldExpired => ConfirmResponse::Gone(ErrorBody::json(
@@ -455,5 +470,31 @@ impl QueueApi {
             )),
             Err(err) => UserPurchasesResponse::Internal(ErrorBody::internal(&err)),
         }
+    }
+}
+
+fn join_outcome_name(outcome: &JoinOutcome) -> &'static str {
+    match outcome {
+        JoinOutcome::Queued(_) => "queued",
+        JoinOutcome::Held(_) => "held",
+        JoinOutcome::AlreadyPurchased(_) => "already_purchased",
+        JoinOutcome::SoldOut => "sold_out",
+        JoinOutcome::NotActive(_) => "not_active",
+        JoinOutcome::QueueFull => "queue_full",
+        JoinOutcome::WrongCheckout => "wrong_checkout",
+        JoinOutcome::SaleNotFound => "sale_not_found",
+    }
+}
+
+fn confirm_outcome_name(outcome: &ConfirmOutcome) -> &'static str {
+    match outcome {
+        ConfirmOutcome::Purchased(_) => "purchased",
+        ConfirmOutcome::HoldExpired => "hold_expired",
+        ConfirmOutcome::NoHold => "no_hold",
+        ConfirmOutcome::AlreadyPurchased(_) => "already_purchased",
+        ConfirmOutcome::NotActive(_) => "not_active",
+        ConfirmOutcome::NotInQueue => "not_in_queue",
+        ConfirmOutcome::WrongCheckout => "wrong_checkout",
+        ConfirmOutcome::SaleNotFound => "sale_not_found",
     }
 }

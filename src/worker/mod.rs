@@ -14,6 +14,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use crate::store::{JOBS_CHANNEL, Job, Store};
 
 pub use service_jobs::{ADMIT_BATCH, ServiceJobs};
@@ -64,6 +65,7 @@ pub struct Runner<H> {
     store: Store,
     handler: H,
     config: RunnerConfig,
+    metrics: Option<Metrics>,
 }
 
 impl<H: JobHandler> Runner<H> {
@@ -72,6 +74,22 @@ impl<H: JobHandler> Runner<H> {
             store,
             handler,
             config,
+            metrics: None,
+        }
+    }
+
+    /// Counts the jobs it runs in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, job: &Job, result: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .jobs
+                .with_label_values(&[job.kind.as_str(), result])
+                .inc();
         }
     }
 
@@ -122,7 +140,9 @@ impl<H: JobHandler> Runner<H> {
 
     #[tracing::instrument(skip_all, fields(job = job.id, kind = %job.kind, sale = ?job.sale_id, attempt = job.attempts))]
     async fn run_one(&self, job: &Job) {
-        match self.handler.run(job).await {
+        let outcome = self.handler.run(job).await;
+        self.count(job, if outcome.is_ok() { "ok" } else { "failed" });
+        match outcome {
             Ok(()) => match self.store.complete_job(job).await {
                 Ok(true) => tracing::debug!("job done"),
                 Ok(false) => tracing::warn!("job done after its lease ran out"),

@@ -185,3 +185,18 @@ async fn health_is_ok_with_a_database_and_503_without_one() {
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_purchases_by_outcome_and_responses_by_class() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(1).await;
+    let sku = sale["sku"].as_str().expect("sku");
+    assert_eq!(app.purchase(sku, "first").await.0, StatusCode::CREATED);
+    assert_eq!(app.purchase(sku, "second").await.0, StatusCode::CONFLICT);
+    let response = app.client.get("/metrics").send().await;
+    assert_eq!(response.0.status(), StatusCode::OK);
+    let text = response.0.into_body().into_string().await.expect("text");
+    assert!(text.contains("flashsale_purchases_total{outcome=\"purchased\"} 1"), "{text}");
+    assert!(text.contains("flashsale_purchases_total{outcome=\"sold_out\"} 1"), "{text}");
+    assert!(text.contains("flashsale_http_responses_total{class=\"4xx\"}"), "{text}");
+}

@@ -8,6 +8,7 @@ use flashsale::api::buyer_auth::BuyerTokens;
 use flashsale::api::rate_limit::{KeyedLimiter, RateLimits};
 use flashsale::api::view_cache::SaleViewCache;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use flashsale::metrics::Metrics;
 use flashsale::store::{self, PurchaseQueue, Store};
 use poem::endpoint::BoxEndpoint;
 use poem::http::StatusCode;
@@ -124,6 +125,7 @@ pub fn client_with_tokens(
         tokens: Arc::new(tokens),
         purchases: PurchaseQueue::new(store.clone(), true),
         views: Arc::new(SaleViewCache::new(Duration::ZERO)),
+        metrics: Metrics::new().expect("metrics"),
         store,
     });
     TestClient::new(app.map_to_response().boxed())

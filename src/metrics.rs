@@ -1,0 +1,88 @@
+//! Prometheus metrics, served as text at `GET /metrics`: requests by route and status,
+//! instant purchases and queue actions by outcome, and jobs by kind and result.
+//!
+//! One registry per process (not global), handed to the API and the job runner, so tests
+//! can build as many services as they like.
+
+use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP responses by status class (`2xx`, `4xx`, ...).
+    pub http_responses: IntCounterVec,
+    /// Instant purchase attempts by outcome (`purchased`, `sold_out`, ...).
+    pub purchases: IntCounterVec,
+    /// Queue actions by action and outcome (`join`/`queued`, `confirm`/`hold_expired`, ...).
+    pub queue_actions: IntCounterVec,
+    /// Jobs run by kind and result (`ok`, `failed`).
+    pub jobs: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new_custom(Some("flashsale".into()), None)?;
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(counter.clone()))?;
+                Ok(counter)
+            };
+        Ok(Self {
+            http_responses: counter(
+                "http_responses_total",
+                "HTTP responses by status class",
+                &["class"],
+            )?,
+            purchases: counter(
+                "purchases_total",
+                "Instant purchase attempts by outcome",
+                &["outcome"],
+            )?,
+            queue_actions: counter(
+                "queue_actions_total",
+                "Queue actions by action and outcome",
+                &["action", "outcome"],
+            )?,
+            jobs: counter(
+                "jobs_total",
+                "Background jobs run by kind and result",
+                &["kind", "result"],
+            )?,
+            registry,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_up_in_the_text_exposition() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.purchases.with_label_values(&["sold_out"]).inc_by(3);
+        metrics.jobs.with_label_values(&["queue_tick", "ok"]).inc();
+        let text = metrics.render();
+        assert!(
+            text.contains("flashsale_purchases_total{outcome=\"sold_out\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flashsale_jobs_total{kind=\"queue_tick\",result=\"ok\"} 1"),
+            "{text}"
+        );
+    }
+}
