@@ -1,6 +1,6 @@
 -- wrk script for stress/queue-bench.sh. MODE=join: every request joins the queue of SKU as a
 -- new buyer q-<thread>-<n>. MODE=poll: every request polls a random one of those buyers
--- (PER_THREAD of them per thread, as the join run left them).
+-- (PER_THREAD of them per thread, as the join run left them), every POLL_MS ms if set.
 local mode = os.getenv("MODE") or "poll"
 local sku = os.getenv("SKU") or "queue"
 local per_thread = tonumber(os.getenv("PER_THREAD") or "1000")
@@ -27,6 +27,12 @@ function request()
   end
   local user = string.format("q-%d-%d", math.random(1, #threads), math.random(1, per_thread))
   return wrk.format("GET", "/api/v1/sales/" .. sku .. "/queue/" .. user)
+end
+
+-- POLL_MS paces each connection (a poller waiting between polls); unset: as fast as it goes.
+local pause = tonumber(os.getenv("POLL_MS") or "0")
+function delay()
+  return pause
 end
 
 function response(status, headers, body)

@@ -323,9 +323,8 @@ impl QueueApi {
             return QueueStatusResponse::refuse(err);
         }
         match self.store.queue_entry(&sale.0, &user_id.0).await {
-            Ok(Some((_, Some(entry)))) => {
-                let found = self.store.find_sale(&sale.0).await.ok().flatten();
-                QueueStatusResponse::Ok(Json(QueueStatusView::new(&entry, found.as_ref())))
+            Ok(Some((found, Some(entry)))) => {
+                QueueStatusResponse::Ok(Json(QueueStatusView::new(&entry, Some(&found))))
             }
             Ok(Some((found, None))) if found.checkout == crate::domain::Checkout::Instant => {
                 QueueStatusResponse::Conflict(wrong_checkout())

@@ -196,7 +196,16 @@ async fn metrics_count_purchases_by_outcome_and_responses_by_class() {
     let response = app.client.get("/metrics").send().await;
     assert_eq!(response.0.status(), StatusCode::OK);
     let text = response.0.into_body().into_string().await.expect("text");
-    assert!(text.contains("flashsale_purchases_total{outcome=\"purchased\"} 1"), "{text}");
-    assert!(text.contains("flashsale_purchases_total{outcome=\"sold_out\"} 1"), "{text}");
-    assert!(text.contains("flashsale_http_responses_total{class=\"4xx\"}"), "{text}");
+    assert!(
+        text.contains("flashsale_purchases_total{outcome=\"purchased\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flashsale_purchases_total{outcome=\"sold_out\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flashsale_http_responses_total{class=\"4xx\"}"),
+        "{text}"
+    );
 }
