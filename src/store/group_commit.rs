@@ -235,15 +235,7 @@ impl PurchaseQueue {
         let result = match self.store.purchase_batch(sale_id, &buyers).await {
             Ok(Some(result)) => result,
             Ok(None) => return self.one_by_one(sale_id, by_user).await,
-            Err(err) => {
-                let message = err.to_string();
-                for replies in by_user.into_values() {
-                    for reply in replies {
-                        let _ = reply.send(Err(StoreError::Batch(message.clone())));
-                    }
-                }
-                return;
-            }
+            Err(err) => return fail_all(by_user, &err),
         };
         for purchase in result.bought {
             if let Some(replies) = by_user.remove(&purchase.user_id) {
@@ -269,13 +261,7 @@ impl PurchaseQueue {
                     }
                 }
             }
-            Err(err) => {
-                let message = err.to_string();
-                for reply in by_user.into_values().flatten() {
-                    let _ = reply.send(Err(StoreError::Batch(message.clone())));
-                }
-                return;
-            }
+            Err(err) => return fail_all(by_user, &err),
         }
         if by_user.is_empty() {
             return;
@@ -294,12 +280,7 @@ impl PurchaseQueue {
             }
             // Sellable again (a boundary moment): decide those one by one.
             Ok(None) => self.one_by_one(sale_id, by_user).await,
-            Err(err) => {
-                let message = err.to_string();
-                for reply in by_user.into_values().flatten() {
-                    let _ = reply.send(Err(StoreError::Batch(message.clone())));
-                }
-            }
+            Err(err) => fail_all(by_user, &err),
         }
     }
 
@@ -313,6 +294,14 @@ impl PurchaseQueue {
                 let _ = reply.send(self.store.purchase(&sale_id.to_string(), &user_id).await);
             }
         }
+    }
+}
+
+/// Answers every request of a failed batch with the failure.
+fn fail_all(by_user: HashMap<String, Vec<Reply>>, err: &StoreError) {
+    let message = err.to_string();
+    for reply in by_user.into_values().flatten() {
+        let _ = reply.send(Err(StoreError::Batch(message.clone())));
     }
 }
 

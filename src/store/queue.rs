@@ -158,16 +158,20 @@ async fn find_entry(
     Ok(row.map(QueueEntry::from))
 }
 
-/// The sale for a queue route, or the refusal when it is unknown or instant.
-async fn queued_sale(
-    conn: &mut PgConnection,
-    sale_ref: &str,
-) -> Result<Result<Sale, bool>, StoreError> {
-    match find_sale(conn, sale_ref).await? {
-        None => Ok(Err(false)),
-        Some(sale) if sale.checkout != Checkout::Queued => Ok(Err(true)),
-        Some(sale) => Ok(Ok(sale)),
-    }
+/// The sale a queue route names, if it has a queue.
+enum QueueSale {
+    Found(Sale),
+    /// An instant sale: it has no queue.
+    WrongCheckout,
+    NotFound,
+}
+
+async fn queued_sale(conn: &mut PgConnection, sale_ref: &str) -> Result<QueueSale, StoreError> {
+    Ok(match find_sale(conn, sale_ref).await? {
+        None => QueueSale::NotFound,
+        Some(sale) if sale.checkout != Checkout::Queued => QueueSale::WrongCheckout,
+        Some(sale) => QueueSale::Found(sale),
+    })
 }
 
 impl Store {
@@ -186,9 +190,9 @@ impl Store {
     ) -> Result<JoinOutcome, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let sale = match queued_sale(&mut conn, sale_ref).await? {
-            Ok(sale) => sale,
-            Err(true) => return Ok(JoinOutcome::WrongCheckout),
-            Err(false) => return Ok(JoinOutcome::SaleNotFound),
+            QueueSale::Found(sale) => sale,
+            QueueSale::WrongCheckout => return Ok(JoinOutcome::WrongCheckout),
+            QueueSale::NotFound => return Ok(JoinOutcome::SaleNotFound),
         };
         for _ in 0..2 {
             match self.try_join(&mut conn, &sale, user_id).await {
@@ -332,9 +336,9 @@ impl Store {
     ) -> Result<ConfirmOutcome, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let sale = match queued_sale(&mut conn, sale_ref).await? {
-            Ok(sale) => sale,
-            Err(true) => return Ok(ConfirmOutcome::WrongCheckout),
-            Err(false) => return Ok(ConfirmOutcome::SaleNotFound),
+            QueueSale::Found(sale) => sale,
+            QueueSale::WrongCheckout => return Ok(ConfirmOutcome::WrongCheckout),
+            QueueSale::NotFound => return Ok(ConfirmOutcome::SaleNotFound),
         };
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let confirmed = sqlx::query(
@@ -415,9 +419,9 @@ impl Store {
     ) -> Result<LeaveOutcome, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let sale = match queued_sale(&mut conn, sale_ref).await? {
-            Ok(sale) => sale,
-            Err(true) => return Ok(LeaveOutcome::WrongCheckout),
-            Err(false) => return Ok(LeaveOutcome::SaleNotFound),
+            QueueSale::Found(sale) => sale,
+            QueueSale::WrongCheckout => return Ok(LeaveOutcome::WrongCheckout),
+            QueueSale::NotFound => return Ok(LeaveOutcome::SaleNotFound),
         };
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let before: Option<(String,)> = sqlx::query_as(
