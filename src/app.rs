@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use crate::metrics::Metrics;
 use crate::store::{self, PurchaseQueue, Store};
-use crate::worker::{Runner, RunnerConfig, ServiceJobs};
+use crate::worker::{Runner, RunnerConfig, RunnerHealth, ServiceJobs, supervise};
 
 /// Name of the database the service uses on its embedded cluster.
 const EMBEDDED_DATABASE: &str = "flashsale";
@@ -31,6 +31,10 @@ const GRACE_PERIOD: Duration = Duration::from_secs(10);
 pub struct Application {
     acceptor: TcpAcceptor,
     store: Store,
+    /// On the reserved pool: the job runner and the health check, which a flood of buyers
+    /// on the main pool cannot starve.
+    reserved: Store,
+    edge: crate::api::EdgeLimits,
     limits: Arc<RateLimits>,
     admin_key: AdminKey,
     tokens: Arc<BuyerTokens>,
@@ -46,6 +50,7 @@ impl Application {
     /// Connects (starting the embedded cluster when no `DATABASE_URL` is set), migrates and
     /// binds the port (0 picks a free one; see [`port`](Self::port)).
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        config.check_exposure().map_err(anyhow::Error::msg)?;
         let (admin_key, is_default) = config.admin_key();
         if is_default {
             tracing::warn!(
@@ -60,8 +65,8 @@ impl Application {
                  buy, confirm or release in any userId's name. Set it before going live."
             );
         }
-        let (url, embedded) = match &config.database_url {
-            Some(url) => (url.clone(), None),
+        let (url, embedded) = match config.database_url() {
+            Some(url) => (url.to_string(), None),
             None => {
                 let cluster = start_embedded(config).await?;
                 (cluster.url(EMBEDDED_DATABASE), Some(cluster))
@@ -70,6 +75,9 @@ impl Application {
         let pool = store::connect(&url, config.db_pool_size)
             .await
             .context("Failed to connect to Postgres")?;
+        let reserved_pool = store::connect(&url, config.db_reserved_pool_size.max(2))
+            .await
+            .context("Failed to connect the reserved pool to Postgres")?;
         store::MIGRATOR
             .run(&pool)
             .await
@@ -89,6 +97,12 @@ impl Application {
         Ok(Self {
             acceptor,
             store: Store::new(pool),
+            reserved: Store::new(reserved_pool),
+            edge: crate::api::EdgeLimits {
+                db_timeout: Duration::from_millis(config.db_timeout_ms.max(100)),
+                max_in_flight: config.max_in_flight.max(1),
+                max_body_bytes: config.max_body_bytes.max(1024),
+            },
             limits,
             admin_key: AdminKey::new(admin_key),
             tokens: Arc::new(tokens),
@@ -120,22 +134,31 @@ impl Application {
     /// finish, stops the job runner and the embedded cluster.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (stop_workers, workers_stopped) = watch::channel(false);
+        let health = RunnerHealth::default();
         let runner = Runner::new(
-            self.store.clone(),
-            ServiceJobs::new(self.store.clone()),
+            self.reserved.clone(),
+            ServiceJobs::new(self.reserved.clone()),
             self.runner_config.clone(),
         )
-        .with_metrics(self.metrics.clone());
-        let worker = tokio::spawn(runner.run(workers_stopped));
+        .with_metrics(self.metrics.clone())
+        .with_health(health.clone());
+        let worker = tokio::spawn(supervise(runner, workers_stopped));
         rate_limit::spawn_pruner(&self.limits);
         let app = crate::api::app(ApiState {
             store: self.store.clone(),
+            reserved: self.reserved.clone(),
+            runner_health: health,
             limits: self.limits.clone(),
             admin_key: self.admin_key,
             tokens: self.tokens,
-            purchases: PurchaseQueue::new(self.store.clone(), self.group_commit),
+            purchases: PurchaseQueue::new(
+                self.store.clone(),
+                self.group_commit,
+                self.edge.db_timeout,
+            ),
             views: Arc::new(SaleViewCache::new(self.view_cache)),
             metrics: self.metrics.clone(),
+            edge: self.edge,
         });
         tracing::info!(
             port = self.acceptor.local_addr().first().map(ToString::to_string),
@@ -146,12 +169,11 @@ impl Application {
             .await;
         tracing::info!("HTTP server stopped; stopping the job runner");
         let _ = stop_workers.send(true);
-        match worker.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(error = format!("{err:#}"), "job runner failed"),
-            Err(err) => tracing::error!(error = %err, "job runner panicked"),
+        if let Err(err) = worker.await {
+            tracing::error!(error = %err, "job runner supervisor panicked");
         }
         self.store.pool().close().await;
+        self.reserved.pool().close().await;
         if let Some(cluster) = self.embedded {
             tokio::task::spawn_blocking(move || cluster.stop()).await?;
             tracing::info!("embedded Postgres stopped");

@@ -6,7 +6,12 @@
 //! | `DATA_DIR` | `.data` | where the embedded cluster keeps its data |
 //! | `HOST` / `PORT` | `127.0.0.1` / `8080` | where to listen |
 //! | `ADMIN_API_KEY` | development default, with a warning | bearer key of the admin API |
-//! | `DB_POOL_SIZE` | 10 | connections in the pool |
+//! | `DB_POOL_SIZE` | 10 | connections in the pool of the HTTP routes |
+//! | `DB_RESERVED_POOL_SIZE` | 3 | connections kept for the job runner and the health check |
+//! | `DB_TIMEOUT_MS` | 4000 | longest a request waits on the database before its 503 |
+//! | `MAX_IN_FLIGHT` | 10000 | requests handled at once; past it a 503 at once |
+//! | `MAX_BODY_BYTES` | 16384 | largest request body; larger is 413 |
+//! | `ALLOW_UNVERIFIED_BUYERS` | false | allow a non-loopback bind without `BUYER_TOKEN_SECRET` |
 //! | `RATE_LIMIT_PER_USER` / `RATE_LIMIT_PER_USER_BURST` | 1 / 5 | buyer writes per second per user, 0 = off |
 //! | `RATE_LIMIT_PER_IP` / `RATE_LIMIT_PER_IP_BURST` | 0 / 50 | API requests per second per client IP, 0 = off |
 //! | `TRUST_FORWARDED_FOR` | false | take the client IP from `X-Forwarded-For` (behind a proxy) |
@@ -18,12 +23,22 @@
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
 //! | `RUST_LOG` | `info` | log filter |
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 
-/// The admin key used when none is configured: fine on a laptop, loudly warned about.
+/// The admin key used when none is configured: fine on a laptop, loudly warned about, and
+/// refused on any address but loopback.
 pub const DEV_ADMIN_KEY: &str = "dev-admin-key";
+/// Shortest admin key or buyer-token secret accepted on a non-loopback address: 32 bytes,
+/// the size of the HMAC-SHA256 key behind the tokens.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value.to_string()))
+}
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -54,11 +69,13 @@ pub enum Command {
     },
 }
 
+/// Secrets (`DATABASE_URL`, which may hold a password, the admin key and the token secret)
+/// are [`SecretString`]s: `Debug` prints them as `[REDACTED]`, so no log line can show one.
 #[derive(Debug, Clone, Parser)]
 pub struct Config {
     /// Postgres URL; when unset, a private cluster is started under --data-dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
+    pub database_url: Option<SecretString>,
 
     /// Data folder of the embedded cluster.
     #[arg(long, env = "DATA_DIR", default_value = ".data")]
@@ -71,11 +88,35 @@ pub struct Config {
     pub port: u16,
 
     /// Bearer key for /api/v1/admin routes.
-    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
-    pub admin_api_key: Option<String>,
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true, value_parser = secret)]
+    pub admin_api_key: Option<SecretString>,
 
+    /// Connections in the pool the HTTP routes use.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 10)]
     pub db_pool_size: u32,
+
+    /// Connections kept apart for the job runner (admission, expiry) and the health check,
+    /// so a flood of buyers cannot starve them.
+    #[arg(long, env = "DB_RESERVED_POOL_SIZE", default_value_t = 3)]
+    pub db_reserved_pool_size: u32,
+
+    /// Longest a request waits on the database (ms) before it is answered 503; a purchase
+    /// whose statement was sent is then answered "outcome unknown, retry".
+    #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 4000)]
+    pub db_timeout_ms: u64,
+
+    /// Requests handled at once; one more is answered 503 at once.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: usize,
+
+    /// Largest request body in bytes; a larger one is answered 413 without being read.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Allow a non-loopback address without BUYER_TOKEN_SECRET (buyers are then whoever
+    /// they say they are).
+    #[arg(long, env = "ALLOW_UNVERIFIED_BUYERS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_unverified_buyers: bool,
 
     /// Buyer write requests per second per user (0 disables the limit).
     #[arg(long, env = "RATE_LIMIT_PER_USER", default_value_t = 1)]
@@ -113,8 +154,8 @@ pub struct Config {
 
     /// HS256 secret of buyer tokens; when set, buyer routes require a JWT whose `sub` is
     /// the user. Unset: the userId is taken at its word (development only).
-    #[arg(long, env = "BUYER_TOKEN_SECRET", hide_env_values = true)]
-    pub buyer_token_secret: Option<String>,
+    #[arg(long, env = "BUYER_TOKEN_SECRET", hide_env_values = true, value_parser = secret)]
+    pub buyer_token_secret: Option<SecretString>,
 
     /// When set, buyer tokens must carry this `aud`.
     #[arg(long, env = "BUYER_TOKEN_AUDIENCE")]
@@ -135,7 +176,11 @@ impl Config {
     /// How buyer tokens are checked.
     pub fn token_settings(&self) -> crate::api::buyer_auth::TokenSettings {
         crate::api::buyer_auth::TokenSettings {
-            secret: self.buyer_token_secret.clone().filter(|s| !s.is_empty()),
+            secret: self
+                .buyer_token_secret
+                .as_ref()
+                .map(|s| s.expose_secret().to_string())
+                .filter(|s| !s.is_empty()),
             audience: self.buyer_token_audience.clone(),
             issuer: self.buyer_token_issuer.clone(),
         }
@@ -143,9 +188,156 @@ impl Config {
 
     /// The admin key, and whether it is the built-in development default.
     pub fn admin_key(&self) -> (String, bool) {
-        match self.admin_api_key.as_deref().map(str::trim) {
+        match self
+            .admin_api_key
+            .as_ref()
+            .map(|k| k.expose_secret().trim())
+        {
             Some(key) if !key.is_empty() => (key.to_string(), false),
             _ => (DEV_ADMIN_KEY.to_string(), true),
+        }
+    }
+
+    /// The database URL, when one is configured.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_ref().map(|url| url.expose_secret())
+    }
+
+    /// Secure by default: on any address but loopback the service refuses to start with
+    /// the development admin key, a short admin key or token secret, or no buyer identity
+    /// (unless `ALLOW_UNVERIFIED_BUYERS=true`). Plain development on 127.0.0.1 needs none of
+    /// it. The error says what to set.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if is_loopback(&self.host) {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        let (admin_key, is_default) = self.admin_key();
+        if is_default {
+            problems.push(format!(
+                "ADMIN_API_KEY is not set (the built-in development key is refused here): set \
+                 it to a random key of at least {MIN_SECRET_BYTES} bytes, for example \
+                 `openssl rand -hex 32`"
+            ));
+        } else if admin_key.len() < MIN_SECRET_BYTES {
+            problems.push(format!(
+                "ADMIN_API_KEY is {} bytes: use at least {MIN_SECRET_BYTES}",
+                admin_key.len()
+            ));
+        }
+        match self.token_settings().secret {
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => problems.push(format!(
+                "BUYER_TOKEN_SECRET is {} bytes: use at least {MIN_SECRET_BYTES}",
+                secret.len()
+            )),
+            Some(_) => {}
+            None if self.allow_unverified_buyers => {}
+            None => problems.push(
+                "BUYER_TOKEN_SECRET is not set, so anyone could buy in any user's name: set it \
+                 (at least 32 bytes; see README \"Buyer identity\"), or set \
+                 ALLOW_UNVERIFIED_BUYERS=true to run without buyer identity on purpose"
+                    .to_string(),
+            ),
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {} with an unsafe configuration:\n  - {}",
+            self.host,
+            problems.join("\n  - ")
+        ))
+    }
+}
+
+/// `localhost`, or an IP address in the loopback range.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        let mut argv = vec!["flashsale"];
+        argv.extend(args);
+        Cli::try_parse_from(argv).expect("parses").config
+    }
+
+    #[test]
+    fn loopback_needs_no_configuration() {
+        assert_eq!(config(&[]).check_exposure(), Ok(()));
+        assert_eq!(config(&["--host", "::1"]).check_exposure(), Ok(()));
+        assert_eq!(config(&["--host", "localhost"]).check_exposure(), Ok(()));
+    }
+
+    #[test]
+    fn a_public_address_refuses_weak_or_missing_secrets() {
+        let long = "k".repeat(MIN_SECRET_BYTES);
+        let err = config(&["--host", "0.0.0.0"])
+            .check_exposure()
+            .expect_err("default key");
+        assert!(err.contains("ADMIN_API_KEY is not set"), "{err}");
+        assert!(err.contains("BUYER_TOKEN_SECRET is not set"), "{err}");
+        let err = config(&["--host", "0.0.0.0", "--admin-api-key", "short"])
+            .check_exposure()
+            .expect_err("short key");
+        assert!(err.contains("ADMIN_API_KEY is 5 bytes"), "{err}");
+        let err = config(&[
+            "--host",
+            "0.0.0.0",
+            "--admin-api-key",
+            &long,
+            "--buyer-token-secret",
+            "s",
+        ])
+        .check_exposure()
+        .expect_err("short secret");
+        assert!(err.contains("BUYER_TOKEN_SECRET is 1 bytes"), "{err}");
+        assert_eq!(
+            config(&[
+                "--host",
+                "0.0.0.0",
+                "--admin-api-key",
+                &long,
+                "--buyer-token-secret",
+                &long
+            ])
+            .check_exposure(),
+            Ok(())
+        );
+        assert_eq!(
+            config(&[
+                "--host",
+                "10.0.0.1",
+                "--admin-api-key",
+                &long,
+                "--allow-unverified-buyers",
+                "true"
+            ])
+            .check_exposure(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = config(&[
+            "--admin-api-key",
+            "admin-secret-value",
+            "--buyer-token-secret",
+            "token-secret-value",
+            "--database-url",
+            "postgres://u:db-password@h/d",
+        ]);
+        let printed = format!("{config:?}");
+        for secret in ["admin-secret-value", "token-secret-value", "db-password"] {
+            assert!(!printed.contains(secret), "{printed}");
         }
     }
 }

@@ -4,7 +4,7 @@
 //! One registry per process (not global), handed to the API and the job runner, so tests
 //! can build as many services as they like.
 
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -15,8 +15,11 @@ pub struct Metrics {
     pub purchases: IntCounterVec,
     /// Queue actions by action and outcome (`join`/`queued`, `confirm`/`hold_expired`, ...).
     pub queue_actions: IntCounterVec,
-    /// Jobs run by kind and result (`ok`, `failed`).
+    /// Jobs run by kind and result (`ok`, `failed`, `dead`: failed for good).
     pub jobs: IntCounterVec,
+    /// Jobs that failed for good and wait for an admin (`GET /api/v1/admin/jobs`), as last
+    /// counted by the job runner.
+    pub jobs_dead: IntGauge,
 }
 
 impl Metrics {
@@ -49,6 +52,14 @@ impl Metrics {
                 "Background jobs run by kind and result",
                 &["kind", "result"],
             )?,
+            jobs_dead: {
+                let gauge = IntGauge::new(
+                    "jobs_dead",
+                    "Jobs that failed for good and wait for an admin to requeue them",
+                )?;
+                registry.register(Box::new(gauge.clone()))?;
+                gauge
+            },
             registry,
         })
     }

@@ -1,6 +1,9 @@
 -- flashsale invariant checks for one sale, straight from the tables.
 --
---   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -v sku=my-sku -f stress/invariants.sql
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -v sale=my-sku -f stress/invariants.sql
+--
+-- `sale` is the sale's id (archived sales too) or the sku of a live sale; `-v sku=...` is
+-- accepted as well.
 --
 -- Checks: the sale exists; purchases <= stock; one purchase per user; sold + held + available
 -- = stock; no negative counter; `sold` equals the purchases recorded; `held` equals the live
@@ -12,16 +15,23 @@
 -- `GET /api/v1/admin/sales/{sale}/audit` runs the statement between the two `flashsale:audit`
 -- markers below (the binary embeds this file): one source for both.
 \set QUIET on
-\if :{?sku}
+\if :{?sale}
+\elif :{?sku}
+  \set sale :sku
 \else
-  \echo 'usage: psql -v ON_ERROR_STOP=1 -v sku=SKU -f stress/invariants.sql'
+  \echo 'usage: psql -v ON_ERROR_STOP=1 -v sale=SALE_ID_OR_SKU -f stress/invariants.sql'
   \quit
 \endif
-SELECT set_config('flashsale.audit_sku', :'sku', false) AS audit_sku \gset
+-- Resolve the reference to an id once, as the service does (the nil id matches no sale).
+SELECT set_config('flashsale.audit_sale', COALESCE(
+           (SELECT id::text FROM sales
+             WHERE id::text = lower(:'sale') OR (sku = :'sale' AND archived_at IS NULL)
+             ORDER BY id::text = lower(:'sale') DESC LIMIT 1),
+           '00000000-0000-0000-0000-000000000000'), false) AS audit_sale \gset
 CREATE TEMP TABLE flashsale_audit AS
 -- flashsale:audit:begin
 WITH sale AS (
-    SELECT * FROM sales WHERE sku = current_setting('flashsale.audit_sku')
+    SELECT * FROM sales WHERE id = current_setting('flashsale.audit_sale')::uuid
 ), bought AS (
     SELECT count(*) AS purchases, count(DISTINCT p.user_id) AS buyers
       FROM purchases p JOIN sale s ON p.sale_id = s.id
@@ -37,8 +47,8 @@ WITH sale AS (
 ), queue AS (
     SELECT COALESCE(max(q.waiting), 0) AS waiting FROM sale_queues q JOIN sale s ON q.sale_id = s.id
 ), checks (ord, check_name, passed, detail) AS (
-    SELECT 1, 'sale_exists', count(*) = 1, format('sales with sku %s: %s',
-           current_setting('flashsale.audit_sku'), count(*))
+    SELECT 1, 'sale_exists', count(*) = 1, format('sales with id %s: %s',
+           current_setting('flashsale.audit_sale'), count(*))
       FROM sale
     UNION ALL
     SELECT 2, 'purchases_within_stock', b.purchases <= s.stock,
@@ -86,8 +96,8 @@ DECLARE
 BEGIN
     SELECT string_agg(check_name, ', ') INTO failed FROM flashsale_audit WHERE NOT passed;
     IF failed IS NOT NULL THEN
-        RAISE EXCEPTION 'flashsale invariants FAILED for sku %: %',
-            current_setting('flashsale.audit_sku'), failed;
+        RAISE EXCEPTION 'flashsale invariants FAILED for sale %: %',
+            current_setting('flashsale.audit_sale'), failed;
     END IF;
-    RAISE NOTICE 'flashsale invariants: all PASS for sku %', current_setting('flashsale.audit_sku');
+    RAISE NOTICE 'flashsale invariants: all PASS for sale %', current_setting('flashsale.audit_sale');
 END $$;

@@ -1,5 +1,8 @@
-//! Admin routes: create, list, read, cancel, delete and audit sales. Every route requires the
-//! admin bearer key ([`AdminAuth`]).
+//! Admin routes: create, list, read, cancel, delete (or archive) and audit sales, and the
+//! failed background jobs. Every route requires the admin bearer key ([`AdminAuth`]).
+//!
+//! `{sale}` is resolved once, here at the edge ([`Store::resolve_sale`]): a UUID names any
+//! sale, archived ones included; a sku names the live sale with it.
 
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -7,9 +10,13 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
 use super::auth::AdminAuth;
-use super::error::{ErrorBody, ErrorCode, parse_error_body};
-use super::models::{AdminSaleView, AuditView, CreateSaleRequest, QueueStatsView, SaleEventView};
-use crate::store::{CancelOutcome, Store, StoreError};
+use super::error::{ErrorBody, ErrorCode, ServerError, parse_error_body};
+use super::models::{
+    AdminSaleView, AuditView, CreateSaleRequest, FailedJobView, QueueStatsView, RemovalKind,
+    RemovedSaleView, RequeuedJobView, SaleEventView,
+};
+use crate::domain::Sale;
+use crate::store::{CancelOutcome, RemoveOutcome, RequeueOutcome, Store, StoreError};
 
 pub struct AdminApi {
     pub store: Store,
@@ -43,9 +50,6 @@ pub enum CreateSaleResponse {
     /// `SKU_TAKEN`: another sale uses this sku.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 admin_parse_error!(create_sale_parse_error, CreateSaleResponse);
 
@@ -61,9 +65,6 @@ pub enum ListSalesResponse {
     /// `UNAUTHORIZED`: missing or wrong admin key.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 admin_parse_error!(list_sales_parse_error, ListSalesResponse);
 
@@ -82,9 +83,6 @@ pub enum AdminSaleResponse {
     /// `SALE_NOT_FOUND`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 admin_parse_error!(admin_sale_parse_error, AdminSaleResponse);
 
@@ -106,18 +104,18 @@ pub enum CancelSaleResponse {
     /// `SALE_ALREADY_ENDED`: it ended by time, sold out, or was cancelled before.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 admin_parse_error!(cancel_sale_parse_error, CancelSaleResponse);
 
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "delete_sale_parse_error")]
 pub enum DeleteSaleResponse {
-    /// The sale and all its purchases, events and jobs are gone; its sku is free.
-    #[oai(status = 204)]
-    Deleted,
+    /// `outcome` says what happened: `deleted` (nothing was ever sold or held; the sale
+    /// and every row of it are gone) or `archived` (it has purchases or holds: kept for its
+    /// buyers and readable by its id, hidden from listings, sku free, live holds voided).
+    /// Either way the sku can be used for a new sale at once.
+    #[oai(status = 200)]
+    Ok(Json<RemovedSaleView>),
     /// `INVALID_REQUEST`: the sale reference is too long.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
@@ -127,9 +125,6 @@ pub enum DeleteSaleResponse {
     /// `SALE_NOT_FOUND`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 admin_parse_error!(delete_sale_parse_error, DeleteSaleResponse);
 
@@ -148,11 +143,51 @@ pub enum AuditResponse {
     /// `SALE_NOT_FOUND`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 admin_parse_error!(audit_parse_error, AuditResponse);
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "failed_jobs_parse_error")]
+pub enum FailedJobsResponse {
+    /// Jobs that failed for good, newest first.
+    #[oai(status = 200)]
+    Ok(Json<Vec<FailedJobView>>),
+    /// `INVALID_REQUEST`: `limit` out of range.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `UNAUTHORIZED`: missing or wrong admin key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+}
+admin_parse_error!(failed_jobs_parse_error, FailedJobsResponse);
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "requeue_parse_error")]
+pub enum RequeueJobResponse {
+    /// The job is due now, with a fresh set of attempts.
+    #[oai(status = 200)]
+    Ok(Json<RequeuedJobView>),
+    /// `INVALID_REQUEST`: the id is not a number.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `UNAUTHORIZED`: missing or wrong admin key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `JOB_NOT_FOUND`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `JOB_NOT_FAILED`: the job is pending or running, not failed.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+}
+admin_parse_error!(requeue_parse_error, RequeueJobResponse);
+
+impl AdminApi {
+    /// The sale `{sale}` names, resolved once at the edge.
+    async fn resolve(&self, sale_ref: &str) -> Result<Option<Sale>, ServerError> {
+        Ok(self.store.resolve_sale(sale_ref).await?)
+    }
+}
 
 #[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
 impl AdminApi {
@@ -163,15 +198,15 @@ impl AdminApi {
         &self,
         _auth: AdminAuth,
         body: Json<CreateSaleRequest>,
-    ) -> CreateSaleResponse {
+    ) -> Result<CreateSaleResponse, ServerError> {
         let new_sale = body.0.into_domain();
         if let Err(err) = new_sale.validate() {
-            return CreateSaleResponse::BadRequest(ErrorBody::json(
+            return Ok(CreateSaleResponse::BadRequest(ErrorBody::json(
                 ErrorCode::InvalidRequest,
                 err.to_string(),
-            ));
+            )));
         }
-        match self.store.create_sale(&new_sale).await {
+        Ok(match self.store.create_sale(&new_sale).await {
             Ok(sale) => {
                 tracing::info!(sale = %sale.id, "sale created");
                 CreateSaleResponse::Created(Json((&sale).into()))
@@ -182,11 +217,11 @@ impl AdminApi {
             Err(err @ StoreError::EndBeforeStart) => CreateSaleResponse::BadRequest(
                 ErrorBody::json(ErrorCode::InvalidRequest, err.to_string()),
             ),
-            Err(err) => CreateSaleResponse::Internal(ErrorBody::internal(&err)),
-        }
+            Err(err) => return Err(err.into()),
+        })
     }
 
-    /// List sales, newest first
+    /// List live sales, newest first (archived sales are not listed)
     #[oai(path = "/sales", method = "get", operation_id = "listSales")]
     async fn list_sales(
         &self,
@@ -197,18 +232,19 @@ impl AdminApi {
         /// Skip this many (default 0).
         #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
-    ) -> ListSalesResponse {
-        match self
+    ) -> Result<ListSalesResponse, ServerError> {
+        let sales = self
             .store
             .list_sales(limit.0.unwrap_or(100), offset.0.unwrap_or(0))
-            .await
-        {
-            Ok(sales) => ListSalesResponse::Ok(Json(sales.iter().map(Into::into).collect())),
-            Err(err) => ListSalesResponse::Internal(ErrorBody::internal(&err)),
-        }
+            .await?;
+        Ok(ListSalesResponse::Ok(Json(
+            sales.iter().map(Into::into).collect(),
+        )))
     }
 
     /// One sale with live counters and its state history
+    ///
+    /// By id, archived sales too; by sku, the live sale with it.
     #[oai(path = "/sales/:sale", method = "get", operation_id = "getAdminSale")]
     async fn get_sale(
         &self,
@@ -216,24 +252,18 @@ impl AdminApi {
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
-    ) -> AdminSaleResponse {
-        let found = match self.store.find_sale(&sale.0).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return AdminSaleResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
-            Err(err) => return AdminSaleResponse::Internal(ErrorBody::internal(&err)),
+    ) -> Result<AdminSaleResponse, ServerError> {
+        let Some(found) = self.resolve(&sale.0).await? else {
+            return Ok(AdminSaleResponse::NotFound(ErrorBody::sale_not_found(
+                &sale.0,
+            )));
         };
-        match self.store.sale_events(found.id).await {
-            Ok(events) => {
-                let mut view = AdminSaleView::from(&found);
-                view.events = Some(events.into_iter().map(SaleEventView::from).collect());
-                match self.store.queue_stats(found.id).await {
-                    Ok(stats) => view.queue = stats.map(|stats| QueueStatsView::new(&found, stats)),
-                    Err(err) => return AdminSaleResponse::Internal(ErrorBody::internal(&err)),
-                }
-                AdminSaleResponse::Ok(Json(view))
-            }
-            Err(err) => AdminSaleResponse::Internal(ErrorBody::internal(&err)),
-        }
+        let events = self.store.sale_events(found.id).await?;
+        let stats = self.store.queue_stats(found.id).await?;
+        let mut view = AdminSaleView::from(&found);
+        view.events = Some(events.into_iter().map(SaleEventView::from).collect());
+        view.queue = stats.map(|stats| QueueStatsView::new(&found, stats));
+        Ok(AdminSaleResponse::Ok(Json(view)))
     }
 
     /// Cancel a sale now
@@ -249,26 +279,34 @@ impl AdminApi {
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
-    ) -> CancelSaleResponse {
-        match self.store.cancel_sale(&sale.0).await {
-            Ok(CancelOutcome::Cancelled(cancelled)) => {
+    ) -> Result<CancelSaleResponse, ServerError> {
+        let Some(found) = self.resolve(&sale.0).await? else {
+            return Ok(CancelSaleResponse::NotFound(ErrorBody::sale_not_found(
+                &sale.0,
+            )));
+        };
+        Ok(match self.store.cancel_sale(found.id).await? {
+            CancelOutcome::Cancelled(cancelled) => {
                 tracing::info!("sale cancelled");
                 CancelSaleResponse::Ok(Json((&cancelled).into()))
             }
-            Ok(CancelOutcome::AlreadyEnded(ended)) => {
-                CancelSaleResponse::Conflict(ErrorBody::json(
-                    ErrorCode::SaleAlreadyEnded,
-                    format!("sale {:?} is already {}", ended.sku, ended.state().as_str()),
-                ))
-            }
-            Ok(CancelOutcome::NotFound) => {
+            CancelOutcome::AlreadyEnded(ended) => CancelSaleResponse::Conflict(ErrorBody::json(
+                ErrorCode::SaleAlreadyEnded,
+                format!("sale {:?} is already {}", ended.sku, ended.state().as_str()),
+            )),
+            CancelOutcome::NotFound => {
                 CancelSaleResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
             }
-            Err(err) => CancelSaleResponse::Internal(ErrorBody::internal(&err)),
-        }
+        })
     }
 
-    /// Delete a sale and everything that belongs to it
+    /// Delete a sale, or archive it when it has purchases or holds
+    ///
+    /// No purchase is ever destroyed. A sale with nothing sold or held is removed outright,
+    /// with every row of it; one with purchases or live holds is archived: it sells and holds
+    /// nothing from now on (its live holds go back to stock, recorded in its `archived`
+    /// event), leaves every listing, frees its sku for a new sale at once, and stays readable
+    /// by its id (admin view, audit, a buyer's purchase).
     #[oai(path = "/sales/:sale", method = "delete", operation_id = "deleteSale")]
     #[tracing::instrument(skip_all, fields(sale = %sale.0))]
     async fn delete_sale(
@@ -277,15 +315,38 @@ impl AdminApi {
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
-    ) -> DeleteSaleResponse {
-        match self.store.delete_sale(&sale.0).await {
-            Ok(true) => {
+    ) -> Result<DeleteSaleResponse, ServerError> {
+        let Some(found) = self.resolve(&sale.0).await? else {
+            return Ok(DeleteSaleResponse::NotFound(ErrorBody::sale_not_found(
+                &sale.0,
+            )));
+        };
+        let view = match self.store.remove_sale(found.id).await? {
+            RemoveOutcome::Deleted => {
                 tracing::info!("sale deleted");
-                DeleteSaleResponse::Deleted
+                RemovedSaleView {
+                    outcome: RemovalKind::Deleted,
+                    sale_id: found.id,
+                    voided_holds: 0,
+                    sale: None,
+                }
             }
-            Ok(false) => DeleteSaleResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
-            Err(err) => DeleteSaleResponse::Internal(ErrorBody::internal(&err)),
-        }
+            RemoveOutcome::Archived { sale, voided_holds } => {
+                tracing::info!(voided_holds, "sale archived");
+                RemovedSaleView {
+                    outcome: RemovalKind::Archived,
+                    sale_id: sale.id,
+                    voided_holds,
+                    sale: Some(AdminSaleView::from(&*sale)),
+                }
+            }
+            RemoveOutcome::NotFound => {
+                return Ok(DeleteSaleResponse::NotFound(ErrorBody::sale_not_found(
+                    &sale.0,
+                )));
+            }
+        };
+        Ok(DeleteSaleResponse::Ok(Json(view)))
     }
 
     /// Check a sale's invariants
@@ -305,20 +366,66 @@ impl AdminApi {
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
-    ) -> AuditResponse {
-        let found = match self.store.find_sale(&sale.0).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return AuditResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
-            Err(err) => return AuditResponse::Internal(ErrorBody::internal(&err)),
+    ) -> Result<AuditResponse, ServerError> {
+        let Some(found) = self.resolve(&sale.0).await? else {
+            return Ok(AuditResponse::NotFound(ErrorBody::sale_not_found(&sale.0)));
         };
-        match self.store.audit_sale(&found.sku).await {
-            Ok(report) => {
-                if !report.passed() {
-                    tracing::error!(sale = %found.sku, "invariant audit FAILED");
-                }
-                AuditResponse::Ok(Json(AuditView::new(&found, report)))
-            }
-            Err(err) => AuditResponse::Internal(ErrorBody::internal(&err)),
+        let report = self.store.audit_sale(found.id).await?;
+        if !report.passed() {
+            tracing::error!(sale = %found.id, "invariant audit FAILED");
         }
+        Ok(AuditResponse::Ok(Json(AuditView::new(&found, report))))
+    }
+
+    /// Background jobs that failed for good
+    ///
+    /// A job that fails is retried with exponential backoff; after its last attempt it is
+    /// parked here (and counted by `flashsale_jobs_dead`) until requeued. Queue ticks
+    /// (admission and expiry) are never parked.
+    #[oai(path = "/jobs", method = "get", operation_id = "listFailedJobs")]
+    async fn failed_jobs(
+        &self,
+        _auth: AdminAuth,
+        /// At most this many (1-1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+    ) -> Result<FailedJobsResponse, ServerError> {
+        let jobs = self.store.failed_jobs(limit.0.unwrap_or(100)).await?;
+        Ok(FailedJobsResponse::Ok(Json(
+            jobs.into_iter().map(FailedJobView::from).collect(),
+        )))
+    }
+
+    /// Requeue a failed job
+    #[oai(
+        path = "/jobs/:id/requeue",
+        method = "post",
+        operation_id = "requeueJob"
+    )]
+    #[tracing::instrument(skip_all, fields(job = id.0))]
+    async fn requeue_job(
+        &self,
+        _auth: AdminAuth,
+        /// The job's id.
+        #[oai(validator(minimum(value = "1")))]
+        id: Path<i64>,
+    ) -> Result<RequeueJobResponse, ServerError> {
+        Ok(match self.store.requeue_job(id.0).await? {
+            RequeueOutcome::Requeued => {
+                tracing::info!("failed job requeued");
+                RequeueJobResponse::Ok(Json(RequeuedJobView {
+                    id: id.0,
+                    requeued: true,
+                }))
+            }
+            RequeueOutcome::NotFailed => RequeueJobResponse::Conflict(ErrorBody::json(
+                ErrorCode::JobNotFailed,
+                "this job has not failed; it is pending or running",
+            )),
+            RequeueOutcome::NotFound => RequeueJobResponse::NotFound(ErrorBody::json(
+                ErrorCode::JobNotFound,
+                format!("no job {}", id.0),
+            )),
+        })
     }
 }

@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
 use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityRefusal, identity_refusal};
-use super::error::{ErrorBody, ErrorCode};
+use super::error::{ErrorBody, ErrorCode, ServerError};
 use super::models::{PurchaseRequest, PurchaseView, SaleView};
 use super::rate_limit::RateLimits;
 use super::view_cache::SaleViewCache;
@@ -39,9 +39,6 @@ pub enum SaleViewResponse {
     /// `SALE_NOT_FOUND`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 
 fn sale_view_parse_error(err: poem::Error) -> SaleViewResponse {
@@ -73,9 +70,6 @@ pub enum PurchaseResponse {
     /// `RATE_LIMITED`: too many requests for this user; retry after `Retry-After` seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 
 fn purchase_parse_error(err: poem::Error) -> PurchaseResponse {
@@ -100,9 +94,6 @@ pub enum GetPurchaseResponse {
     /// `SALE_NOT_FOUND`, or `NOT_PURCHASED` when the user has no purchase in it.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 
 fn get_purchase_parse_error(err: poem::Error) -> GetPurchaseResponse {
@@ -118,31 +109,35 @@ impl BuyerApi {
     /// A sale's public view
     ///
     /// State and counters are read together; the view may be up to `SALE_VIEW_CACHE_MS`
-    /// old (default 100 ms; 0 = always fresh). Purchases never rely on it.
+    /// old (default 100 ms; 0 = always fresh). Purchases never rely on it. By id, an
+    /// archived sale is shown (state `archived`); by sku, only the live sale with it.
     #[oai(path = "/:sale", method = "get", operation_id = "getSale")]
     async fn get_sale(
         &self,
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
-    ) -> SaleViewResponse {
+    ) -> Result<SaleViewResponse, ServerError> {
         if let Some(view) = self.views.get(&sale.0) {
-            return SaleViewResponse::Ok(Json(view));
+            return Ok(SaleViewResponse::Ok(Json(view)));
         }
-        match self.store.find_sale(&sale.0).await {
-            Ok(Some(found)) => {
+        Ok(match self.store.resolve_sale(&sale.0).await? {
+            Some(found) => {
                 let view = SaleView::from(&found);
                 self.views.put(&sale.0, &view);
                 SaleViewResponse::Ok(Json(view))
             }
-            Ok(None) => SaleViewResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
-            Err(err) => SaleViewResponse::Internal(ErrorBody::internal(&err)),
-        }
+            None => SaleViewResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
+        })
     }
 
     /// Buy one unit (instant checkout)
     ///
     /// One unit per user per sale. The answer comes after the purchase is committed.
+    ///
+    /// A 503 `UNAVAILABLE` with `outcomeUnknown: true` means the purchase was sent to the
+    /// database but its answer was lost: it may have committed. Retry the same request: it
+    /// answers 201 (it had not) or 409 `ALREADY_PURCHASED` with the purchase (it had).
     #[oai(path = "/:sale/purchases", method = "post", operation_id = "purchase")]
     #[tracing::instrument(skip_all, fields(sale = %sale.0, user))]
     async fn purchase(
@@ -152,32 +147,40 @@ impl BuyerApi {
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
         body: Json<PurchaseRequest>,
-    ) -> PurchaseResponse {
+    ) -> Result<PurchaseResponse, ServerError> {
         let claimed = body.0.user_id.map(|user| user.0);
         let user_id = match self.tokens.identify(&auth, claimed.as_deref()) {
             Ok(user_id) => user_id,
-            Err(err) => return PurchaseResponse::refuse(err),
+            Err(err) => return Ok(PurchaseResponse::refuse(err)),
         };
         tracing::Span::current().record("user", user_id.as_str());
         if !valid_user_id(&user_id) {
-            return PurchaseResponse::BadRequest(ErrorBody::invalid_user_id());
+            return Ok(PurchaseResponse::BadRequest(ErrorBody::invalid_user_id()));
         }
         if let Err(retry_after) = self.limits.per_user.check(&user_id) {
-            return PurchaseResponse::TooManyRequests(
+            return Ok(PurchaseResponse::TooManyRequests(
                 ErrorBody::rate_limited(retry_after),
                 retry_after,
-            );
+            ));
         }
         let outcome = match self.purchases.purchase(&sale.0, &user_id).await {
             Ok(outcome) => outcome,
-            Err(err) => return PurchaseResponse::Internal(ErrorBody::internal(&err)),
+            Err(err) => {
+                let name = if err.is_unavailable() {
+                    "unavailable"
+                } else {
+                    "error"
+                };
+                self.metrics.purchases.with_label_values(&[name]).inc();
+                return Err(err.into());
+            }
         };
         tracing::info!(outcome = outcome_name(&outcome), "purchase");
         self.metrics
             .purchases
             .with_label_values(&[outcome_name(&outcome)])
             .inc();
-        match outcome {
+        Ok(match outcome {
             PurchaseOutcome::Purchased(purchase) => {
                 PurchaseResponse::Created(Json(purchase.into()))
             }
@@ -192,13 +195,17 @@ impl BuyerApi {
                 ErrorCode::WrongCheckout,
                 "this sale uses the queued checkout: join its queue",
             ),
-            PurchaseOutcome::SaleNotFound => {
+            // The queue resolves an archived sale into NotActive or AlreadyPurchased; this
+            // arm is for completeness.
+            PurchaseOutcome::SaleNotFound | PurchaseOutcome::SaleArchived => {
                 PurchaseResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
             }
-        }
+        })
     }
 
     /// A user's purchase in a sale
+    ///
+    /// By the sale's id this works for archived sales too: a purchase is never lost.
     #[oai(
         path = "/:sale/purchases/:user_id",
         method = "get",
@@ -213,23 +220,24 @@ impl BuyerApi {
         /// The buyer.
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
-    ) -> GetPurchaseResponse {
+    ) -> Result<GetPurchaseResponse, ServerError> {
         if let Err(err) = self.tokens.identify(&auth, Some(&user_id.0)) {
-            return GetPurchaseResponse::refuse(err);
+            return Ok(GetPurchaseResponse::refuse(err));
         }
-        let found = match self.store.find_sale(&sale.0).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return GetPurchaseResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
-            Err(err) => return GetPurchaseResponse::Internal(ErrorBody::internal(&err)),
+        let Some(found) = self.store.resolve_sale(&sale.0).await? else {
+            return Ok(GetPurchaseResponse::NotFound(ErrorBody::sale_not_found(
+                &sale.0,
+            )));
         };
-        match self.store.find_purchase(found.id, &user_id.0).await {
-            Ok(Some(purchase)) => GetPurchaseResponse::Ok(Json(purchase.into())),
-            Ok(None) => GetPurchaseResponse::NotFound(ErrorBody::json(
-                ErrorCode::NotPurchased,
-                "this user has no purchase in this sale",
-            )),
-            Err(err) => GetPurchaseResponse::Internal(ErrorBody::internal(&err)),
-        }
+        Ok(
+            match self.store.find_purchase(found.id, &user_id.0).await? {
+                Some(purchase) => GetPurchaseResponse::Ok(Json(purchase.into())),
+                None => GetPurchaseResponse::NotFound(ErrorBody::json(
+                    ErrorCode::NotPurchased,
+                    "this user has no purchase in this sale",
+                )),
+            },
+        )
     }
 }
 
@@ -241,5 +249,6 @@ fn outcome_name(outcome: &PurchaseOutcome) -> &'static str {
         PurchaseOutcome::NotActive(_) => "not_active",
         PurchaseOutcome::WrongCheckout => "wrong_checkout",
         PurchaseOutcome::SaleNotFound => "sale_not_found",
+        PurchaseOutcome::SaleArchived => "sale_archived",
     }
 }

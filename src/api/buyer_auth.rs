@@ -73,6 +73,8 @@ impl BuyerTokens {
                 let mut validation = Validation::new(Algorithm::HS256);
                 validation.algorithms = vec![Algorithm::HS256];
                 validation.leeway = LEEWAY_SECONDS;
+                // A token the shop issued for later is not valid yet.
+                validation.validate_nbf = true;
                 let mut required = vec!["exp", "sub"];
                 required.extend(settings.audience.as_ref().map(|_| "aud"));
                 required.extend(settings.issuer.as_ref().map(|_| "iss"));
@@ -115,8 +117,16 @@ impl BuyerTokens {
                 "a buyer token is required: Authorization: Bearer <JWT>".into(),
             ));
         };
+        // The decoder's own words stay in the log at debug level: a client learns only that
+        // the token was refused, not which check a forged one failed.
         let claims = jsonwebtoken::decode::<Claims>(&bearer.token, key, validation)
-            .map_err(|err| IdentityError::Unauthenticated(format!("invalid buyer token: {err}")))?
+            .map_err(|err| {
+                tracing::debug!(error = %err, "buyer token refused");
+                IdentityError::Unauthenticated(
+                    "invalid buyer token: it must be an unexpired HS256 JWT signed by the shop"
+                        .into(),
+                )
+            })?
             .claims;
         match claimed {
             Some(user) if user != claims.sub => Err(IdentityError::Forbidden),

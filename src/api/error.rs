@@ -1,16 +1,22 @@
 //! The error body every refusal and failure uses, and the mapping of framework errors into it.
 //!
-//! Policy: every error a client can cause is a 4xx with a machine-readable `code`; database
-//! and unexpected failures are an opaque 500 `INTERNAL`, logged once here with their cause.
-//! Nothing from the database or the configuration ever reaches a response body.
+//! Policy: every error a client can cause is a 4xx with a machine-readable `code`; a database
+//! that cannot be reached, times out or has no free connection is a 503 `UNAVAILABLE` with
+//! `Retry-After` ([`ServerError::Unavailable`], with `outcomeUnknown` when a write may have
+//! committed); any other failure is an opaque 500 `INTERNAL`, logged once here with its
+//! cause. Nothing from the database or the configuration ever reaches a response body.
 
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
-use poem_openapi::{Enum, Object};
+use poem_openapi::{ApiResponse, Enum, Object};
 
 use super::models::{PurchaseView, SaleStateView};
 use crate::domain::{Purchase, SaleState};
+use crate::store::StoreError;
+
+/// Seconds a client told 503 `UNAVAILABLE` is asked to wait before retrying.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// Machine-readable reason of an error response.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,10 @@ pub enum ErrorCode {
     NoHold,
     /// The hold ran out before the confirmation; the unit went back to stock.
     HoldExpired,
+    /// No background job has this id.
+    JobNotFound,
+    /// The job has not failed for good; only failed jobs can be requeued.
+    JobNotFailed,
     /// No such route.
     NotFound,
     /// The route exists but not with this method.
@@ -76,6 +86,10 @@ pub struct ErrorBody {
     pub state: Option<SaleStateView>,
     /// With `ALREADY_PURCHASED`: the purchase the user already owns.
     pub purchase: Option<PurchaseView>,
+    /// With `UNAVAILABLE` on a write: `true` when the write was sent but its answer was lost,
+    /// so it may or may not have taken effect. Buyer writes are safe to retry: a purchase or
+    /// confirm retried answers 201, or `ALREADY_PURCHASED` with the purchase.
+    pub outcome_unknown: Option<bool>,
 }
 
 impl ErrorBody {
@@ -85,6 +99,7 @@ impl ErrorBody {
             message: message.into(),
             state: None,
             purchase: None,
+            outcome_unknown: None,
         }
     }
 
@@ -94,14 +109,7 @@ impl ErrorBody {
 
     /// The opaque 500 body; logs `err` with its cause chain, the one place it is logged.
     pub fn internal(err: &dyn std::error::Error) -> Json<Self> {
-        let mut chain = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            chain.push_str(": ");
-            chain.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        tracing::error!(error = %chain, "request failed");
+        tracing::error!(error = %chain(err), "request failed");
         Self::json(ErrorCode::Internal, "internal error; see the service log")
     }
 }
@@ -152,6 +160,68 @@ impl ErrorBody {
     }
 }
 
+/// The failures of our side every route that uses the database may answer.
+#[derive(ApiResponse, Debug)]
+pub enum ServerError {
+    /// `INTERNAL`: an unexpected fault; details are in the service log.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// `UNAVAILABLE`: the database cannot be reached, timed out, or every connection is
+    /// busy, or the service is at its limit of requests in flight; retry after `Retry-After`
+    /// seconds. With `outcomeUnknown: true` a write may have committed: retrying a buyer
+    /// write is safe and tells which (201, or `ALREADY_PURCHASED` with the purchase).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+}
+
+impl ServerError {
+    /// 503 `UNAVAILABLE` with `message`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ServerError::Unavailable(
+            ErrorBody::json(ErrorCode::Unavailable, message),
+            RETRY_AFTER_SECONDS,
+        )
+    }
+}
+
+impl From<StoreError> for ServerError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::OutcomeUnknown => {
+                tracing::warn!("database answer lost after a write: outcome unknown");
+                let mut body = ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    "the database did not confirm this write in time: it may or may not have \
+                     taken effect. Retrying is safe: a retried purchase or confirm answers 201 \
+                     or ALREADY_PURCHASED with the purchase",
+                );
+                body.outcome_unknown = Some(true);
+                ServerError::Unavailable(Json(body), RETRY_AFTER_SECONDS)
+            }
+            StoreError::Overloaded => ServerError::unavailable(
+                "too many purchases of this sale are waiting; retry in a second",
+            ),
+            err if err.is_unavailable() => {
+                tracing::warn!(error = %chain(&err), "database unavailable");
+                ServerError::unavailable("the database is unavailable; retry in a second")
+            }
+            err => ServerError::Internal(ErrorBody::internal(&err)),
+        }
+    }
+}
+
+/// An error with its causes, `: `-separated.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
 /// The code for an error status the framework produced outside our handlers.
 pub fn code_for_status(status: StatusCode) -> ErrorCode {
     match status {
@@ -186,6 +256,10 @@ pub fn parse_error_body(err: &poem::Error) -> (bool, Json<ErrorBody>) {
 /// Turns any error that escaped the operations (unknown route, wrong method, panic) into the
 /// JSON error body with the same status.
 pub fn fallback_response(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        // Already one of our JSON answers (a route's error response).
+        return err.into_response();
+    }
     let status = err.status();
     let body = if status.is_server_error() {
         ErrorBody::internal(&err)

@@ -1,4 +1,6 @@
-//! `GET /health`: 200 while the database answers, 503 when it does not.
+//! `GET /health` (readiness): 200 while the database answers and the job runner makes
+//! progress, 503 otherwise. The probe uses the reserved pool, so a flood of buyers on the
+//! main pool does not make a healthy instance look dead.
 
 use std::time::Duration;
 
@@ -9,12 +11,14 @@ use super::ApiTags;
 use super::error::{ErrorBody, ErrorCode};
 use super::models::HealthView;
 use crate::store::Store;
+use crate::worker::RunnerHealth;
 
 /// How long the database gets to answer before the service reports itself unhealthy.
 const DB_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct HealthApi {
     pub store: Store,
+    pub runner: RunnerHealth,
 }
 
 #[derive(ApiResponse)]
@@ -22,26 +26,37 @@ pub enum HealthResponse {
     /// The service and its database answer.
     #[oai(status = 200)]
     Ok(Json<HealthView>),
-    /// `UNAVAILABLE`: the database does not answer.
+    /// `UNAVAILABLE`: the database does not answer, or the job runner (admission, expiry,
+    /// sale states) has not finished a round for 30 s.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
 }
 
 #[OpenApi(tag = "ApiTags::Health")]
 impl HealthApi {
-    /// Liveness and database reachability
+    /// Readiness: the database answers and the job runner makes progress
     #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> HealthResponse {
-        if self.store.ping(DB_TIMEOUT).await {
-            HealthResponse::Ok(Json(HealthView {
-                status: "ok".into(),
-            }))
-        } else {
+        if !self.store.ping(DB_TIMEOUT).await {
             tracing::warn!("health check: database does not answer");
-            HealthResponse::Unavailable(ErrorBody::json(
-                ErrorCode::Unavailable,
-                "the database does not answer",
-            ))
+            return HealthResponse::Unavailable(
+                ErrorBody::json(ErrorCode::Unavailable, "the database does not answer"),
+                1,
+            );
         }
+        if !self.runner.is_progressing() {
+            let stalled = self.runner.since_last_beat().as_secs();
+            tracing::error!(stalled_s = stalled, "health check: job runner stalled");
+            return HealthResponse::Unavailable(
+                ErrorBody::json(
+                    ErrorCode::Unavailable,
+                    format!("the job runner has not made progress for {stalled} s"),
+                ),
+                1,
+            );
+        }
+        HealthResponse::Ok(Json(HealthView {
+            status: "ok".into(),
+        }))
     }
 }

@@ -8,6 +8,7 @@ mod admin;
 pub mod auth;
 mod buyer;
 pub mod buyer_auth;
+pub mod edge;
 pub mod error;
 mod health;
 pub mod models;
@@ -25,10 +26,12 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::metrics::Metrics;
 use crate::store::{PurchaseQueue, Store};
+use crate::worker::RunnerHealth;
 use admin::AdminApi;
 use auth::AdminKey;
 use buyer::BuyerApi;
 use buyer_auth::BuyerTokens;
+pub use edge::EdgeLimits;
 use error::{ErrorBody, ErrorCode};
 use health::HealthApi;
 use queue::QueueApi;
@@ -54,12 +57,22 @@ Sells a limited stock to a burst of buyers with no overselling and one unit per 
 on PostgreSQL alone.\n\n\
 Every error response is JSON `{\"code\": ..., \"message\": ...}`; `code` is one of the \
 `ErrorCode` values. Admin routes need `Authorization: Bearer <ADMIN_API_KEY>`. `{sale}` \
-in a path is the sale's UUID or its sku.";
+in a path is the sale's UUID (archived sales too) or the sku of a live sale.\n\n\
+Failure contract: when the database cannot be reached, times out or has no free connection, \
+or the service is at its limit of requests in flight, a route answers 503 `UNAVAILABLE` \
+with `Retry-After` within a few seconds, never a 500 and never a hang. A buyer write whose \
+answer was lost answers 503 with `outcomeUnknown: true`; retrying it is safe (a purchase or \
+confirm then answers 201 or `ALREADY_PURCHASED` with the purchase). Bodies over 16 KiB are \
+413 `PAYLOAD_TOO_LARGE`.";
 
 /// What the HTTP layer needs from the rest of the service.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
+    /// On the reserved pool: the health check's database probe.
+    pub reserved: Store,
+    pub runner_health: RunnerHealth,
+    pub edge: EdgeLimits,
     pub limits: Arc<RateLimits>,
     pub admin_key: AdminKey,
     pub tokens: Arc<BuyerTokens>,
@@ -74,6 +87,9 @@ impl ApiState {
     /// No rate limits and no buyer tokens: for the OpenAPI document and tests.
     pub fn unlimited(store: Store, admin_key: AdminKey) -> prometheus::Result<Self> {
         Ok(Self {
+            reserved: store.clone(),
+            runner_health: RunnerHealth::default(),
+            edge: EdgeLimits::default(),
             limits: Arc::new(RateLimits {
                 per_user: rate_limit::KeyedLimiter::new(0, 0),
                 per_ip: rate_limit::KeyedLimiter::new(0, 0),
@@ -81,7 +97,7 @@ impl ApiState {
             }),
             admin_key,
             tokens: Arc::new(BuyerTokens::disabled()),
-            purchases: PurchaseQueue::new(store.clone(), true),
+            purchases: PurchaseQueue::new(store.clone(), true, EdgeLimits::default().db_timeout),
             views: Arc::new(SaleViewCache::new(std::time::Duration::ZERO)),
             metrics: Metrics::new()?,
             store,
@@ -111,7 +127,8 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
                 metrics: state.metrics.clone(),
             },
             HealthApi {
-                store: state.store.clone(),
+                store: state.reserved.clone(),
+                runner: state.runner_health.clone(),
             },
         ),
         "flashsale",
@@ -125,9 +142,14 @@ pub fn openapi_json(store: Store) -> prometheus::Result<String> {
     Ok(openapi_service(&ApiState::unlimited(store, AdminKey::new(String::new()))?).spec())
 }
 
-/// The whole HTTP application.
-pub fn app(state: ApiState) -> impl Endpoint {
+/// The whole HTTP application (boxed: its middleware stack is one deeply nested type, laid
+/// out once here instead of in every crate that serves it).
+pub fn app(state: ApiState) -> poem::endpoint::BoxEndpoint<'static, poem::Response> {
     let api = openapi_service(&state);
+    let allowed = Arc::new(edge::AllowedMethods::from_spec(&api.spec()));
+    let permits = Arc::new(tokio::sync::Semaphore::new(state.edge.max_in_flight));
+    let body_limit = state.edge.max_body_bytes;
+    let request_deadline = state.edge.db_timeout + std::time::Duration::from_secs(1);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let ip_limits = state.limits.clone();
@@ -146,6 +168,9 @@ pub fn app(state: ApiState) -> impl Endpoint {
             })),
         )
         .nest("/", api)
+        .around(move |next, req| edge::deadline(next, req, request_deadline))
+        .around(move |next, req| edge::limit_body(next, req, body_limit))
+        .around(edge::reject_control_characters)
         .around(move |next, req| {
             let limits = ip_limits.clone();
             rate_limit::per_ip_limit(next, req, limits)
@@ -172,6 +197,10 @@ pub fn app(state: ApiState) -> impl Endpoint {
                 .with_status(StatusCode::INTERNAL_SERVER_ERROR)
         }))
         .catch_all_error(|err| async move { error::fallback_response(err) })
+        .around(move |next, req| edge::allow_header(next, req, allowed.clone()))
+        .around(move |next, req| edge::limit_in_flight(next, req, permits.clone()))
         .with(Tracing)
         .with(RequestId::default())
+        .map_to_response()
+        .boxed()
 }

@@ -47,6 +47,8 @@ pub enum SaleStateView {
     Active,
     Ended,
     Cancelled,
+    /// Deleted while it had purchases or holds: kept for its buyers, readable by id only.
+    Archived,
 }
 
 impl From<SaleState> for SaleStateView {
@@ -56,6 +58,7 @@ impl From<SaleState> for SaleStateView {
             SaleState::Active => SaleStateView::Active,
             SaleState::Ended => SaleStateView::Ended,
             SaleState::Cancelled => SaleStateView::Cancelled,
+            SaleState::Archived => SaleStateView::Archived,
         }
     }
 }
@@ -134,8 +137,10 @@ impl CreateSaleRequest {
 #[derive(Object, Debug, Clone)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PurchaseRequest {
-    /// The buyer, 1-128 characters, no control characters. Required without a buyer token;
-    /// with one it may be left out (the token's `sub` is the buyer) and must match it if given.
+    /// The buyer, 1-128 characters, no control characters. **Required when buyer tokens are
+    /// off** (no `BUYER_TOKEN_SECRET`: a request without it is 400 `INVALID_REQUEST`); with a
+    /// buyer token it may be left out (the token's `sub` is the buyer) and must match it if
+    /// given (else 403 `FORBIDDEN`).
     #[oai(validator(min_length = 1, max_length = 128))]
     pub user_id: Option<StrictString>,
 }
@@ -187,10 +192,14 @@ impl From<&Sale> for SaleView {
 #[derive(Object, Debug, Clone)]
 #[oai(rename_all = "camelCase")]
 pub struct SaleEventView {
-    /// `active` or `ended`.
+    /// `active`, `ended` or `archived`.
     pub state: String,
-    /// For `ended`: `sold_out`, `time` or `cancelled`.
+    /// For `ended`: `sold_out`, `time` or `cancelled` (absent otherwise).
+    #[oai(skip_serializing_if_is_none)]
     pub reason: Option<String>,
+    /// For `archived`: the live holds the archive voided (their units went back to stock).
+    #[oai(skip_serializing_if_is_none)]
+    pub voided_holds: Option<i32>,
     /// When the change happened (the start, the end, the last sale or the cancel).
     pub occurred_at: DateTime<Utc>,
     /// When a worker recorded it.
@@ -202,6 +211,7 @@ impl From<SaleEvent> for SaleEventView {
         Self {
             state: event.state,
             reason: event.reason,
+            voided_holds: event.voided_holds,
             occurred_at: event.occurred_at,
             recorded_at: event.recorded_at,
         }
@@ -222,6 +232,9 @@ pub struct AdminSaleView {
     pub end_reason: Option<EndReasonView>,
     #[oai(skip_serializing_if_is_none)]
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// When the sale was archived (deleted while it had purchases or holds).
+    #[oai(skip_serializing_if_is_none)]
+    pub archived_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     /// The state changes the workers recorded (only on the single-sale view).
     #[oai(skip_serializing_if_is_none)]
@@ -240,6 +253,7 @@ impl From<&Sale> for AdminSaleView {
             max_active_holds: sale.max_active_holds,
             end_reason: sale.end_reason().map(EndReasonView::from),
             cancelled_at: sale.cancelled_at,
+            archived_at: sale.archived_at,
             created_at: sale.created_at,
             events: None,
             queue: None,
@@ -408,7 +422,10 @@ impl QueueStatusView {
         let status = match (entry.status, sale) {
             (EntryStatus::Queued, Some(sale)) if sale.is_sold_out() => QueueStatusKind::SoldOut,
             (EntryStatus::Queued, Some(sale))
-                if matches!(sale.state(), SaleState::Ended | SaleState::Cancelled) =>
+                if matches!(
+                    sale.state(),
+                    SaleState::Ended | SaleState::Cancelled | SaleState::Archived
+                ) =>
             {
                 QueueStatusKind::Closed
             }
@@ -431,4 +448,68 @@ impl QueueStatusView {
             poll_after_ms: entry.poll_after_ms(),
         }
     }
+}
+
+/// What a DELETE of a sale did.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum RemovalKind {
+    /// Nothing was ever sold or held: the sale and all its rows are gone.
+    Deleted,
+    /// It had purchases or holds: kept for its buyers (readable by id), hidden from every
+    /// listing, its sku free, nothing sold or held from now on.
+    Archived,
+}
+
+/// The answer to a DELETE of a sale.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase")]
+pub struct RemovedSaleView {
+    pub outcome: RemovalKind,
+    pub sale_id: Uuid,
+    /// Live holds the archive voided (their units went back to stock); 0 when deleted.
+    pub voided_holds: i64,
+    /// The archived sale as it is now (absent when deleted).
+    #[oai(skip_serializing_if_is_none)]
+    pub sale: Option<AdminSaleView>,
+}
+
+/// A background job that failed for good.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase")]
+pub struct FailedJobView {
+    pub id: i64,
+    /// `sync_sale_state` (queue ticks are never parked: they retry until they succeed).
+    pub kind: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub sale_id: Option<Uuid>,
+    pub attempts: i32,
+    /// The last error, as the runner logged it.
+    #[oai(skip_serializing_if_is_none)]
+    pub last_error: Option<String>,
+    pub failed_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<crate::store::FailedJob> for FailedJobView {
+    fn from(job: crate::store::FailedJob) -> Self {
+        Self {
+            id: job.id,
+            kind: job.kind,
+            sale_id: job.sale_id,
+            attempts: job.attempts,
+            last_error: job.last_error,
+            failed_at: job.dead_at,
+            created_at: job.created_at,
+        }
+    }
+}
+
+/// A requeued job.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase")]
+pub struct RequeuedJobView {
+    pub id: i64,
+    /// Always true: the job is due now with a fresh set of attempts.
+    pub requeued: bool,
 }

@@ -9,11 +9,11 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
 use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityError, IdentityRefusal, identity_refusal};
-use super::error::{ErrorBody, ErrorCode};
+use super::error::{ErrorBody, ErrorCode, ServerError};
 use super::models::{PurchaseRequest, PurchaseView, QueueStatusView};
 use super::rate_limit::RateLimits;
-use crate::domain::EntryStatus;
 use crate::domain::sale::valid_user_id;
+use crate::domain::{EntryStatus, Sale};
 use crate::metrics::Metrics;
 use crate::store::{ConfirmOutcome, JoinOutcome, LeaveOutcome, Store};
 
@@ -75,9 +75,6 @@ pub enum JoinResponse {
     /// `RATE_LIMITED`, with `Retry-After`.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
     /// `QUEUE_FULL`: the sale's queue capacity is reached; retry after `Retry-After`.
     #[oai(status = 503)]
     QueueFull(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
@@ -110,9 +107,6 @@ pub enum QueueStatusResponse {
     /// `WRONG_CHECKOUT`: an instant sale has no queue.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 
 fn status_parse_error(err: poem::Error) -> QueueStatusResponse {
@@ -147,9 +141,6 @@ pub enum ConfirmResponse {
     /// `RATE_LIMITED`, with `Retry-After`.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 
 fn confirm_parse_error(err: poem::Error) -> ConfirmResponse {
@@ -181,9 +172,6 @@ pub enum LeaveResponse {
     /// `RATE_LIMITED`, with `Retry-After`.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 
 fn leave_parse_error(err: poem::Error) -> LeaveResponse {
@@ -205,9 +193,6 @@ pub enum UserPurchasesResponse {
     /// `FORBIDDEN`: the token's user is not the request's `userId`.
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
-    /// `INTERNAL`.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
 }
 
 fn purchases_parse_error(err: poem::Error) -> UserPurchasesResponse {
@@ -221,6 +206,11 @@ enum Refusal {
 }
 
 impl QueueApi {
+    /// The sale `{sale}` names, resolved once at the edge.
+    async fn resolve(&self, sale_ref: &str) -> Result<Option<Sale>, ServerError> {
+        Ok(self.store.resolve_sale(sale_ref).await?)
+    }
+
     fn count(&self, action: &str, outcome: &str) {
         self.metrics
             .queue_actions
@@ -264,43 +254,42 @@ impl QueueApi {
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
         body: Json<PurchaseRequest>,
-    ) -> JoinResponse {
+    ) -> Result<JoinResponse, ServerError> {
         let claimed = body.0.user_id.map(|user| user.0);
         let user_id = match self.buyer(&auth, claimed.as_deref()) {
             Ok(user_id) => user_id,
-            Err(Refusal::Identity(err)) => return JoinResponse::refuse(err),
+            Err(Refusal::Identity(err)) => return Ok(JoinResponse::refuse(err)),
             Err(Refusal::RateLimited(retry)) => {
-                return JoinResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
+                return Ok(JoinResponse::TooManyRequests(
+                    ErrorBody::rate_limited(retry),
+                    retry,
+                ));
             }
         };
-        let joined = self.store.join_queue(&sale.0, &user_id).await;
-        if let Ok(outcome) = &joined {
-            self.count("join", join_outcome_name(outcome));
-        }
-        match joined {
-            Ok(JoinOutcome::Queued(entry)) | Ok(JoinOutcome::Held(entry)) => {
+        let Some(found) = self.resolve(&sale.0).await? else {
+            return Ok(JoinResponse::NotFound(ErrorBody::sale_not_found(&sale.0)));
+        };
+        let outcome = self.store.join_queue(&found, &user_id).await?;
+        self.count("join", join_outcome_name(&outcome));
+        Ok(match outcome {
+            JoinOutcome::Queued(entry) | JoinOutcome::Held(entry) => {
                 JoinResponse::Accepted(Json(QueueStatusView::new(&entry, None)))
             }
-            Ok(JoinOutcome::AlreadyPurchased(purchase)) => {
+            JoinOutcome::AlreadyPurchased(purchase) => {
                 JoinResponse::Conflict(ErrorBody::already_purchased(purchase))
             }
-            Ok(JoinOutcome::SoldOut) => JoinResponse::Conflict(ErrorBody::json(
+            JoinOutcome::SoldOut => JoinResponse::Conflict(ErrorBody::json(
                 ErrorCode::SoldOut,
                 "the sale is sold out and no hold can come back",
             )),
-            Ok(JoinOutcome::NotActive(state)) => {
-                JoinResponse::Conflict(ErrorBody::not_active(state))
-            }
-            Ok(JoinOutcome::QueueFull) => JoinResponse::QueueFull(
+            JoinOutcome::NotActive(state) => JoinResponse::Conflict(ErrorBody::not_active(state)),
+            JoinOutcome::QueueFull => JoinResponse::QueueFull(
                 ErrorBody::json(ErrorCode::QueueFull, "the queue is full; retry later"),
                 QUEUE_FULL_RETRY_SECONDS,
             ),
-            Ok(JoinOutcome::WrongCheckout) => JoinResponse::Conflict(wrong_checkout()),
-            Ok(JoinOutcome::SaleNotFound) => {
-                JoinResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
-            }
-            Err(err) => JoinResponse::Internal(ErrorBody::internal(&err)),
-        }
+            JoinOutcome::WrongCheckout => JoinResponse::Conflict(wrong_checkout()),
+            JoinOutcome::SaleNotFound => JoinResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
+        })
     }
 
     /// A buyer's place in the queue
@@ -318,21 +307,24 @@ impl QueueApi {
         /// The buyer.
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
-    ) -> QueueStatusResponse {
+    ) -> Result<QueueStatusResponse, ServerError> {
         if let Err(err) = self.tokens.identify(&auth, Some(&user_id.0)) {
-            return QueueStatusResponse::refuse(err);
+            return Ok(QueueStatusResponse::refuse(err));
         }
-        match self.store.queue_entry(&sale.0, &user_id.0).await {
-            Ok(Some((found, Some(entry)))) => {
+        let Some(found) = self.resolve(&sale.0).await? else {
+            return Ok(QueueStatusResponse::NotFound(ErrorBody::sale_not_found(
+                &sale.0,
+            )));
+        };
+        Ok(match self.store.queue_entry(found.id, &user_id.0).await? {
+            Some(entry) => {
                 QueueStatusResponse::Ok(Json(QueueStatusView::new(&entry, Some(&found))))
             }
-            Ok(Some((found, None))) if found.checkout == crate::domain::Checkout::Instant => {
+            None if found.checkout == crate::domain::Checkout::Instant => {
                 QueueStatusResponse::Conflict(wrong_checkout())
             }
-            Ok(Some((_, None))) => QueueStatusResponse::NotFound(not_in_queue()),
-            Ok(None) => QueueStatusResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
-            Err(err) => QueueStatusResponse::Internal(ErrorBody::internal(&err)),
-        }
+            None => QueueStatusResponse::NotFound(not_in_queue()),
+        })
     }
 
     /// Confirm the hold: buy the held unit
@@ -351,22 +343,27 @@ impl QueueApi {
         /// The buyer.
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
-    ) -> ConfirmResponse {
+    ) -> Result<ConfirmResponse, ServerError> {
         match self.buyer(&auth, Some(&user_id.0)) {
             Ok(_) => {}
-            Err(Refusal::Identity(err)) => return ConfirmResponse::refuse(err),
+            Err(Refusal::Identity(err)) => return Ok(ConfirmResponse::refuse(err)),
             Err(Refusal::RateLimited(retry)) => {
-                return ConfirmResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
+                return Ok(ConfirmResponse::TooManyRequests(
+                    ErrorBody::rate_limited(retry),
+                    retry,
+                ));
             }
         }
-        let outcome = match self.store.confirm_hold(&sale.0, &user_id.0).await {
-            Ok(outcome) => outcome,
-            Err(err) => return ConfirmResponse::Internal(ErrorBody::internal(&err)),
+        let Some(found) = self.resolve(&sale.0).await? else {
+            return Ok(ConfirmResponse::NotFound(ErrorBody::sale_not_found(
+                &sale.0,
+            )));
         };
+        let outcome = self.store.confirm_hold(&found, &user_id.0).await?;
         let name = confirm_outcome_name(&outcome);
         tracing::info!(outcome = name, "confirm");
         self.count("confirm", name);
-        match outcome {
+        Ok(match outcome {
             ConfirmOutcome::Purchased(purchase) => ConfirmResponse::Created(Json(purchase.into())),
             ConfirmOutcome::HoldExpired => ConfirmResponse::Gone(ErrorBody::json(
                 ErrorCode::HoldExpired,
@@ -384,10 +381,7 @@ impl QueueApi {
             }
             ConfirmOutcome::NotInQueue => ConfirmResponse::NotFound(not_in_queue()),
             ConfirmOutcome::WrongCheckout => ConfirmResponse::Conflict(wrong_checkout()),
-            ConfirmOutcome::SaleNotFound => {
-                ConfirmResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
-            }
-        }
+        })
     }
 
     /// Leave the queue or release the hold
@@ -406,45 +400,41 @@ impl QueueApi {
         /// The buyer.
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
-    ) -> LeaveResponse {
+    ) -> Result<LeaveResponse, ServerError> {
         match self.buyer(&auth, Some(&user_id.0)) {
             Ok(_) => {}
-            Err(Refusal::Identity(err)) => return LeaveResponse::refuse(err),
+            Err(Refusal::Identity(err)) => return Ok(LeaveResponse::refuse(err)),
             Err(Refusal::RateLimited(retry)) => {
-                return LeaveResponse::TooManyRequests(ErrorBody::rate_limited(retry), retry);
+                return Ok(LeaveResponse::TooManyRequests(
+                    ErrorBody::rate_limited(retry),
+                    retry,
+                ));
             }
         }
-        match self.store.leave_queue(&sale.0, &user_id.0).await {
-            Ok(LeaveOutcome::Left)
-            | Ok(LeaveOutcome::Released)
-            | Ok(LeaveOutcome::Finished(EntryStatus::Left))
-            | Ok(LeaveOutcome::Finished(EntryStatus::Expired)) => {
-                match self.store.queue_entry(&sale.0, &user_id.0).await {
-                    Ok(Some((_, Some(entry)))) => {
-                        LeaveResponse::Ok(Json(QueueStatusView::new(&entry, None)))
-                    }
-                    Ok(_) => LeaveResponse::NotFound(not_in_queue()),
-                    Err(err) => LeaveResponse::Internal(ErrorBody::internal(&err)),
+        let Some(found) = self.resolve(&sale.0).await? else {
+            return Ok(LeaveResponse::NotFound(ErrorBody::sale_not_found(&sale.0)));
+        };
+        Ok(match self.store.leave_queue(&found, &user_id.0).await? {
+            LeaveOutcome::Left
+            | LeaveOutcome::Released
+            | LeaveOutcome::Finished(EntryStatus::Left)
+            | LeaveOutcome::Finished(EntryStatus::Expired) => {
+                match self.store.queue_entry(found.id, &user_id.0).await? {
+                    Some(entry) => LeaveResponse::Ok(Json(QueueStatusView::new(&entry, None))),
+                    None => LeaveResponse::NotFound(not_in_queue()),
                 }
             }
-            Ok(LeaveOutcome::Finished(_)) => match self.store.find_sale(&sale.0).await {
-                Ok(Some(found)) => match self.store.find_purchase(found.id, &user_id.0).await {
-                    Ok(Some(purchase)) => {
+            LeaveOutcome::Finished(_) => {
+                match self.store.find_purchase(found.id, &user_id.0).await? {
+                    Some(purchase) => {
                         LeaveResponse::Conflict(ErrorBody::already_purchased(purchase))
                     }
-                    Ok(None) => LeaveResponse::NotFound(not_in_queue()),
-                    Err(err) => LeaveResponse::Internal(ErrorBody::internal(&err)),
-                },
-                Ok(None) => LeaveResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
-                Err(err) => LeaveResponse::Internal(ErrorBody::internal(&err)),
-            },
-            Ok(LeaveOutcome::NotInQueue) => LeaveResponse::NotFound(not_in_queue()),
-            Ok(LeaveOutcome::WrongCheckout) => LeaveResponse::Conflict(wrong_checkout()),
-            Ok(LeaveOutcome::SaleNotFound) => {
-                LeaveResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
+                    None => LeaveResponse::NotFound(not_in_queue()),
+                }
             }
-            Err(err) => LeaveResponse::Internal(ErrorBody::internal(&err)),
-        }
+            LeaveOutcome::NotInQueue => LeaveResponse::NotFound(not_in_queue()),
+            LeaveOutcome::WrongCheckout => LeaveResponse::Conflict(wrong_checkout()),
+        })
     }
 
     /// A buyer's purchases across sales
@@ -459,16 +449,14 @@ impl QueueApi {
         /// The buyer.
         #[oai(validator(min_length = 1, max_length = 128))]
         user_id: Path<String>,
-    ) -> UserPurchasesResponse {
+    ) -> Result<UserPurchasesResponse, ServerError> {
         if let Err(err) = self.tokens.identify(&auth, Some(&user_id.0)) {
-            return UserPurchasesResponse::refuse(err);
+            return Ok(UserPurchasesResponse::refuse(err));
         }
-        match self.store.user_purchases(&user_id.0).await {
-            Ok(purchases) => UserPurchasesResponse::Ok(Json(
-                purchases.into_iter().map(PurchaseView::from).collect(),
-            )),
-            Err(err) => UserPurchasesResponse::Internal(ErrorBody::internal(&err)),
-        }
+        let purchases = self.store.user_purchases(&user_id.0).await?;
+        Ok(UserPurchasesResponse::Ok(Json(
+            purchases.into_iter().map(PurchaseView::from).collect(),
+        )))
     }
 }
 
@@ -494,6 +482,5 @@ fn confirm_outcome_name(outcome: &ConfirmOutcome) -> &'static str {
         ConfirmOutcome::NotActive(_) => "not_active",
         ConfirmOutcome::NotInQueue => "not_in_queue",
         ConfirmOutcome::WrongCheckout => "wrong_checkout",
-        ConfirmOutcome::SaleNotFound => "sale_not_found",
     }
 }

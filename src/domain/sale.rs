@@ -45,6 +45,8 @@ pub enum SaleState {
     Active,
     Ended,
     Cancelled,
+    /// Deleted while it had purchases or holds: kept for its buyers, readable by id only.
+    Archived,
 }
 
 impl SaleState {
@@ -54,6 +56,7 @@ impl SaleState {
             SaleState::Active => "active",
             SaleState::Ended => "ended",
             SaleState::Cancelled => "cancelled",
+            SaleState::Archived => "archived",
         }
     }
 }
@@ -106,6 +109,8 @@ pub struct Sale {
     /// Buyers waiting in the queue now (0 for instant sales).
     pub queue_length: i32,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// Set when the sale was deleted while it had purchases or holds (see [`SaleState::Archived`]).
+    pub archived_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     /// The database clock when the row was read: the state is derived against it, never
     /// against this process's clock, so every instance agrees.
@@ -118,9 +123,12 @@ impl Sale {
         self.available == 0 && self.held == 0
     }
 
-    /// The state at `observed_at`. A cancel wins over everything; a sale that sold out is
-    /// ended even before its end time.
+    /// The state at `observed_at`. An archive wins over everything, then a cancel; a sale
+    /// that sold out is ended even before its end time.
     pub fn state(&self) -> SaleState {
+        if self.archived_at.is_some() {
+            return SaleState::Archived;
+        }
         self.end_reason()
             .map(|reason| match reason {
                 EndReason::Cancelled => SaleState::Cancelled,
@@ -177,7 +185,7 @@ pub struct NewSale {
 pub enum NewSaleError {
     #[error("sku must be 1 to 64 characters of letters, digits, '-', '_' or '.'")]
     BadSku,
-    #[error("name must be 1 to 200 characters")]
+    #[error("name must be 1 to 200 characters without control characters")]
     BadName,
     #[error("stock must be between 1 and {MAX_STOCK}")]
     BadStock,
@@ -189,6 +197,15 @@ pub enum NewSaleError {
     BadMaxActiveHolds,
     #[error("endsAt must be after startsAt")]
     EndBeforeStart,
+    #[error("startsAt and endsAt must lie between the years 2000 and 9999")]
+    TimeOutOfRange,
+}
+
+/// The earliest and latest instants a sale may start or end: well inside what Postgres's
+/// `timestamptz` holds, so a client's year 200000 is a 400, never a database error.
+fn time_in_range(at: DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    (2000..=9999).contains(&at.year())
 }
 
 impl NewSale {
@@ -202,7 +219,9 @@ impl NewSale {
         if !sku_ok {
             return Err(NewSaleError::BadSku);
         }
-        if !(1..=200).contains(&self.name.trim().chars().count()) {
+        if !(1..=200).contains(&self.name.trim().chars().count())
+            || self.name.chars().any(char::is_control)
+        {
             return Err(NewSaleError::BadName);
         }
         if !(1..=MAX_STOCK).contains(&self.stock) {
@@ -216,6 +235,14 @@ impl NewSale {
         }
         if !(0..=MAX_STOCK).contains(&self.max_active_holds) {
             return Err(NewSaleError::BadMaxActiveHolds);
+        }
+        if !self
+            .starts_at
+            .into_iter()
+            .chain(self.ends_at)
+            .all(time_in_range)
+        {
+            return Err(NewSaleError::TimeOutOfRange);
         }
         if let (Some(start), Some(end)) = (self.starts_at, self.ends_at)
             && end <= start
@@ -255,6 +282,7 @@ mod tests {
             max_active_holds: 0,
             queue_length: 0,
             cancelled_at: None,
+            archived_at: None,
             created_at: start,
             observed_at,
         }
@@ -348,6 +376,13 @@ mod tests {
             ),
             (
                 NewSale {
+                    name: "nul\u{0}byte".into(),
+                    ..good.clone()
+                },
+                NewSaleError::BadName,
+            ),
+            (
+                NewSale {
                     stock: 0,
                     ..good.clone()
                 },
@@ -388,6 +423,13 @@ mod tests {
                     ..good.clone()
                 },
                 NewSaleError::EndBeforeStart,
+            ),
+            (
+                NewSale {
+                    ends_at: DateTime::from_timestamp(400_000_000_000, 0),
+                    ..good.clone()
+                },
+                NewSaleError::TimeOutOfRange,
             ),
         ];
         for (sale, expected) in cases {

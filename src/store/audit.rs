@@ -43,15 +43,15 @@ pub fn audit_statement() -> &'static str {
 }
 
 impl Store {
-    /// Runs the invariant checks for the sale with this sku, in a transaction of its own so
-    /// every check reads one snapshot.
-    pub async fn audit_sale(&self, sku: &str) -> Result<AuditReport, StoreError> {
+    /// Runs the invariant checks for the sale with this id (archived ones too), in a
+    /// transaction of its own so every check reads one snapshot.
+    pub async fn audit_sale(&self, sale_id: uuid::Uuid) -> Result<AuditReport, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("SELECT set_config('flashsale.audit_sku', $1, true)")
-            .bind(sku)
+        sqlx::query("SELECT set_config('flashsale.audit_sale', $1, true)")
+            .bind(sale_id.to_string())
             .execute(&mut *tx)
             .await?;
         // The statement is this crate's own file, embedded at compile time.

@@ -8,26 +8,40 @@
 //! sees an instant sale's stock at zero it cannot come back, so later buyers of that sale
 //! skip the batcher: one indexed read tells a repeat buyer (`ALREADY_PURCHASED`) from the
 //! rest (`SOLD_OUT`); for stocks up to [`MAX_REMEMBERED_BUYERS`] the final buyer list is
-//! loaded once and no query is needed at all. Several instances each run their own batchers; the statement is safe
-//! across them (see [`Store::purchase_batch`]).
+//! loaded once and no query is needed at all. Several instances each run their own batchers;
+//! the statement is safe across them (see [`Store::purchase_batch`]).
+//!
+//! Memory is bounded: at most [`MAX_WAITING_PER_SALE`] requests wait per sale (then 503),
+//! and the sold-out memory and the reference cache are bounded caches (moka).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use moka::sync::Cache;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::purchases::{BatchBuyer, PurchaseOutcome};
 use super::{Store, StoreError};
-use crate::domain::{Checkout, Purchase};
+use crate::domain::{Checkout, Purchase, SaleState};
 
 /// Most buyers decided by one statement.
 pub const MAX_BATCH: usize = 2048;
+/// Most purchases waiting for one sale's batcher on one instance: two full batches behind
+/// the one in the database. Past it a buyer is told 503 at once (retry after a second)
+/// instead of waiting in a line that only grows.
+pub const MAX_WAITING_PER_SALE: usize = 2 * MAX_BATCH;
 /// Largest stock whose buyers are held in memory once the sale sells out.
 const MAX_REMEMBERED_BUYERS: i64 = 100_000;
-/// How long a sku keeps resolving to the same sale id without asking the database.
-const SKU_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Most buyers remembered across all sold-out sales (the cache evicts the least used sale
+/// past it; an evicted sale is answered from the database instead).
+const MAX_REMEMBERED_TOTAL: u64 = 1_000_000;
+/// How long a `{sale}` reference keeps resolving to the same sale id without asking the
+/// database. An answer that would depend on a stale entry is checked first (see
+/// [`PurchaseQueue::purchase`]), so this bounds only how often the name is looked up.
+const REF_CACHE_TTL: Duration = Duration::from_secs(1);
+const REF_CACHE_ENTRIES: u64 = 10_000;
 /// A sale's batcher stops after this long without requests (and starts again on demand).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -38,70 +52,113 @@ struct Request {
     reply: Reply,
 }
 
-#[derive(Default)]
-struct Shared {
-    batchers: HashMap<Uuid, mpsc::UnboundedSender<Request>>,
-    /// Sold-out instant sales, with their buyers when the stock is small enough to hold:
-    /// a sold-out instant sale never sells again, so that set is final and answers a
-    /// repeat buyer (`ALREADY_PURCHASED`) and everyone else (`SOLD_OUT`) without a query.
-    sold_out: HashMap<Uuid, Option<Arc<HashMap<String, Purchase>>>>,
-    skus: HashMap<String, (Uuid, Checkout, Instant)>,
+/// A `{sale}` reference resolved to a sale id.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    id: Uuid,
+    checkout: Checkout,
+    /// Taken from the cache rather than read for this request: the name may since have come
+    /// to mean another sale (a delete and re-create of its sku, on any instance).
+    cached: bool,
+    /// The reference named the sale by its sku (not by its id).
+    via_sku: bool,
 }
 
+/// The final buyers of a sold-out instant sale, or `None` when too many to hold.
+type SoldOutBuyers = Option<Arc<HashMap<String, Purchase>>>;
+
 /// The instant-checkout front door: group commit per sale, with the sold-out fast path.
+/// Every cache is keyed by sale id (ids are never reused); only the reference cache is
+/// keyed by name, and nothing is answered from it without a check.
 #[derive(Clone)]
 pub struct PurchaseQueue {
     store: Store,
-    shared: Arc<Mutex<Shared>>,
+    batchers: Arc<Mutex<HashMap<Uuid, mpsc::Sender<Request>>>>,
+    /// Sold-out instant sales: a sold-out instant sale never sells again, so its buyer set is
+    /// final and answers a repeat buyer (`ALREADY_PURCHASED`) and everyone else (`SOLD_OUT`)
+    /// without a query. Bounded by the number of buyers it holds.
+    sold_out: Cache<Uuid, SoldOutBuyers>,
+    refs: Cache<String, (Uuid, Checkout, bool)>,
     /// Off: every purchase is its own statement ([`Store::purchase`]), for comparison.
     batching: bool,
+    /// Longest wait for a purchase's answer; past it the outcome is unknown.
+    answer_timeout: Duration,
 }
 
 impl PurchaseQueue {
-    pub fn new(store: Store, batching: bool) -> Self {
+    pub fn new(store: Store, batching: bool, answer_timeout: Duration) -> Self {
         Self {
             store,
-            shared: Arc::default(),
+            batchers: Arc::default(),
+            sold_out: Cache::builder()
+                .max_capacity(MAX_REMEMBERED_TOTAL)
+                .weigher(|_, buyers: &SoldOutBuyers| {
+                    buyers.as_ref().map_or(1, |b| b.len().saturating_add(1)) as u32
+                })
+                .build(),
+            refs: Cache::builder()
+                .max_capacity(REF_CACHE_ENTRIES)
+                .time_to_live(REF_CACHE_TTL)
+                .build(),
             batching,
+            answer_timeout,
         }
     }
 
     /// Buys one unit of the sale `sale_ref` (UUID or sku) for `user_id`, exactly like
     /// [`Store::purchase`], batched with the other buyers of that sale.
+    ///
+    /// Every answer is about the sale the reference names when the request arrives: an
+    /// answer that came from a cached resolution and says the sale is gone or archived is
+    /// thrown away, the reference read again and the purchase tried on what it names now;
+    /// an answer from the sold-out memory, when the sale was reached through a cached sku,
+    /// is given only after the sale is checked to be still live.
     pub async fn purchase(
         &self,
         sale_ref: &str,
         user_id: &str,
     ) -> Result<PurchaseOutcome, StoreError> {
-        if !self.batching {
-            return self.store.purchase(sale_ref, user_id).await;
-        }
-        let outcome = self.purchase_resolved(sale_ref, user_id).await?;
-        if matches!(outcome, PurchaseOutcome::SaleNotFound) {
-            // The cached id may name a sale deleted since (its sku reused): look again.
-            if let Ok(mut shared) = self.shared.lock() {
-                shared.skus.remove(sale_ref);
-            }
-            return self.purchase_resolved(sale_ref, user_id).await;
-        }
-        Ok(outcome)
-    }
-
-    async fn purchase_resolved(
-        &self,
-        sale_ref: &str,
-        user_id: &str,
-    ) -> Result<PurchaseOutcome, StoreError> {
-        let Some((sale_id, checkout)) = self.resolve(sale_ref).await? else {
+        let Some(mut target) = self.resolve(sale_ref, false).await? else {
             return Ok(PurchaseOutcome::SaleNotFound);
         };
-        if checkout == Checkout::Queued {
-            return self.store.purchase(&sale_id.to_string(), user_id).await;
+        let mut outcome = self.purchase_in(target, user_id).await?;
+        if target.cached
+            && matches!(
+                outcome,
+                PurchaseOutcome::SaleArchived | PurchaseOutcome::SaleNotFound
+            )
+        {
+            let Some(fresh) = self.resolve(sale_ref, true).await? else {
+                return Ok(PurchaseOutcome::SaleNotFound);
+            };
+            target = fresh;
+            outcome = self.purchase_in(target, user_id).await?;
         }
-        if let Some(buyers) = self.sold_out(sale_id) {
+        if !matches!(outcome, PurchaseOutcome::SaleArchived) {
+            return Ok(outcome);
+        }
+        // Named by its id (or archived a moment ago): say what is true of it.
+        Ok(match self.store.find_purchase(target.id, user_id).await? {
+            Some(purchase) => PurchaseOutcome::AlreadyPurchased(purchase),
+            None => PurchaseOutcome::NotActive(SaleState::Archived),
+        })
+    }
+
+    async fn purchase_in(
+        &self,
+        target: Target,
+        user_id: &str,
+    ) -> Result<PurchaseOutcome, StoreError> {
+        if !self.batching || target.checkout == Checkout::Queued {
+            return self.timed(self.store.purchase(target.id, user_id)).await;
+        }
+        if let Some(buyers) = self.sold_out.get(&target.id) {
+            if target.cached && target.via_sku && !self.store.is_live(target.id).await? {
+                return Ok(PurchaseOutcome::SaleArchived);
+            }
             let owned = match buyers {
                 Some(buyers) => buyers.get(user_id).cloned(),
-                None => self.store.find_purchase(sale_id, user_id).await?,
+                None => self.store.find_purchase(target.id, user_id).await?,
             };
             return Ok(match owned {
                 Some(purchase) => PurchaseOutcome::AlreadyPurchased(purchase),
@@ -109,19 +166,45 @@ impl PurchaseQueue {
             });
         }
         let (reply, answer) = oneshot::channel();
-        self.batcher(sale_id)
-            .send(Request {
+        self.enqueue(
+            target.id,
+            Request {
                 user_id: user_id.to_string(),
                 reply,
-            })
-            .map_err(|_| StoreError::Unavailable)?;
-        answer.await.map_err(|_| StoreError::Unavailable)?
+            },
+        )?;
+        match tokio::time::timeout(self.answer_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            // The batcher dropped the request (shutting down): it was never decided.
+            Ok(Err(_)) => Err(StoreError::Unavailable(None)),
+            Err(_) => Err(StoreError::OutcomeUnknown),
+        }
     }
 
-    /// `Some` once the sale is known to be sold out, with its buyers when remembered.
-    #[allow(clippy::type_complexity)]
-    fn sold_out(&self, sale_id: Uuid) -> Option<Option<Arc<HashMap<String, Purchase>>>> {
-        self.shared.lock().ok()?.sold_out.get(&sale_id).cloned()
+    /// Runs a single-statement purchase with the answer timeout.
+    async fn timed(
+        &self,
+        purchase: impl Future<Output = Result<PurchaseOutcome, StoreError>>,
+    ) -> Result<PurchaseOutcome, StoreError> {
+        tokio::time::timeout(self.answer_timeout, purchase)
+            .await
+            .unwrap_or(Err(StoreError::OutcomeUnknown))
+    }
+
+    /// Hands a request to its sale's batcher; refuses at once when the sale's line is full.
+    fn enqueue(&self, sale_id: Uuid, request: Request) -> Result<(), StoreError> {
+        let request = match self.batcher(sale_id).try_send(request) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(StoreError::Overloaded),
+            // The batcher retired between the lookup and the send: start a new one.
+            Err(mpsc::error::TrySendError::Closed(request)) => request,
+        };
+        self.batcher(sale_id)
+            .try_send(request)
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable(None),
+            })
     }
 
     /// Records that the sale sold out, loading its (final) buyers when there are few enough.
@@ -140,64 +223,62 @@ impl PurchaseQueue {
             // Too many to hold, or the read failed: answer from the database instead.
             Ok(None) | Err(_) => None,
         };
-        if let Ok(mut shared) = self.shared.lock() {
-            shared.sold_out.insert(sale_id, buyers);
-        }
+        self.sold_out.insert(sale_id, buyers);
     }
 
-    /// The sale id and checkout for a reference, from a short-lived cache. A UUID that
-    /// names no sale is tried as a sku, as everywhere else.
-    async fn resolve(&self, sale_ref: &str) -> Result<Option<(Uuid, Checkout)>, StoreError> {
-        if let Ok(shared) = self.shared.lock()
-            && let Some((id, checkout, at)) = shared.skus.get(sale_ref)
-            && at.elapsed() < SKU_CACHE_TTL
-        {
-            return Ok(Some((*id, *checkout)));
+    /// The sale id and checkout for a reference: from the cache unless `fresh`, else read
+    /// (and cached). `None` when no sale answers to it.
+    async fn resolve(&self, sale_ref: &str, fresh: bool) -> Result<Option<Target>, StoreError> {
+        if !fresh && let Some((id, checkout, via_sku)) = self.refs.get(sale_ref) {
+            return Ok(Some(Target {
+                id,
+                checkout,
+                cached: true,
+                via_sku,
+            }));
         }
-        let Some(sale) = self.store.find_sale(sale_ref).await? else {
+        let Some(sale) = self.store.resolve_sale(sale_ref).await? else {
+            self.refs.invalidate(sale_ref);
             return Ok(None);
         };
-        if let Ok(mut shared) = self.shared.lock() {
-            if shared.skus.len() > 10_000 {
-                shared
-                    .skus
-                    .retain(|_, (_, _, at)| at.elapsed() < SKU_CACHE_TTL);
-            }
-            shared.skus.insert(
-                sale_ref.to_string(),
-                (sale.id, sale.checkout, Instant::now()),
-            );
-        }
-        Ok(Some((sale.id, sale.checkout)))
+        let via_sku = sale.id.to_string() != sale_ref.to_ascii_lowercase();
+        self.refs
+            .insert(sale_ref.to_string(), (sale.id, sale.checkout, via_sku));
+        Ok(Some(Target {
+            id: sale.id,
+            checkout: sale.checkout,
+            cached: false,
+            via_sku,
+        }))
     }
 
     /// The sender of the sale's batcher, starting one if none runs.
-    fn batcher(&self, sale_id: Uuid) -> mpsc::UnboundedSender<Request> {
-        let mut shared = match self.shared.lock() {
-            Ok(shared) => shared,
+    fn batcher(&self, sale_id: Uuid) -> mpsc::Sender<Request> {
+        let mut batchers = match self.batchers.lock() {
+            Ok(batchers) => batchers,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(sender) = shared.batchers.get(&sale_id)
+        if let Some(sender) = batchers.get(&sale_id)
             && !sender.is_closed()
         {
             return sender.clone();
         }
-        let (sender, receiver) = mpsc::unbounded_channel();
-        shared.batchers.insert(sale_id, sender.clone());
+        let (sender, receiver) = mpsc::channel(MAX_WAITING_PER_SALE);
+        batchers.insert(sale_id, sender.clone());
         let this = self.clone();
         tokio::spawn(async move { this.run_batcher(sale_id, receiver).await });
         sender
     }
 
-    async fn run_batcher(self, sale_id: Uuid, mut receiver: mpsc::UnboundedReceiver<Request>) {
+    async fn run_batcher(self, sale_id: Uuid, mut receiver: mpsc::Receiver<Request>) {
         loop {
             let first = match tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()).await {
                 Ok(Some(request)) => request,
                 Ok(None) => break,
                 Err(_) => {
                     // Idle: retire, unless a request slipped in meanwhile.
-                    if let Ok(mut shared) = self.shared.lock() {
-                        shared.batchers.remove(&sale_id);
+                    if let Ok(mut batchers) = self.batchers.lock() {
+                        batchers.remove(&sale_id);
                     }
                     receiver.close();
                     while let Ok(request) = receiver.try_recv() {
@@ -232,11 +313,24 @@ impl PurchaseQueue {
             }
             replies.push(request.reply);
         }
-        let result = match self.store.purchase_batch(sale_id, &buyers).await {
-            Ok(Some(result)) => result,
-            Ok(None) => return self.one_by_one(sale_id, by_user).await,
-            Err(err) => return fail_all(by_user, &err),
+        let batch = self.store.purchase_batch(sale_id, &buyers);
+        let result = match tokio::time::timeout(self.answer_timeout, batch).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(err)) => return fail_all(by_user, &err),
+            Err(_) => return fail_all(by_user, &StoreError::OutcomeUnknown),
         };
+        if !result.sale_live {
+            // Archived or removed: nothing in this batch was decided about it.
+            let gone = match self.store.refusal_now(sale_id).await {
+                Ok(Some(PurchaseOutcome::SaleNotFound)) => PurchaseOutcome::SaleNotFound,
+                Ok(_) => PurchaseOutcome::SaleArchived,
+                Err(err) => return fail_all(by_user, &err),
+            };
+            for reply in by_user.into_values().flatten() {
+                let _ = reply.send(Ok(gone.clone()));
+            }
+            return;
+        }
         for purchase in result.bought {
             if let Some(replies) = by_user.remove(&purchase.user_id) {
                 answer_owner(replies, purchase, true);
@@ -269,7 +363,9 @@ impl PurchaseQueue {
         // The stock ran out, or the sale is not sellable.
         match self.store.refusal_now(sale_id).await {
             Ok(Some(refusal)) => {
-                if matches!(refusal, PurchaseOutcome::SoldOut) && self.sold_out(sale_id).is_none() {
+                if matches!(refusal, PurchaseOutcome::SoldOut)
+                    && !self.sold_out.contains_key(&sale_id)
+                {
                     self.mark_sold_out(sale_id).await;
                 }
                 for replies in by_user.into_values() {
@@ -288,20 +384,27 @@ impl PurchaseQueue {
         for (user_id, replies) in by_user {
             let mut replies = replies.into_iter();
             if let Some(first) = replies.next() {
-                let _ = first.send(self.store.purchase(&sale_id.to_string(), &user_id).await);
+                let _ = first.send(self.timed(self.store.purchase(sale_id, &user_id)).await);
             }
             for reply in replies {
-                let _ = reply.send(self.store.purchase(&sale_id.to_string(), &user_id).await);
+                let _ = reply.send(self.timed(self.store.purchase(sale_id, &user_id)).await);
             }
         }
     }
 }
 
-/// Answers every request of a failed batch with the failure.
+/// Answers every request of a failed batch with the failure: the same unavailability for
+/// each (so each buyer hears 503, and "outcome unknown" where it is), else the message.
 fn fail_all(by_user: HashMap<String, Vec<Reply>>, err: &StoreError) {
     let message = err.to_string();
     for reply in by_user.into_values().flatten() {
-        let _ = reply.send(Err(StoreError::Batch(message.clone())));
+        let copy = match err {
+            StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
+            StoreError::Overloaded => StoreError::Overloaded,
+            err if err.is_unavailable() => StoreError::Unavailable(None),
+            _ => StoreError::Batch(message.clone()),
+        };
+        let _ = reply.send(Err(copy));
     }
 }
 

@@ -14,7 +14,8 @@ use super::{Store, StoreError, violated_constraint};
 /// Notification channel the `jobs_notify` trigger signals on every insert.
 pub const JOBS_CHANNEL: &str = "flashsale_jobs";
 
-/// After this many failed attempts a job is parked (`dead_at`) and no longer retried.
+/// After this many failed attempts a job is parked (`dead_at`) and no longer retried, until
+/// an admin requeues it. Queue ticks are never parked: admission and expiry must go on.
 pub const MAX_ATTEMPTS: i32 = 25;
 
 /// What a job does.
@@ -42,6 +43,27 @@ impl JobKind {
             _ => None,
         }
     }
+}
+
+/// A job that failed for good, as an admin sees it.
+#[derive(Debug, Clone, FromRow)]
+pub struct FailedJob {
+    pub id: i64,
+    pub kind: String,
+    pub sale_id: Option<Uuid>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub dead_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a requeue did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequeueOutcome {
+    Requeued,
+    /// The job exists but has not failed for good.
+    NotFailed,
+    NotFound,
 }
 
 /// A claimed job. Only the runner holding `lock_token` may complete or retry it.
@@ -177,7 +199,7 @@ impl Store {
         let retried = sqlx::query(
             "UPDATE jobs SET locked_until = NULL, lock_token = NULL, last_error = $3,
                     run_at = now() + make_interval(secs => $4),
-                    dead_at = CASE WHEN attempts >= $5 THEN now() END
+                    dead_at = CASE WHEN attempts >= $5 AND kind <> 'queue_tick' THEN now() END
               WHERE id = $1 AND lock_token = $2",
         )
         .bind(job.id)
@@ -195,6 +217,86 @@ impl Store {
             }
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Jobs that failed for good, newest first.
+    pub async fn failed_jobs(&self, limit: i64) -> Result<Vec<FailedJob>, StoreError> {
+        let jobs = sqlx::query_as::<_, FailedJob>(
+            "SELECT id, kind, sale_id, attempts, last_error, dead_at, created_at FROM jobs
+              WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(jobs)
+    }
+
+    /// How many jobs failed for good.
+    pub async fn count_failed_jobs(&self) -> Result<i64, StoreError> {
+        let count = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE dead_at IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
+
+    /// Makes a failed job due now with a fresh set of attempts.
+    pub async fn requeue_job(&self, id: i64) -> Result<RequeueOutcome, StoreError> {
+        let requeued = sqlx::query(
+            "UPDATE jobs SET dead_at = NULL, attempts = 0, run_at = now(), locked_until = NULL,
+                    lock_token = NULL
+              WHERE id = $1 AND dead_at IS NOT NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await;
+        match requeued {
+            Ok(done) if done.rows_affected() > 0 => Ok(RequeueOutcome::Requeued),
+            Ok(_) => {
+                let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match exists {
+                    Some(_) => RequeueOutcome::NotFailed,
+                    None => RequeueOutcome::NotFound,
+                })
+            }
+            // A queue tick parked before ticks stopped parking, with another pending: that
+            // one does the same work, so this one goes.
+            Err(err) if violated_constraint(&err) == Some("jobs_one_pending_queue_tick") => {
+                sqlx::query("DELETE FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(RequeueOutcome::Requeued)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The backstop of the waiting rooms: makes a queue tick due for every queued sale that
+    /// can still admit or expire anything (open and not archived, or holding units) and has
+    /// no tick pending or running. Normally every such sale already has one (each tick
+    /// schedules the next); this bounds the damage of one lost to a crash or a bug. Returns
+    /// how many were missing.
+    pub async fn ensure_queue_ticks(&self) -> Result<u64, StoreError> {
+        let added = sqlx::query(
+            "INSERT INTO jobs (kind, sale_id)
+             SELECT 'queue_tick', s.id FROM sales s
+              WHERE s.checkout = 'queued'
+                AND (s.held > 0 OR (s.cancelled_at IS NULL AND s.archived_at IS NULL
+                                    AND now() < s.ends_at AND s.available > 0))
+                AND NOT EXISTS (
+                    SELECT 1 FROM jobs j
+                     WHERE j.kind = 'queue_tick' AND j.sale_id = s.id AND j.dead_at IS NULL
+                       AND (j.lock_token IS NULL OR j.locked_until > now()))
+             ON CONFLICT (sale_id)
+                WHERE kind = 'queue_tick' AND lock_token IS NULL AND dead_at IS NULL
+             DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(added.rows_affected())
     }
 
     /// How long until the next job falls due (zero when one is due now), or `None` when the

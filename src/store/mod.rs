@@ -17,10 +17,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use audit::{AuditCheck, AuditReport};
 pub use group_commit::{MAX_BATCH, PurchaseQueue};
-pub use jobs::{JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS};
+pub use jobs::{FailedJob, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, RequeueOutcome};
 pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, JoinOutcome, LeaveOutcome, QueueStats, TICK_INTERVAL, TickReport};
-pub use sales::{CancelOutcome, SaleEvent};
+pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
 
 /// The migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -35,16 +35,92 @@ pub enum StoreError {
     /// default start of now).
     #[error("endsAt must be after startsAt")]
     EndBeforeStart,
-    /// The database failed or could not be reached.
+    /// The database failed (a fault on our side, not a passing unavailability).
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
+    /// The database cannot be reached, timed out, or the pool is exhausted, before anything
+    /// was written: nothing happened and a retry is safe.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] Option<sqlx::Error>),
+    /// A write was sent but its answer never came (the connection broke or the call timed
+    /// out): it may or may not have committed. Buyer writes are idempotent, so a retry
+    /// learns which.
+    #[error("the outcome of the write is unknown")]
+    OutcomeUnknown,
+    /// Too many purchases are already waiting for this sale on this instance.
+    #[error("too many purchases are waiting")]
+    Overloaded,
     /// A group-commit batch failed; every request in it gets this (the cause is logged
     /// once per request with the message).
     #[error("purchase batch failed: {0}")]
     Batch(String),
-    /// The purchase batcher is gone (the service is shutting down).
-    #[error("the purchase batcher is not running")]
-    Unavailable,
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// A failure before or without a write: unreachable, timed out and exhausted are
+    /// [`StoreError::Unavailable`]; everything else is a fault.
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailability(&err) {
+            StoreError::Unavailable(Some(err))
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+impl StoreError {
+    /// A failure of a statement that writes: a connection lost after sending it leaves the
+    /// outcome unknown; a pool timeout (nothing was sent) or a server-side cancel (the
+    /// transaction rolled back) does not.
+    pub fn after_write(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
+                StoreError::OutcomeUnknown
+            }
+            _ => err.into(),
+        }
+    }
+
+    /// Whether the failure is the database's unavailability (answer 503, retry later)
+    /// rather than a fault (500).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::OutcomeUnknown | StoreError::Overloaded
+        )
+    }
+}
+
+/// Unreachable, timed out, exhausted, shutting down, or cancelled by one of the server-side
+/// timeouts set in [`connect`]: a retry later may succeed.
+fn is_unavailability(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exceptions; 53300 too many connections; 57014 statement
+            // timeout; 57P0x shutdown / cannot connect now; 55P03 lock timeout; 25P03 idle
+            // in transaction timeout; 40001 / 40P01 serialization failure / deadlock.
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "53300"
+                        | "57014"
+                        | "57P01"
+                        | "57P02"
+                        | "57P03"
+                        | "55P03"
+                        | "25P03"
+                        | "40001"
+                        | "40P01"
+                )
+        }),
+        _ => false,
+    }
 }
 
 /// A handle on the database; cheap to clone.
@@ -69,17 +145,39 @@ impl Store {
     }
 }
 
+/// How long a request waits for a pooled connection before it is told 503: long enough
+/// to ride out a burst (connections turn over in milliseconds), short enough that a buyer
+/// hears an honest answer well before any client gives up.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Server-side limits on every connection, so that no statement, lock wait or forgotten
+/// transaction can hold a connection (and the locks behind it) for long:
+/// - `statement_timeout` 5 s: the slowest legitimate statement (the opening shuffle of
+///   10,000 pre-queued buyers, a 2,048-buyer batch on a loaded machine) takes well under
+///   a second; a statement past 5 s is stuck, and its buyer is answered 503 instead.
+/// - `lock_timeout` 3 s: purchases wait on one hot row lock, held for a statement at a
+///   time (milliseconds); 3 s of waiting means something holds it that should not.
+/// - `idle_in_transaction_session_timeout` 10 s: our transactions never wait on a client
+///   or the network, so a transaction idle that long belongs to a stalled or partitioned
+///   process; ending it frees its row locks for everyone else.
+pub const SERVER_TIMEOUTS: [(&str, &str); 3] = [
+    ("statement_timeout", "5s"),
+    ("lock_timeout", "3s"),
+    ("idle_in_transaction_session_timeout", "10s"),
+];
+
 /// Opens a pool on `url`. Plans are made for each execution (`force_custom_plan`): a generic
 /// plan cached while a table is nearly empty can pick a sequential scan and keep it after the
-/// table grows (measured: 900 instead of 13,000 purchases/s).
+/// table grows (measured: 900 instead of 13,000 purchases/s). Every connection carries
+/// [`SERVER_TIMEOUTS`].
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
-    let options = options
-        .application_name("flashsale")
-        .options([("plan_cache_mode", "force_custom_plan")]);
+    let mut settings = vec![("plan_cache_mode", "force_custom_plan")];
+    settings.extend(SERVER_TIMEOUTS);
+    let options = options.application_name("flashsale").options(settings);
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
 }

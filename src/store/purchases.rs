@@ -5,7 +5,7 @@ use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use super::jobs::JobKind;
-use super::sales::find_sale;
+use super::sales::sale_by_id;
 use super::{Store, StoreError, violated_constraint};
 use crate::domain::{Checkout, Purchase, Sale, SaleState};
 
@@ -23,6 +23,9 @@ pub enum PurchaseOutcome {
     /// The sale uses the queued checkout.
     WrongCheckout,
     SaleNotFound,
+    /// The sale with this id was archived: nothing about it is answered here, so that a
+    /// caller who reached it through a sku can look the sku up again (see `PurchaseQueue`).
+    SaleArchived,
 }
 
 #[derive(FromRow)]
@@ -55,25 +58,23 @@ impl From<PurchaseRow> for Purchase {
 ///   concurrent insert of the same (sale, user) waits for the first transaction; if it
 ///   committed, this statement fails with 23505 and the whole statement, decrement included,
 ///   is rolled back, so a user racing themselves loses no unit.
-/// - Cancel, start and end are re-checked on the locked row with the statement's `now()`.
+/// - Cancel, archive, start and end are re-checked on the locked row with the statement's
+///   `now()`.
 /// - The unit that sells out the sale queues the state job in the same statement.
 ///
 /// The buyer is answered after the implicit commit of this single statement.
 const PURCHASE_SQL: &str = "
-    WITH target AS (
-        SELECT id FROM sales WHERE id = $1 OR sku = $2
-         ORDER BY id = $1 DESC NULLS LAST LIMIT 1
-    ), taken AS (
+    WITH taken AS (
         UPDATE sales SET available = available - 1, sold = sold + 1
-         WHERE id = (SELECT id FROM target)
-           AND checkout = 'instant' AND available > 0 AND cancelled_at IS NULL
+         WHERE id = $1 AND checkout = 'instant' AND available > 0
+           AND cancelled_at IS NULL AND archived_at IS NULL
            AND starts_at <= now() AND now() < ends_at
         RETURNING id, available
     ), sold_out_job AS (
-        INSERT INTO jobs (kind, sale_id) SELECT $5, id FROM taken WHERE available = 0
+        INSERT INTO jobs (kind, sale_id) SELECT $4, id FROM taken WHERE available = 0
     )
     INSERT INTO purchases (id, sale_id, user_id)
-    SELECT $4, id, $3 FROM taken
+    SELECT $3, id, $2 FROM taken
     RETURNING id, sale_id, user_id, created_at";
 
 /// How often a purchase that failed while the sale looked sellable right after is retried
@@ -81,19 +82,17 @@ const PURCHASE_SQL: &str = "
 const PURCHASE_ATTEMPTS: usize = 3;
 
 impl Store {
-    /// Tries to buy one unit of the sale `sale_ref` (UUID or sku) for `user_id`.
+    /// Tries to buy one unit of the sale `sale_id` for `user_id`.
     pub async fn purchase(
         &self,
-        sale_ref: &str,
+        sale_id: Uuid,
         user_id: &str,
     ) -> Result<PurchaseOutcome, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let sale_id = Uuid::parse_str(sale_ref).ok();
         let mut refusal = PurchaseOutcome::SaleNotFound;
         for _ in 0..PURCHASE_ATTEMPTS {
             let attempt = sqlx::query_as::<_, PurchaseRow>(PURCHASE_SQL)
                 .bind(sale_id)
-                .bind(sale_ref)
                 .bind(user_id)
                 .bind(Uuid::new_v4())
                 .bind(JobKind::SyncSaleState.as_str())
@@ -103,9 +102,9 @@ impl Store {
                 Ok(Some(row)) => return Ok(PurchaseOutcome::Purchased(row.into())),
                 Ok(None) => {}
                 Err(err) if violated_constraint(&err) == Some("purchases_one_per_user") => {}
-                Err(err) => return Err(err.into()),
+                Err(err) => return Err(StoreError::after_write(err)),
             }
-            match classify_refusal(&mut conn, sale_ref, user_id).await? {
+            match classify_refusal(&mut conn, sale_id, user_id).await? {
                 Some(outcome) => refusal = outcome,
                 // The sale is sellable now: the refusal was a boundary moment; try again.
                 None => continue,
@@ -115,7 +114,7 @@ impl Store {
         Ok(refusal)
     }
 
-    /// The user's purchase in the sale `sale_ref`, if any. `None` for an unknown sale too;
+    /// The user's purchase in the sale `sale_id`, if any. `None` for an unknown sale too;
     /// callers that must tell the two apart look the sale up first.
     pub async fn find_purchase(
         &self,
@@ -127,16 +126,19 @@ impl Store {
 }
 
 /// Why a purchase that sold nothing was refused, read after the fact; `None` when the sale is
-/// sellable now. Order matters: a duplicate is never reported as sold out, and a sold-out sale
-/// says so whatever else its state is.
+/// sellable now. Order matters: an archived sale answers nothing else; a duplicate is never
+/// reported as sold out, and a sold-out sale says so whatever else its state is.
 async fn classify_refusal(
     conn: &mut PgConnection,
-    sale_ref: &str,
+    sale_id: Uuid,
     user_id: &str,
 ) -> Result<Option<PurchaseOutcome>, StoreError> {
-    let Some(sale) = find_sale(conn, sale_ref).await? else {
+    let Some(sale) = sale_by_id(conn, sale_id).await? else {
         return Ok(Some(PurchaseOutcome::SaleNotFound));
     };
+    if sale.archived_at.is_some() {
+        return Ok(Some(PurchaseOutcome::SaleArchived));
+    }
     if let Some(existing) = find_purchase(conn, sale.id, user_id).await? {
         return Ok(Some(PurchaseOutcome::AlreadyPurchased(existing)));
     }
@@ -144,6 +146,9 @@ async fn classify_refusal(
 }
 
 fn refusal_for(sale: &Sale) -> Option<PurchaseOutcome> {
+    if sale.archived_at.is_some() {
+        return Some(PurchaseOutcome::SaleArchived);
+    }
     if sale.checkout == Checkout::Queued {
         return Some(PurchaseOutcome::WrongCheckout);
     }
@@ -185,54 +190,62 @@ pub struct BatchBuyer {
 /// Race-free under READ COMMITTED:
 /// - `locked` takes the sale row with FOR NO KEY UPDATE (the lock an UPDATE of the counters
 ///   takes anyway; plain FOR UPDATE would also block the foreign-key checks of every insert
-///   that references the sale); after waiting for the lock it sees the
-///   latest committed counters, and the UPDATE in the same statement decrements by at most
-///   that `available`, so the stock can never go below zero (the CHECKs back this up).
-/// - Users who already own a purchase (as of the statement's snapshot) are left out. One who
-///   bought through another instance after that snapshot makes the plain INSERT fail with
-///   23505, which rolls back the whole statement, decrement included; the caller retries
-///   the batch with a fresh snapshot. Users in one batch are distinct (the caller dedupes).
-/// - The window, cancel and checkout are checked on the locked row.
-/// - Winners are the first `n` in arrival order; the rest are refused only when the stock
-///   is exhausted (or the sale is not sellable), so nobody hears `SOLD_OUT` while units remain.
+///   that references the sale) and returns its latest committed version. Everything that
+///   inserts a purchase of this sale (this statement, [`PURCHASE_SQL`], a confirm) does so
+///   under that row lock, so no insert of this sale is in flight while we hold it.
+/// - Winners are the first `available` fresh users in arrival order; the INSERT skips (ON
+///   CONFLICT DO NOTHING) a user who bought elsewhere after this statement's snapshot (a
+///   retry through another instance), instead of failing the whole batch. The decrement is
+///   the number of rows actually inserted, so no unit is burnt by a skipped duplicate and
+///   `available` can never go below zero (the CHECKs back this up).
+/// - Sellability (checkout, window, cancel, archive) is decided on the locked row. Users
+///   who own a purchase are reported only while the sale is not archived: an archived
+///   sale's buyers are never told about it through a sku that now names another sale.
+/// - Refused users are left for the caller, who re-reads them: nobody hears `SOLD_OUT`
+///   while units remain or after they bought.
 const BATCH_SQL: &str = "
     WITH req AS (
         SELECT u.user_id, u.purchase_id, u.ord
           FROM unnest($2::text[], $3::uuid[]) WITH ORDINALITY AS u(user_id, purchase_id, ord)
+    ), locked AS (
+        SELECT available, archived_at IS NULL AS live,
+               checkout = 'instant' AND cancelled_at IS NULL AND archived_at IS NULL
+                   AND starts_at <= now() AND now() < ends_at AS sellable
+          FROM sales WHERE id = $1
+           FOR NO KEY UPDATE
     ), owned AS (
         SELECT p.id, p.user_id, p.created_at FROM purchases p
          WHERE p.sale_id = $1 AND p.user_id = ANY($2::text[])
+           AND EXISTS (SELECT 1 FROM locked WHERE live)
     ), fresh AS (
         SELECT r.user_id, r.purchase_id, row_number() OVER (ORDER BY r.ord) AS place
           FROM req r WHERE NOT EXISTS (SELECT 1 FROM owned o WHERE o.user_id = r.user_id)
-    ), locked AS (
-        SELECT id, available FROM sales
-         WHERE id = $1 AND checkout = 'instant' AND cancelled_at IS NULL
-           AND starts_at <= now() AND now() < ends_at
-           FOR NO KEY UPDATE
-    ), taken AS (
-        UPDATE sales s SET available = s.available - w.n, sold = s.sold + w.n
-          FROM (SELECT LEAST(l.available, (SELECT count(*) FROM fresh))::int AS n FROM locked l) w
-         WHERE s.id = $1 AND w.n > 0
-        RETURNING w.n, s.available
     ), bought AS (
         INSERT INTO purchases (id, sale_id, user_id)
         SELECT f.purchase_id, $1, f.user_id FROM fresh f
-         WHERE f.place <= (SELECT COALESCE(max(n), 0) FROM taken)
+         WHERE f.place <= (SELECT available FROM locked WHERE sellable)
+        ON CONFLICT ON CONSTRAINT purchases_one_per_user DO NOTHING
         RETURNING id, user_id, created_at
+    ), taken AS (
+        UPDATE sales SET available = available - (SELECT count(*) FROM bought),
+                         sold = sold + (SELECT count(*) FROM bought)
+         WHERE id = $1 AND (SELECT count(*) FROM bought) > 0
+        RETURNING available
     ), sold_out_job AS (
         INSERT INTO jobs (kind, sale_id) SELECT $4, $1 FROM taken WHERE available = 0
     )
-    SELECT true AS new, id, user_id, created_at FROM bought
+    SELECT 'bought' AS kind, id, user_id, created_at FROM bought
     UNION ALL
-    SELECT false AS new, id, user_id, created_at FROM owned";
+    SELECT 'owned', id, user_id, created_at FROM owned
+    UNION ALL
+    SELECT 'live', NULL, NULL, NULL FROM locked WHERE live";
 
 #[derive(FromRow)]
 struct BatchRow {
-    new: bool,
-    id: Uuid,
-    user_id: String,
-    created_at: DateTime<Utc>,
+    kind: String,
+    id: Option<Uuid>,
+    user_id: Option<String>,
+    created_at: Option<DateTime<Utc>>,
 }
 
 /// What a batch did for each user: bought now, owned already, or refused.
@@ -240,53 +253,47 @@ struct BatchRow {
 pub struct BatchResult {
     pub bought: Vec<Purchase>,
     pub owned: Vec<Purchase>,
+    /// False when the sale is archived or gone: nothing in the batch was about it.
+    pub sale_live: bool,
 }
 
-/// How often a batch is retried after a duplicate from another instance (23505).
-const BATCH_ATTEMPTS: usize = 3;
-
 impl Store {
-    /// Runs [`BATCH_SQL`] for `buyers` (distinct users) of the sale `sale_id`. `Ok(None)` when
-    /// it kept colliding with concurrent purchases of the same users elsewhere: the caller
-    /// then buys one by one.
+    /// Runs [`BATCH_SQL`] for `buyers` (distinct users) of the sale `sale_id`.
     pub async fn purchase_batch(
         &self,
         sale_id: Uuid,
         buyers: &[BatchBuyer],
-    ) -> Result<Option<BatchResult>, StoreError> {
+    ) -> Result<BatchResult, StoreError> {
         let users: Vec<&str> = buyers.iter().map(|b| b.user_id.as_str()).collect();
         let ids: Vec<Uuid> = buyers.iter().map(|b| b.purchase_id).collect();
-        for _ in 0..BATCH_ATTEMPTS {
-            let rows = sqlx::query_as::<_, BatchRow>(BATCH_SQL)
-                .bind(sale_id)
-                .bind(&users)
-                .bind(&ids)
-                .bind(JobKind::SyncSaleState.as_str())
-                .fetch_all(&self.pool)
-                .await;
-            match rows {
-                Ok(rows) => {
-                    let mut result = BatchResult::default();
-                    for row in rows {
-                        let purchase = Purchase {
-                            id: row.id,
-                            sale_id,
-                            user_id: row.user_id,
-                            created_at: row.created_at,
-                        };
-                        if row.new {
-                            result.bought.push(purchase);
-                        } else {
-                            result.owned.push(purchase);
-                        }
-                    }
-                    return Ok(Some(result));
-                }
-                Err(err) if violated_constraint(&err) == Some("purchases_one_per_user") => {}
-                Err(err) => return Err(err.into()),
+        let rows = sqlx::query_as::<_, BatchRow>(BATCH_SQL)
+            .bind(sale_id)
+            .bind(&users)
+            .bind(&ids)
+            .bind(JobKind::SyncSaleState.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::after_write)?;
+        let mut result = BatchResult::default();
+        for row in rows {
+            let (Some(id), Some(user_id), Some(created_at)) = (row.id, row.user_id, row.created_at)
+            else {
+                result.sale_live |= row.kind == "live";
+                continue;
+            };
+            let purchase = Purchase {
+                id,
+                sale_id,
+                user_id,
+                created_at,
+            };
+            if row.kind == "bought" {
+                result.bought.push(purchase);
+            } else {
+                result.owned.push(purchase);
             }
         }
-        Ok(None)
+        Ok(result)
     }
 
     /// Every purchase of the sale when it has at most `limit` (else `None`).

@@ -13,13 +13,18 @@ use uuid::Uuid;
 
 use super::jobs::enqueue_queue_tick;
 use super::purchases::{PurchaseRow, find_purchase};
-use super::sales::find_sale;
 use super::{Store, StoreError, violated_constraint};
 use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, Sale, SaleState};
 
-/// How often a live queue is ticked even when nothing wakes it (a safety net for lost
-/// wake-ups; releases, joins and expiries wake it at once).
+/// How often an open queue is ticked even when nothing wakes it: the bound on how long a
+/// buyer can wait while a unit is free (joins and releases wake it at once; this is the
+/// safety net for a wake-up lost to a race or a crash).
 pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many times the opening shuffle starts again when a pre-queued buyer committed
+/// their join while it was locking the pre-queue (possible only in the milliseconds around
+/// the opening).
+const SHUFFLE_ATTEMPTS: usize = 5;
 
 /// The result of joining a queue.
 #[derive(Debug)]
@@ -51,7 +56,6 @@ pub enum ConfirmOutcome {
     NotActive(SaleState),
     NotInQueue,
     WrongCheckout,
-    SaleNotFound,
 }
 
 /// The result of leaving a queue.
@@ -65,7 +69,6 @@ pub enum LeaveOutcome {
     Finished(EntryStatus),
     NotInQueue,
     WrongCheckout,
-    SaleNotFound,
 }
 
 /// What one tick did.
@@ -158,22 +161,6 @@ async fn find_entry(
     Ok(row.map(QueueEntry::from))
 }
 
-/// The sale a queue route names, if it has a queue.
-enum QueueSale {
-    Found(Sale),
-    /// An instant sale: it has no queue.
-    WrongCheckout,
-    NotFound,
-}
-
-async fn queued_sale(conn: &mut PgConnection, sale_ref: &str) -> Result<QueueSale, StoreError> {
-    Ok(match find_sale(conn, sale_ref).await? {
-        None => QueueSale::NotFound,
-        Some(sale) if sale.checkout != Checkout::Queued => QueueSale::WrongCheckout,
-        Some(sale) => QueueSale::Found(sale),
-    })
-}
-
 impl Store {
     /// Joins the sale's queue, or returns the buyer's current entry.
     ///
@@ -183,19 +170,13 @@ impl Store {
     /// ticket and reads the winner's entry. The ticket and the `waiting` counter move in one
     /// UPDATE of the queue row, guarded by the capacity, so tickets are unique per sale and
     /// the capacity is never exceeded.
-    pub async fn join_queue(
-        &self,
-        sale_ref: &str,
-        user_id: &str,
-    ) -> Result<JoinOutcome, StoreError> {
+    pub async fn join_queue(&self, sale: &Sale, user_id: &str) -> Result<JoinOutcome, StoreError> {
+        if sale.checkout != Checkout::Queued {
+            return Ok(JoinOutcome::WrongCheckout);
+        }
         let mut conn = self.pool.acquire().await?;
-        let sale = match queued_sale(&mut conn, sale_ref).await? {
-            QueueSale::Found(sale) => sale,
-            QueueSale::WrongCheckout => return Ok(JoinOutcome::WrongCheckout),
-            QueueSale::NotFound => return Ok(JoinOutcome::SaleNotFound),
-        };
         for _ in 0..2 {
-            match self.try_join(&mut conn, &sale, user_id).await {
+            match self.try_join(&mut conn, sale, user_id).await {
                 Err(StoreError::Database(err))
                     if violated_constraint(&err) == Some("queue_entries_pkey") => {}
                 other => return other,
@@ -249,11 +230,6 @@ impl Store {
             SaleState::Ended if sale.is_sold_out() => return Ok(JoinOutcome::SoldOut),
             state => return Ok(JoinOutcome::NotActive(state)),
         }
-        if sale.available > 0 && sale.observed_at >= sale.starts_at {
-            // Wake the admission worker before taking the queue row, so the queue row is
-            // held only for the one statement below.
-            enqueue_queue_tick(&mut tx, sale.id, None).await?;
-        }
         // Ticket, counter and entry in one statement: the queue row's lock is held for it
         // and the commit only. Before the opening (no shuffle yet) the entry joins the
         // pre-queue; the shuffle happens under the queue row's lock, so it cannot miss it.
@@ -302,22 +278,23 @@ impl Store {
         let Some(row) = row else {
             return Ok(JoinOutcome::QueueFull);
         };
+        // Wake the admission worker, always and in the join's own transaction: the tick
+        // this makes due becomes visible with the entry, so it cannot run without seeing
+        // it. (Deciding from the sale read before this transaction, as joins once did, lost
+        // the race with a release whose tick ran before the join committed.) The periodic
+        // tick bounds the wait should this wake-up ever be lost.
+        enqueue_queue_tick(&mut tx, sale.id, None).await?;
         tx.commit().await?;
         Ok(JoinOutcome::Queued(row.into()))
     }
 
-    /// The buyer's entry in the sale's queue, with the sale (for its state).
+    /// The buyer's entry in the sale's queue.
     pub async fn queue_entry(
         &self,
-        sale_ref: &str,
+        sale_id: Uuid,
         user_id: &str,
-    ) -> Result<Option<(Sale, Option<QueueEntry>)>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let Some(sale) = find_sale(&mut conn, sale_ref).await? else {
-            return Ok(None);
-        };
-        let entry = find_entry(&mut conn, sale.id, user_id).await?;
-        Ok(Some((sale, entry)))
+    ) -> Result<Option<QueueEntry>, StoreError> {
+        find_entry(&mut *self.pool.acquire().await?, sale_id, user_id).await
     }
 
     /// Turns the buyer's live hold into a purchase.
@@ -331,15 +308,13 @@ impl Store {
     /// whose `cancelled_at` is re-checked under its lock.
     pub async fn confirm_hold(
         &self,
-        sale_ref: &str,
+        sale: &Sale,
         user_id: &str,
     ) -> Result<ConfirmOutcome, StoreError> {
+        if sale.checkout != Checkout::Queued {
+            return Ok(ConfirmOutcome::WrongCheckout);
+        }
         let mut conn = self.pool.acquire().await?;
-        let sale = match queued_sale(&mut conn, sale_ref).await? {
-            QueueSale::Found(sale) => sale,
-            QueueSale::WrongCheckout => return Ok(ConfirmOutcome::WrongCheckout),
-            QueueSale::NotFound => return Ok(ConfirmOutcome::SaleNotFound),
-        };
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let confirmed = sqlx::query(
             "UPDATE queue_entries SET status = 'purchased', finished_at = now()
@@ -351,18 +326,22 @@ impl Store {
         .await?;
         if confirmed.rows_affected() == 0 {
             tx.rollback().await?;
-            return self.confirm_refusal(&mut conn, &sale, user_id).await;
+            return self.confirm_refusal(&mut conn, sale, user_id).await;
         }
         let moved = sqlx::query(
             "UPDATE sales SET held = held - 1, sold = sold + 1
-              WHERE id = $1 AND cancelled_at IS NULL",
+              WHERE id = $1 AND cancelled_at IS NULL AND archived_at IS NULL",
         )
         .bind(sale.id)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() == 0 {
             tx.rollback().await?;
-            return Ok(ConfirmOutcome::NotActive(SaleState::Cancelled));
+            let state = match self.sale_by_id(sale.id).await? {
+                Some(now) if now.archived_at.is_some() => SaleState::Archived,
+                _ => SaleState::Cancelled,
+            };
+            return Ok(ConfirmOutcome::NotActive(state));
         }
         let purchase = sqlx::query_as::<_, PurchaseRow>(
             "INSERT INTO purchases (id, sale_id, user_id) VALUES ($1, $2, $3)
@@ -373,7 +352,9 @@ impl Store {
         .bind(user_id)
         .fetch_one(&mut *tx)
         .await?;
-        tx.commit().await?;
+        // Sent and unanswered, the commit may or may not have happened: a retry answers
+        // ALREADY_PURCHASED or HOLD_EXPIRED, which tells the buyer which.
+        tx.commit().await.map_err(StoreError::after_write)?;
         Ok(ConfirmOutcome::Purchased(purchase.into()))
     }
 
@@ -414,15 +395,13 @@ impl Store {
     /// moves from `held` to `available` in the same transaction.
     pub async fn leave_queue(
         &self,
-        sale_ref: &str,
+        sale: &Sale,
         user_id: &str,
     ) -> Result<LeaveOutcome, StoreError> {
+        if sale.checkout != Checkout::Queued {
+            return Ok(LeaveOutcome::WrongCheckout);
+        }
         let mut conn = self.pool.acquire().await?;
-        let sale = match queued_sale(&mut conn, sale_ref).await? {
-            QueueSale::Found(sale) => sale,
-            QueueSale::WrongCheckout => return Ok(LeaveOutcome::WrongCheckout),
-            QueueSale::NotFound => return Ok(LeaveOutcome::SaleNotFound),
-        };
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let before: Option<(String,)> = sqlx::query_as(
             "WITH target AS (
@@ -490,49 +469,85 @@ impl Store {
         let Some(sale) = self.sale_by_id(sale_id).await? else {
             return Ok(report);
         };
-        report.live = sale.held > 0
-            || matches!(sale.state(), SaleState::Scheduled | SaleState::Active)
-                && sale.queue_length > 0;
+        // Ticked while it can still admit or expire anything, whether or not anyone waits
+        // right now: a join racing this tick is then seen by the next one at the latest.
+        report.live =
+            sale.held > 0 || matches!(sale.state(), SaleState::Scheduled | SaleState::Active);
         Ok(report)
     }
 
     /// Draws the pre-queue's order once the sale is open: the tickets the pre-queued buyers
     /// took are dealt out again in the order of `md5(seed || user_id)`, a permutation that
-    /// anyone holding the recorded seed can replay. Race-free: the queue row is locked and
-    /// `shuffled_at IS NULL` re-checked under the lock, so it happens once; joins and leaves
-    /// of waiting buyers update the same row, so the set of pre-queued buyers cannot change
-    /// between the reads and the UPDATE below.
+    /// anyone holding the recorded seed can replay. Every waiting pre-queued buyer is drawn.
     async fn shuffle_prequeue(&self, sale: &Sale) -> Result<Option<i32>, StoreError> {
         if sale.observed_at < sale.starts_at {
             return Ok(None);
         }
+        for _ in 0..SHUFFLE_ATTEMPTS {
+            if let Some(shuffled) = self.try_shuffle(sale.id).await? {
+                return Ok(shuffled);
+            }
+        }
+        // Buyers kept joining the pre-queue around the opening; the next tick draws.
+        Ok(None)
+    }
+
+    /// One attempt at the draw; `None` when the pre-queue changed under it (start again).
+    ///
+    /// Race-free under READ COMMITTED, and no entry is ever skipped:
+    /// 1. Lock every waiting pre-queued entry, in user order, *waiting* for one a buyer holds
+    ///    (a re-join or a leave in flight). A buyer's transaction locks its one entry and then
+    ///    at most the queue row, which is not held here yet, so each wait ends at its commit.
+    /// 2. Lock the queue row and re-check `shuffled_at IS NULL`, so the draw happens once.
+    /// 3. Every join and leave of a waiting buyer updates the queue row, so from here the set
+    ///    of waiting pre-queued entries is fixed. The locked ones cannot have left (their
+    ///    locks are ours); if a join added one between 1 and 2, the count differs and we
+    ///    start over rather than lock it now (that buyer may hold it while waiting for the
+    ///    queue row: a deadlock). New pre-queue joins end at the opening, so this settles.
+    async fn try_shuffle(&self, sale_id: Uuid) -> Result<Option<Option<i32>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let seed: Option<(i64,)> = sqlx::query_as(
-            "SELECT shuffle_seed FROM sale_queues
-              WHERE sale_id = $1 AND shuffled_at IS NULL FOR UPDATE",
+        let seed: Option<i64> = sqlx::query_scalar(
+            "SELECT shuffle_seed FROM sale_queues WHERE sale_id = $1 AND shuffled_at IS NULL",
         )
-        .bind(sale.id)
+        .bind(sale_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((seed,)) = seed else {
-            return Ok(None);
+        let Some(seed) = seed else {
+            return Ok(Some(None));
         };
-        // The draw: pre-queued buyers in the order of md5(seed || user_id), dealt the tickets
-        // they took, lowest first. One locking read and one UPDATE by primary key (a single
-        // statement with two window CTEs joined on their row numbers was planned as a nested
-        // loop: 23 s for 10,000 buyers). SKIP LOCKED: an entry locked right now is being left
-        // (nothing else locks a waiting pre-queue entry before the shuffle); it keeps its own
-        // ticket, which is left out of the deal, so tickets stay unique, and no lock is waited
-        // on while the queue row is held (a leave locks its entry, then the queue row).
         let mut pre: Vec<(String, i64, String)> = sqlx::query_as(
             "SELECT user_id, ticket, md5($2 || user_id) FROM queue_entries
               WHERE sale_id = $1 AND prequeue AND status = 'queued'
-                FOR UPDATE SKIP LOCKED",
+              ORDER BY user_id
+                FOR UPDATE",
         )
-        .bind(sale.id)
+        .bind(sale_id)
         .bind(seed.to_string())
         .fetch_all(&mut *tx)
         .await?;
+        let still_to_draw: Option<bool> = sqlx::query_scalar(
+            "SELECT true FROM sale_queues WHERE sale_id = $1 AND shuffled_at IS NULL FOR UPDATE",
+        )
+        .bind(sale_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if still_to_draw.is_none() {
+            return Ok(Some(None));
+        }
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM queue_entries
+              WHERE sale_id = $1 AND prequeue AND status = 'queued'",
+        )
+        .bind(sale_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if waiting != pre.len() as i64 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        // The draw: read, sort in Rust, one UPDATE by primary key (a single statement with
+        // two window CTEs joined on their row numbers was planned as a nested loop: 23 s for
+        // 10,000 buyers).
         let mut tickets: Vec<i64> = pre.iter().map(|(_, ticket, _)| *ticket).collect();
         tickets.sort_unstable();
         pre.sort_by(|a, b| (&a.2, &a.0).cmp(&(&b.2, &b.0)));
@@ -542,7 +557,7 @@ impl Store {
                FROM unnest($2::text[], $3::bigint[]) AS drawn(user_id, ticket)
               WHERE e.sale_id = $1 AND e.user_id = drawn.user_id",
         )
-        .bind(sale.id)
+        .bind(sale_id)
         .bind(&drawn)
         .bind(&tickets)
         .execute(&mut *tx)
@@ -551,15 +566,16 @@ impl Store {
         sqlx::query(
             "UPDATE sale_queues SET shuffled_at = now(), prequeue_size = $2 WHERE sale_id = $1",
         )
-        .bind(sale.id)
+        .bind(sale_id)
         .bind(shuffled)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(shuffled))
+        Ok(Some(Some(shuffled)))
     }
 
-    /// Returns up to `batch` expired holds (all holds once the sale is cancelled) to stock.
+    /// Returns up to `batch` expired holds (all holds once the sale is cancelled or archived)
+    /// to stock.
     ///
     /// Race-free under READ COMMITTED: entries are taken with SKIP LOCKED, so a hold being
     /// confirmed or released right now is left to that statement; the taken rows become
@@ -589,7 +605,7 @@ impl Store {
         )
         .bind(sale.id)
         .bind(batch)
-        .bind(sale.cancelled_at.is_some())
+        .bind(sale.cancelled_at.is_some() || sale.archived_at.is_some())
         .fetch_one(&self.pool)
         .await?;
         Ok(expired)
@@ -615,7 +631,7 @@ impl Store {
                     s.hold_seconds
                FROM sales s JOIN sale_queues q ON q.sale_id = s.id
               WHERE s.id = $1 AND s.checkout = 'queued' AND s.cancelled_at IS NULL
-                AND s.starts_at <= now() AND now() < s.ends_at AND q.shuffled_at IS NOT NULL
+                AND s.archived_at IS NULL AND s.starts_at <= now() AND now() < s.ends_at AND q.shuffled_at IS NOT NULL
                 FOR NO KEY UPDATE OF s",
         )
         .bind(sale_id)
@@ -672,21 +688,29 @@ impl Store {
     }
 
     /// Queues the next tick at the earliest live hold's expiry or after `interval`,
-    /// whichever comes first (database clock).
+    /// whichever comes first, or at the opening for a sale not open yet (database clock).
     pub async fn schedule_next_queue_tick(
         &self,
         sale_id: Uuid,
         interval: Duration,
     ) -> Result<(), StoreError> {
-        let at: DateTime<Utc> = sqlx::query_scalar(
-            "SELECT LEAST(now() + make_interval(secs => $2), min(hold_expires_at))
-               FROM queue_entries WHERE sale_id = $1 AND status = 'held'",
+        let at: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT CASE WHEN now() < s.starts_at AND h.first IS NULL THEN s.starts_at
+                         ELSE LEAST(now() + make_interval(secs => $2), h.first) END
+               FROM sales s,
+                    (SELECT min(hold_expires_at) AS first FROM queue_entries
+                      WHERE sale_id = $1 AND status = 'held') h
+              WHERE s.id = $1",
         )
         .bind(sale_id)
         .bind(interval.as_secs_f64())
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        self.schedule_queue_tick(sale_id, Some(at)).await
+        match at {
+            Some(at) => self.schedule_queue_tick(sale_id, Some(at)).await,
+            // The sale was removed: nothing to tick.
+            None => Ok(()),
+        }
     }
 
     /// The queue counters of a queued sale.

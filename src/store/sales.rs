@@ -1,4 +1,7 @@
-//! Sales: create, read, list, cancel, delete, and the state-change log.
+//! Sales: create, resolve, read, list, cancel, delete or archive, and the state-change log.
+//!
+//! [`Store::resolve_sale`] is the one place that turns the `{sale}` of a path (a UUID or a
+//! sku) into a sale; everything else in the store takes the sale's id.
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
@@ -13,7 +16,7 @@ use crate::domain::{Checkout, EndReason, NewSale, Sale};
 pub(super) const SALE_COLUMNS: &str = "id, sku, name, stock, available, held, sold, starts_at, \
      ends_at, checkout, hold_seconds, queue_capacity, max_active_holds, \
      COALESCE((SELECT q.waiting FROM sale_queues q WHERE q.sale_id = id), 0) AS queue_length, \
-     cancelled_at, created_at, now() AS observed_at";
+     cancelled_at, archived_at, created_at, now() AS observed_at";
 
 #[derive(FromRow)]
 pub(super) struct SaleRow {
@@ -32,6 +35,7 @@ pub(super) struct SaleRow {
     max_active_holds: i32,
     queue_length: i32,
     cancelled_at: Option<DateTime<Utc>>,
+    archived_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     observed_at: DateTime<Utc>,
 }
@@ -55,6 +59,7 @@ impl From<SaleRow> for Sale {
             max_active_holds: row.max_active_holds,
             queue_length: row.queue_length,
             cancelled_at: row.cancelled_at,
+            archived_at: row.archived_at,
             created_at: row.created_at,
             observed_at: row.observed_at,
         }
@@ -68,6 +73,8 @@ pub struct SaleEvent {
     pub reason: Option<String>,
     pub occurred_at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
+    /// With `archived`: the live holds the archive voided (their units went back to stock).
+    pub voided_holds: Option<i32>,
 }
 
 /// What a cancel did.
@@ -79,9 +86,18 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// The `{sale}` path segment: a UUID or a sku. A UUID that names no sale is tried as a sku.
-fn sale_ref_id(sale_ref: &str) -> Option<Uuid> {
-    Uuid::parse_str(sale_ref).ok()
+/// What a DELETE of a sale did.
+#[derive(Debug)]
+pub enum RemoveOutcome {
+    /// Nothing was sold or held: the sale and every row of it are gone.
+    Deleted,
+    /// It had purchases or holds: archived (kept, hidden, sku freed); `voided_holds` live
+    /// holds went back to stock.
+    Archived {
+        sale: Box<Sale>,
+        voided_holds: i64,
+    },
+    NotFound,
 }
 
 impl Store {
@@ -113,7 +129,7 @@ impl Store {
             Ok(row) => row.into(),
             Err(err) => {
                 return Err(match violated_constraint(&err) {
-                    Some("sales_sku_key") => StoreError::SkuTaken(new.sku.clone()),
+                    Some("sales_live_sku") => StoreError::SkuTaken(new.sku.clone()),
                     Some("sales_window_ordered") => StoreError::EndBeforeStart,
                     _ => err.into(),
                 });
@@ -135,25 +151,44 @@ impl Store {
         Ok(sale)
     }
 
-    /// The sale named by a UUID or sku, with its counters as of now.
-    pub async fn find_sale(&self, sale_ref: &str) -> Result<Option<Sale>, StoreError> {
-        find_sale(&mut *self.pool.acquire().await?, sale_ref).await
-    }
-
-    /// The sale with this id.
-    pub async fn sale_by_id(&self, id: Uuid) -> Result<Option<Sale>, StoreError> {
-        let sql = format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1");
+    /// The sale a path's `{sale}` names, with its counters as of now: the sale with that id
+    /// (archived ones included: ids are never reused), else the *live* sale with that sku.
+    /// The only statement that reads a UUID-or-sku reference; resolve once, then use the id.
+    pub async fn resolve_sale(&self, sale_ref: &str) -> Result<Option<Sale>, StoreError> {
+        let sql = format!(
+            "SELECT {SALE_COLUMNS} FROM sales
+              WHERE id = $1 OR (sku = $2 AND archived_at IS NULL)
+              ORDER BY id = $1 DESC NULLS LAST LIMIT 1"
+        );
         let row = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
-            .bind(id)
+            .bind(Uuid::parse_str(sale_ref).ok())
+            .bind(sale_ref)
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(Sale::from))
     }
 
-    /// Sales, newest first.
+    /// The sale with this id (archived or not).
+    pub async fn sale_by_id(&self, id: Uuid) -> Result<Option<Sale>, StoreError> {
+        sale_by_id(&mut *self.pool.acquire().await?, id).await
+    }
+
+    /// Whether the sale with this id exists and is not archived: one primary-key probe, for
+    /// answers from memory that must still be about the sku's current sale.
+    pub async fn is_live(&self, id: Uuid) -> Result<bool, StoreError> {
+        let live: Option<bool> =
+            sqlx::query_scalar("SELECT archived_at IS NULL FROM sales WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(live == Some(true))
+    }
+
+    /// Live (not archived) sales, newest first.
     pub async fn list_sales(&self, limit: i64, offset: i64) -> Result<Vec<Sale>, StoreError> {
         let sql = format!(
-            "SELECT {SALE_COLUMNS} FROM sales ORDER BY created_at DESC, id LIMIT $1 OFFSET $2"
+            "SELECT {SALE_COLUMNS} FROM sales WHERE archived_at IS NULL
+              ORDER BY created_at DESC, id LIMIT $1 OFFSET $2"
         );
         let rows = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(limit)
@@ -169,16 +204,12 @@ impl Store {
     /// every purchase takes to decrement the stock, so a purchase either committed before the
     /// cancel (and counts) or re-checks `cancelled_at IS NULL` on the cancelled row and is
     /// refused. The state job is queued in the same statement, so a cancel is never lost.
-    pub async fn cancel_sale(&self, sale_ref: &str) -> Result<CancelOutcome, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let Some(sale) = find_sale(&mut conn, sale_ref).await? else {
-            return Ok(CancelOutcome::NotFound);
-        };
+    pub async fn cancel_sale(&self, sale_id: Uuid) -> Result<CancelOutcome, StoreError> {
         let sql = format!(
             "WITH cancelled AS (
                  UPDATE sales SET cancelled_at = now()
-                  WHERE id = $1 AND cancelled_at IS NULL AND now() < ends_at
-                    AND (available > 0 OR held > 0)
+                  WHERE id = $1 AND cancelled_at IS NULL AND archived_at IS NULL
+                    AND now() < ends_at AND (available > 0 OR held > 0)
                  RETURNING *
              ), job AS (
                  INSERT INTO jobs (kind, sale_id) SELECT $2, id FROM cancelled
@@ -186,38 +217,139 @@ impl Store {
              SELECT {SALE_COLUMNS} FROM cancelled"
         );
         let row = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
-            .bind(sale.id)
+            .bind(sale_id)
             .bind(JobKind::SyncSaleState.as_str())
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&self.pool)
             .await?;
         Ok(match row {
             Some(row) => CancelOutcome::Cancelled(row.into()),
-            None => match find_sale(&mut conn, &sale.id.to_string()).await? {
+            None => match self.sale_by_id(sale_id).await? {
                 Some(now) => CancelOutcome::AlreadyEnded(now),
                 None => CancelOutcome::NotFound,
             },
         })
     }
 
-    /// Deletes a sale and, by cascade, its purchases, events and jobs: the sku is free again
-    /// at once and a new sale with it starts clean. Returns whether a sale was deleted.
-    pub async fn delete_sale(&self, sale_ref: &str) -> Result<bool, StoreError> {
+    /// DELETE of a sale: removed outright when nothing was ever sold or held (its jobs,
+    /// events and queue entries go with it by cascade), else archived (see
+    /// [`archive_sale`](Self::archive_sale)). Either way its sku is free at once.
+    ///
+    /// Race-free under READ COMMITTED: the DELETE locks the row and re-checks `sold = 0 AND
+    /// held = 0` on the latest committed version. Every statement that sells or holds a unit
+    /// changes those counters under the same row lock (the purchase UPDATE, the batch's FOR
+    /// NO KEY UPDATE, admission), so a unit committed first makes the DELETE match nothing
+    /// (and the sale is archived instead), and one that comes after finds no row. The
+    /// `ON DELETE RESTRICT` key of purchases would refuse the DELETE anyway.
+    pub async fn remove_sale(&self, sale_id: Uuid) -> Result<RemoveOutcome, StoreError> {
         let deleted = sqlx::query(
-            "DELETE FROM sales
-              WHERE id = (SELECT id FROM sales WHERE id = $1 OR sku = $2
-                           ORDER BY id = $1 DESC NULLS LAST LIMIT 1)",
+            "DELETE FROM sales WHERE id = $1 AND sold = 0 AND held = 0 AND archived_at IS NULL",
         )
-        .bind(sale_ref_id(sale_ref))
-        .bind(sale_ref)
+        .bind(sale_id)
         .execute(&self.pool)
         .await?;
-        Ok(deleted.rows_affected() > 0)
+        if deleted.rows_affected() > 0 {
+            return Ok(RemoveOutcome::Deleted);
+        }
+        self.archive_sale(sale_id).await
+    }
+
+    /// Archives a sale: hidden from every listing, its sku free for a new sale, nothing sold
+    /// or held from now on, and its live holds voided back to stock; its purchases, events
+    /// and queue history stay, readable by the sale's id. Archiving again changes nothing.
+    ///
+    /// Two short transactions, in the lock order the buyers use:
+    /// 1. Under the sale row's lock: set `archived_at` (and `cancelled_at`, when it could
+    ///    still sell), record the `archived` event, queue the state job and, for a queued
+    ///    sale, a tick. From this commit on, a purchase, an admission or a confirm re-checks
+    ///    `archived_at IS NULL` (or `cancelled_at`) on the locked row and is refused.
+    /// 2. Void the live holds: lock the held entries (waiting for a confirm in flight, which
+    ///    now fails), mark them expired and move their units from `held` to `available` in
+    ///    one statement, entries before the sale row like a confirm or a release. Should the
+    ///    service die in between, the queued tick's expiry treats an archived sale like a
+    ///    cancelled one and voids what is left.
+    pub async fn archive_sale(&self, sale_id: Uuid) -> Result<RemoveOutcome, StoreError> {
+        let sql = format!(
+            "WITH archived AS (
+                 UPDATE sales
+                    SET archived_at = now(),
+                        cancelled_at = CASE WHEN cancelled_at IS NULL AND now() < ends_at
+                                                 AND (available > 0 OR held > 0)
+                                            THEN now() ELSE cancelled_at END
+                  WHERE id = $1 AND archived_at IS NULL
+                 RETURNING *
+             ), event AS (
+                 INSERT INTO sale_events (sale_id, state, occurred_at, voided_holds)
+                 SELECT id, 'archived', archived_at, 0 FROM archived
+             ), state_job AS (
+                 INSERT INTO jobs (kind, sale_id) SELECT $2, id FROM archived
+             )
+             SELECT {SALE_COLUMNS} FROM archived"
+        );
+        let archived = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
+            .bind(sale_id)
+            .bind(JobKind::SyncSaleState.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(archived) = archived else {
+            return Ok(match self.sale_by_id(sale_id).await? {
+                // Archived before: nothing more to do.
+                Some(sale) => RemoveOutcome::Archived {
+                    sale: Box::new(sale),
+                    voided_holds: 0,
+                },
+                None => RemoveOutcome::NotFound,
+            });
+        };
+        if archived.checkout == Checkout::Queued.as_str() {
+            jobs::enqueue_queue_tick(&mut *self.pool.acquire().await?, sale_id, None).await?;
+        }
+        let voided_holds = self.void_holds(sale_id).await?;
+        let sale = self
+            .sale_by_id(sale_id)
+            .await?
+            .unwrap_or_else(|| archived.into());
+        Ok(RemoveOutcome::Archived {
+            sale: Box::new(sale),
+            voided_holds,
+        })
+    }
+
+    /// Voids every live hold of an archived sale (step 2 of [`archive_sale`](Self::archive_sale)).
+    async fn void_holds(&self, sale_id: Uuid) -> Result<i64, StoreError> {
+        let voided: i64 = sqlx::query_scalar(
+            "WITH due AS (
+                 SELECT user_id FROM queue_entries
+                  WHERE sale_id = $1 AND status = 'held'
+                  FOR UPDATE
+             ), voided AS (
+                 UPDATE queue_entries e SET status = 'expired', finished_at = now()
+                   FROM due WHERE e.sale_id = $1 AND e.user_id = due.user_id
+                    AND e.status = 'held'
+                 RETURNING 1
+             ), moved AS (
+                 UPDATE sales SET held = held - (SELECT count(*) FROM voided),
+                                  available = available + (SELECT count(*) FROM voided)
+                  WHERE id = $1 AND (SELECT count(*) FROM voided) > 0
+             ), counted AS (
+                 UPDATE sale_queues SET expired = expired + (SELECT count(*) FROM voided)
+                  WHERE sale_id = $1 AND (SELECT count(*) FROM voided) > 0
+             ), recorded AS (
+                 UPDATE sale_events
+                    SET voided_holds = COALESCE(voided_holds, 0) + (SELECT count(*) FROM voided)
+                  WHERE sale_id = $1 AND state = 'archived'
+             )
+             SELECT count(*) FROM voided",
+        )
+        .bind(sale_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(voided)
     }
 
     /// The recorded state changes of a sale, oldest first.
     pub async fn sale_events(&self, sale_id: Uuid) -> Result<Vec<SaleEvent>, StoreError> {
         let events = sqlx::query_as::<_, SaleEvent>(
-            "SELECT state, reason, occurred_at, recorded_at FROM sale_events
+            "SELECT state, reason, occurred_at, recorded_at, voided_holds FROM sale_events
               WHERE sale_id = $1 ORDER BY occurred_at, id",
         )
         .bind(sale_id)
@@ -282,18 +414,14 @@ async fn record_event(
     Ok(())
 }
 
-/// The sale named by a UUID or sku on `conn`.
-pub(super) async fn find_sale(
+/// The sale with this id on `conn` (archived or not).
+pub(super) async fn sale_by_id(
     conn: &mut PgConnection,
-    sale_ref: &str,
+    id: Uuid,
 ) -> Result<Option<Sale>, StoreError> {
-    let sql = format!(
-        "SELECT {SALE_COLUMNS} FROM sales WHERE id = $1 OR sku = $2
-          ORDER BY id = $1 DESC NULLS LAST LIMIT 1"
-    );
+    let sql = format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1");
     let row = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
-        .bind(sale_ref_id(sale_ref))
-        .bind(sale_ref)
+        .bind(id)
         .fetch_optional(conn)
         .await?;
     Ok(row.map(Sale::from))

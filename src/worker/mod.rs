@@ -5,19 +5,72 @@
 //! and a failure is retried with exponential backoff. The runner sleeps until the next job is
 //! due, a `NOTIFY` on the jobs channel wakes it early, and a poll interval bounds the sleep in
 //! case a notification is lost (the listener is registered before the first claim).
+//!
+//! The runner is supervised ([`supervise`]): if its task dies (a panic in a job, a bug), it
+//! is started again; it beats a [`RunnerHealth`] on every round so `/health` can tell a
+//! runner that stopped making progress. Every few seconds it also runs the backstop of the
+//! waiting rooms ([`Store::ensure_queue_ticks`]) and counts the jobs that failed for good.
 
 mod service_jobs;
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::store::{JOBS_CHANNEL, Job, Store};
+use crate::store::{JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, Store};
 
 pub use service_jobs::{ADMIT_BATCH, ServiceJobs};
+
+/// How often the runner makes sure every live waiting room has a tick due and counts the
+/// failed jobs: the longest a waiting room can go unticked after a lost tick.
+pub const BACKSTOP_INTERVAL: Duration = Duration::from_secs(5);
+/// A runner that has not finished a round for this long is reported by `/health`.
+pub const STALL_AFTER: Duration = Duration::from_secs(30);
+/// Longest wait before a failed queue tick runs again (other jobs back off up to
+/// `max_backoff`): admission and expiry must resume soon after the fault is gone.
+const QUEUE_TICK_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// When the job runner last finished a round, shared with the health check.
+#[derive(Debug, Clone)]
+pub struct RunnerHealth {
+    started: Instant,
+    /// Milliseconds since `started` at the last beat; -1 before the first.
+    last_beat_ms: Arc<AtomicI64>,
+}
+
+impl Default for RunnerHealth {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            last_beat_ms: Arc::new(AtomicI64::new(-1)),
+        }
+    }
+}
+
+impl RunnerHealth {
+    fn beat(&self) {
+        let now = self.started.elapsed().as_millis() as i64;
+        self.last_beat_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long since the last round finished (since start when none has).
+    pub fn since_last_beat(&self) -> Duration {
+        let beat = self.last_beat_ms.load(Ordering::Relaxed).max(0) as u64;
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(beat))
+    }
+
+    /// False when the runner has not finished a round for `STALL_AFTER`.
+    pub fn is_progressing(&self) -> bool {
+        self.since_last_beat() < STALL_AFTER
+    }
+}
 
 /// Runs one claimed job. Implementations must be idempotent: a job whose lease ran out while
 /// it was still running (an instance stalled longer than the lease) may run again.
@@ -61,11 +114,13 @@ pub fn backoff(config: &RunnerConfig, attempts: i32) -> Duration {
 }
 
 /// Takes jobs from the queue until `shutdown` turns true.
+#[derive(Clone)]
 pub struct Runner<H> {
     store: Store,
     handler: H,
     config: RunnerConfig,
     metrics: Option<Metrics>,
+    health: RunnerHealth,
 }
 
 impl<H: JobHandler> Runner<H> {
@@ -75,7 +130,14 @@ impl<H: JobHandler> Runner<H> {
             handler,
             config,
             metrics: None,
+            health: RunnerHealth::default(),
         }
+    }
+
+    /// Beats `health` on every round.
+    pub fn with_health(mut self, health: RunnerHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// Counts the jobs it runs in `metrics`.
@@ -97,7 +159,13 @@ impl<H: JobHandler> Runner<H> {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut listener = self.listen().await;
         tracing::info!("job runner started");
+        let mut next_backstop = Instant::now();
         while !*shutdown.borrow() {
+            self.health.beat();
+            if Instant::now() >= next_backstop {
+                self.backstop().await;
+                next_backstop = Instant::now() + BACKSTOP_INTERVAL;
+            }
             let ran = match self.run_due_jobs().await {
                 Ok(ran) => ran,
                 Err(err) => {
@@ -126,6 +194,18 @@ impl<H: JobHandler> Runner<H> {
         Ok(())
     }
 
+    /// Gives every live waiting room a tick and counts the failed jobs (see the module doc).
+    async fn backstop(&self) {
+        match self.store.ensure_queue_ticks().await {
+            Ok(0) => {}
+            Ok(added) => tracing::warn!(added, "backstop: queue ticks were missing; added"),
+            Err(err) => tracing::warn!(error = %err, "backstop: could not check queue ticks"),
+        }
+        if let (Some(metrics), Ok(dead)) = (&self.metrics, self.store.count_failed_jobs().await) {
+            metrics.jobs_dead.set(dead);
+        }
+    }
+
     /// Claims one batch and runs it; returns how many jobs ran.
     pub async fn run_due_jobs(&self) -> anyhow::Result<usize> {
         let jobs = self
@@ -151,7 +231,16 @@ impl<H: JobHandler> Runner<H> {
                 }
             },
             Err(err) => {
-                let delay = backoff(&self.config, job.attempts);
+                let mut delay = backoff(&self.config, job.attempts);
+                if job.kind == JobKind::QueueTick.as_str() {
+                    delay = delay.min(QUEUE_TICK_MAX_BACKOFF);
+                } else if job.attempts >= MAX_ATTEMPTS {
+                    self.count(job, "dead");
+                    tracing::error!(
+                        error = format!("{err:#}"),
+                        "job failed for good; requeue it from the admin API"
+                    );
+                }
                 tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "job failed");
                 if let Err(err) = self.store.retry_job(job, delay, &format!("{err:#}")).await {
                     tracing::warn!(error = %err, "could not reschedule job; its lease will expire");
@@ -182,6 +271,27 @@ impl<H: JobHandler> Runner<H> {
                 None
             }
         }
+    }
+}
+
+/// Runs `runner` until `shutdown`, starting it again whenever its task dies (a panic or an
+/// error): background work must not stop for good because one round went wrong.
+pub async fn supervise<H: JobHandler + Clone>(runner: Runner<H>, shutdown: watch::Receiver<bool>) {
+    loop {
+        let task = tokio::spawn(runner.clone().run(shutdown.clone()));
+        match task.await {
+            Ok(Ok(())) if *shutdown.borrow() => return,
+            Ok(Ok(())) => tracing::error!("job runner returned early; restarting it"),
+            Ok(Err(err)) => tracing::error!(
+                error = format!("{err:#}"),
+                "job runner failed; restarting it"
+            ),
+            Err(err) => tracing::error!(error = %err, "job runner died; restarting it"),
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

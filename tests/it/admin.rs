@@ -61,46 +61,6 @@ async fn a_sale_gets_its_defaults_and_a_second_sale_with_its_sku_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_sale_removes_its_rows_so_the_sku_starts_clean_again() {
-    let app = spawn_app().await;
-    app.create_sale(json!({"sku": "again", "name": "First", "stock": 3}))
-        .await;
-    assert_eq!(app.purchase("again", "u1").await.0, StatusCode::CREATED);
-
-    let response = app
-        .client
-        .delete("/api/v1/admin/sales/again")
-        .header("Authorization", format!("Bearer {ADMIN_KEY}"))
-        .send()
-        .await;
-    assert_eq!(response.0.status(), StatusCode::NO_CONTENT);
-    let leftovers: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM purchases) + (SELECT count(*) FROM jobs)
-              + (SELECT count(*) FROM sale_events)",
-    )
-    .fetch_one(app.store.pool())
-    .await
-    .expect("count");
-    assert_eq!(leftovers, 0, "no child rows survive the sale");
-
-    let second = app
-        .create_sale(json!({"sku": "again", "name": "Second", "stock": 3}))
-        .await;
-    assert_eq!(second["sold"], 0);
-    assert_eq!(
-        app.purchase("again", "u1").await.0,
-        StatusCode::CREATED,
-        "u1 may buy in the new sale"
-    );
-
-    let (status, body) = app.admin_get("/api/v1/admin/sales/no-such-sale").await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::NOT_FOUND, "SALE_NOT_FOUND")
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_view_lists_sales_with_live_counters_and_the_audit_passes() {
     let app = spawn_app().await;
     let sale = app.active_sale(4).await;

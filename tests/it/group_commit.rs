@@ -7,7 +7,9 @@ use std::sync::Arc;
 use flashsale::store::{PurchaseOutcome, PurchaseQueue};
 use tokio::sync::Barrier;
 
-use crate::support::{counters, spawn_app};
+use std::time::Duration;
+
+use crate::support::{counters, live_sale_id, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_batching_the_same_users_sell_the_stock_exactly_once_each() {
@@ -15,8 +17,8 @@ async fn two_instances_batching_the_same_users_sell_the_stock_exactly_once_each(
     let sale = app.active_sale(150).await;
     let sku = sale["sku"].as_str().expect("sku").to_string();
     let instances = [
-        PurchaseQueue::new(app.store.clone(), true),
-        PurchaseQueue::new(app.store.clone(), true),
+        PurchaseQueue::new(app.store.clone(), true, Duration::from_secs(4)),
+        PurchaseQueue::new(app.store.clone(), true, Duration::from_secs(4)),
     ];
     // 300 users, each sending two requests, one through each instance, all at once.
     let barrier = Arc::new(Barrier::new(600));
@@ -57,7 +59,8 @@ async fn two_instances_batching_the_same_users_sell_the_stock_exactly_once_each(
     }
     assert_eq!(winners, 150);
     assert_eq!(counters(app.store.pool(), &sku).await, (150, 0, 0, 150));
-    let report = app.store.audit_sale(&sku).await.expect("audit");
+    let id = live_sale_id(&app.store, &sku).await;
+    let report = app.store.audit_sale(id).await.expect("audit");
     assert!(report.passed(), "{:?}", report.checks);
 }
 
@@ -66,7 +69,7 @@ async fn with_group_commit_off_the_same_burst_sells_the_same_way() {
     let app = spawn_app().await;
     let sale = app.active_sale(20).await;
     let sku = sale["sku"].as_str().expect("sku").to_string();
-    let queue = PurchaseQueue::new(app.store.clone(), false);
+    let queue = PurchaseQueue::new(app.store.clone(), false, Duration::from_secs(4));
     let barrier = Arc::new(Barrier::new(100));
     let mut tasks = Vec::new();
     for user in 0..100 {

@@ -4,6 +4,7 @@
 //! `DATABASE_URL` is unset); each test gets a fresh, migrated database of its own.
 
 mod admin;
+mod archive;
 mod bad_input;
 mod group_commit;
 mod identity;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
-use crate::support::{TestApp, code, counters, spawn_app, status_and_json};
+use crate::support::{TestApp, code, counters, live_sale_id, spawn_app, status_and_json};
 
 async fn queued_sale(app: &TestApp, stock: i64, extra: Value) -> (String, Uuid) {
     let sku = format!("q-{}", Uuid::new_v4().simple());
@@ -96,7 +96,8 @@ async fn held_users(store: &Store, sale: Uuid) -> Vec<String> {
 
 /// The audit's failed checks (empty when every invariant holds).
 async fn broken_invariants(store: &Store, sku: &str) -> Vec<String> {
-    let report = store.audit_sale(sku).await.expect("audit");
+    let id = live_sale_id(store, sku).await;
+    let report = store.audit_sale(id).await.expect("audit");
     report
         .checks
         .into_iter()

@@ -10,10 +10,10 @@ use flashsale::api::view_cache::SaleViewCache;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use flashsale::metrics::Metrics;
 use flashsale::store::{self, PurchaseQueue, Store};
+use poem::Response;
 use poem::endpoint::BoxEndpoint;
 use poem::http::StatusCode;
 use poem::test::{TestClient, TestResponse};
-use poem::{EndpointExt, Response};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -120,15 +120,18 @@ pub fn client_with_tokens(
         trust_forwarded_for: limits.trust_forwarded_for,
     });
     let app = flashsale::api::app(ApiState {
+        reserved: store.clone(),
+        runner_health: flashsale::worker::RunnerHealth::default(),
+        edge: flashsale::api::EdgeLimits::default(),
         limits,
         admin_key: AdminKey::new(ADMIN_KEY.into()),
         tokens: Arc::new(tokens),
-        purchases: PurchaseQueue::new(store.clone(), true),
+        purchases: PurchaseQueue::new(store.clone(), true, Duration::from_secs(4)),
         views: Arc::new(SaleViewCache::new(Duration::ZERO)),
         metrics: Metrics::new().expect("metrics"),
         store,
     });
-    TestClient::new(app.map_to_response().boxed())
+    TestClient::new(app)
 }
 
 /// A response's status and JSON body.
@@ -216,4 +219,14 @@ pub async fn counters(pool: &PgPool, sku: &str) -> (i32, i32, i32, i32) {
         .fetch_one(pool)
         .await
         .expect("sale row")
+}
+
+/// The id of the live sale with this sku.
+pub async fn live_sale_id(store: &Store, sku: &str) -> Uuid {
+    store
+        .resolve_sale(sku)
+        .await
+        .expect("resolve")
+        .expect("a live sale with this sku")
+        .id
 }

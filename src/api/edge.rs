@@ -1,0 +1,274 @@
+//! The guards every request passes before a handler sees it: a cap on requests in flight, a
+//! cap on the body, no control characters in the path or query, a deadline on the whole
+//! request, and the `Allow` header on 405s.
+//!
+//! Each guard answers with the JSON error body and a `code`, like the handlers do; none of
+//! them lets a client make the service hold more memory or time than its limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::http::{HeaderValue, Method, StatusCode, header};
+use poem::{Body, Endpoint, IntoResponse, Request, Response};
+use tokio::sync::Semaphore;
+
+use super::error::{ErrorBody, ErrorCode, RETRY_AFTER_SECONDS};
+
+/// The limits of the edge (see `Config` for the variables that set them).
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    /// Longest a request may wait on the database; the whole request gets a second more.
+    pub db_timeout: Duration,
+    /// Requests handled at once.
+    pub max_in_flight: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            db_timeout: Duration::from_secs(4),
+            max_in_flight: 10_000,
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    ErrorBody::json(code, message)
+        .with_status(status)
+        .into_response()
+}
+
+fn unavailable(message: &str) -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        message,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
+}
+
+/// Refuses a request at once with 503 when `permits` are all taken: under overload a
+/// quick answer beats a growing line of requests that each hold memory.
+pub async fn limit_in_flight<E: Endpoint>(
+    next: E,
+    req: Request,
+    permits: Arc<Semaphore>,
+) -> poem::Result<Response> {
+    let Ok(_permit) = permits.try_acquire_owned() else {
+        return Ok(unavailable(
+            "the service is at its limit of requests in flight; retry in a second",
+        ));
+    };
+    next.call(req).await.map(IntoResponse::into_response)
+}
+
+/// Answers 413 for a body over `limit` bytes, without reading more than `limit + 1` of it:
+/// at once from `Content-Length`, else while reading a chunked body.
+pub async fn limit_body<E: Endpoint>(
+    next: E,
+    mut req: Request,
+    limit: usize,
+) -> poem::Result<Response> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            &format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => return Ok(too_large()),
+        Some(_) => {}
+        None => {
+            // No length given (chunked): read it here, bounded, and hand on the bytes.
+            let body = req.take_body();
+            match body.into_bytes_limit(limit).await {
+                Ok(bytes) => req.set_body(Body::from_bytes(bytes)),
+                Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
+                Err(err) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::InvalidRequest,
+                        &format!("could not read the request body: {err}"),
+                    ));
+                }
+            }
+        }
+    }
+    next.call(req).await.map(IntoResponse::into_response)
+}
+
+/// Answers 400 when the decoded path or query holds a control character (NUL included):
+/// no such byte is ever a valid sku, id or user, and Postgres refuses NUL in text.
+pub async fn reject_control_characters<E: Endpoint>(
+    next: E,
+    req: Request,
+) -> poem::Result<Response> {
+    let uri = req.uri();
+    let has_control = [Some(uri.path()), uri.query()]
+        .into_iter()
+        .flatten()
+        .any(|part| percent_decode(part).chars().any(char::is_control));
+    if has_control {
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "the path or query contains a control character",
+        ));
+    }
+    next.call(req).await.map(IntoResponse::into_response)
+}
+
+/// `%XX` decoded (invalid escapes kept as they are), read as UTF-8 with replacement.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Gives the whole request `limit`; past it the client hears 503 instead of waiting on a
+/// database that does not answer. (Purchases have a tighter deadline of their own that
+/// tells an unknown outcome apart; this one is the backstop for every route.)
+pub async fn deadline<E: Endpoint>(
+    next: E,
+    req: Request,
+    limit: Duration,
+) -> poem::Result<Response> {
+    match tokio::time::timeout(limit, next.call(req)).await {
+        Ok(result) => result.map(IntoResponse::into_response),
+        Err(_) => {
+            tracing::warn!("request timed out waiting on the database");
+            Ok(unavailable(
+                "the request timed out waiting for the database: a write may or may not have \
+                 taken effect; every buyer route is safe to retry",
+            ))
+        }
+    }
+}
+
+/// The methods each path template of the API allows, for the `Allow` header of a 405.
+#[derive(Debug, Default)]
+pub struct AllowedMethods {
+    /// (path segments, `{param}` matching any one segment; methods).
+    routes: Vec<(Vec<String>, String)>,
+}
+
+impl AllowedMethods {
+    /// Reads the path templates and their methods from the OpenAPI document.
+    pub fn from_spec(spec: &str) -> Self {
+        let Ok(spec) = serde_json::from_str::<serde_json::Value>(spec) else {
+            return Self::default();
+        };
+        let Some(paths) = spec.get("paths").and_then(|paths| paths.as_object()) else {
+            return Self::default();
+        };
+        let routes = paths
+            .iter()
+            .map(|(template, item)| {
+                let mut methods: Vec<String> = item
+                    .as_object()
+                    .map(|ops| ops.keys().map(|m| m.to_ascii_uppercase()).collect())
+                    .unwrap_or_default();
+                methods.sort();
+                (segments(template), methods.join(", "))
+            })
+            .collect();
+        Self { routes }
+    }
+
+    /// The `Allow` value for a concrete path.
+    pub fn for_path(&self, path: &str) -> Option<&str> {
+        let actual = segments(path);
+        self.routes
+            .iter()
+            .find(|(template, _)| {
+                template.len() == actual.len()
+                    && template
+                        .iter()
+                        .zip(&actual)
+                        .all(|(want, got)| want.starts_with('{') || want == got)
+            })
+            .map(|(_, methods)| methods.as_str())
+    }
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.trim_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Adds `Allow` to a 405, as HTTP requires, listing the methods the path has.
+pub async fn allow_header<E: Endpoint>(
+    next: E,
+    req: Request,
+    allowed: Arc<AllowedMethods>,
+) -> poem::Result<Response> {
+    let path = req.uri().path().to_string();
+    let options = *req.method() == Method::OPTIONS;
+    let mut response = next.call(req).await.map(IntoResponse::into_response)?;
+    if (response.status() == StatusCode::METHOD_NOT_ALLOWED || options)
+        && let Some(value) = allowed
+            .for_path(&path)
+            .and_then(|methods| HeaderValue::from_str(methods).ok())
+    {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_reveals_control_characters() {
+        assert!(percent_decode("/a%00b").chars().any(char::is_control));
+        assert!(percent_decode("/a%C2%85").chars().any(char::is_control));
+        assert!(!percent_decode("/sale-1%2Fx").chars().any(char::is_control));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn allowed_methods_match_templates_segment_by_segment() {
+        let spec = r#"{"paths": {"/api/v1/sales/{sale}": {"get": {}},
+                                 "/api/v1/sales/{sale}/queue/{user_id}": {"get": {}, "delete": {}}}}"#;
+        let allowed = AllowedMethods::from_spec(spec);
+        assert_eq!(allowed.for_path("/api/v1/sales/x"), Some("GET"));
+        assert_eq!(
+            allowed.for_path("/api/v1/sales/x/queue/u"),
+            Some("DELETE, GET")
+        );
+        assert_eq!(allowed.for_path("/api/v1/sales/x/queue"), None);
+    }
+}
