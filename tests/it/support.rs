@@ -114,6 +114,15 @@ pub fn client_with_tokens(
     limits: Limits,
     tokens: BuyerTokens,
 ) -> TestClient<BoxEndpoint<'static, Response>> {
+    client_with_edge(store, limits, tokens, flashsale::api::EdgeLimits::default())
+}
+
+pub fn client_with_edge(
+    store: Store,
+    limits: Limits,
+    tokens: BuyerTokens,
+    edge: flashsale::api::EdgeLimits,
+) -> TestClient<BoxEndpoint<'static, Response>> {
     let limits = Arc::new(RateLimits {
         per_user: KeyedLimiter::new(limits.per_user.0, limits.per_user.1),
         per_ip: KeyedLimiter::new(limits.per_ip.0, limits.per_ip.1),
@@ -122,11 +131,11 @@ pub fn client_with_tokens(
     let app = flashsale::api::app(ApiState {
         reserved: store.clone(),
         runner_health: flashsale::worker::RunnerHealth::default(),
-        edge: flashsale::api::EdgeLimits::default(),
+        edge,
         limits,
         admin_key: AdminKey::new(ADMIN_KEY.into()),
         tokens: Arc::new(tokens),
-        purchases: PurchaseQueue::new(store.clone(), true, Duration::from_secs(4)),
+        purchases: PurchaseQueue::new(store.clone(), true, edge.db_timeout),
         views: Arc::new(SaleViewCache::new(Duration::ZERO)),
         metrics: Metrics::new().expect("metrics"),
         store,
