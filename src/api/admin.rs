@@ -199,7 +199,15 @@ impl AdminApi {
         _auth: AdminAuth,
         body: Json<CreateSaleRequest>,
     ) -> Result<CreateSaleResponse, ServerError> {
-        let new_sale = body.0.into_domain();
+        let new_sale = match body.0.into_domain() {
+            Ok(new_sale) => new_sale,
+            Err(message) => {
+                return Ok(CreateSaleResponse::BadRequest(ErrorBody::json(
+                    ErrorCode::InvalidRequest,
+                    message,
+                )));
+            }
+        };
         if let Err(err) = new_sale.validate() {
             return Ok(CreateSaleResponse::BadRequest(ErrorBody::json(
                 ErrorCode::InvalidRequest,

@@ -148,7 +148,15 @@ impl BuyerApi {
         sale: Path<String>,
         body: Json<PurchaseRequest>,
     ) -> Result<PurchaseResponse, ServerError> {
-        let claimed = body.0.user_id.map(|user| user.0);
+        let claimed = match body.0.claimed_user() {
+            Ok(claimed) => claimed,
+            Err(message) => {
+                return Ok(PurchaseResponse::BadRequest(ErrorBody::json(
+                    ErrorCode::InvalidRequest,
+                    message,
+                )));
+            }
+        };
         let user_id = match self.tokens.identify(&auth, claimed.as_deref()) {
             Ok(user_id) => user_id,
             Err(err) => return Ok(PurchaseResponse::refuse(err)),

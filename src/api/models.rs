@@ -2,6 +2,7 @@
 //! and views of the domain types.
 
 use chrono::{DateTime, Utc};
+use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{Enum, Object};
 use uuid::Uuid;
 
@@ -95,41 +96,61 @@ pub struct CreateSaleRequest {
     /// Units for sale.
     #[oai(validator(minimum(value = "1"), maximum(value = "10000000")))]
     pub stock: i32,
-    /// RFC 3339; default: now.
-    pub starts_at: Option<DateTime<Utc>>,
-    /// RFC 3339, after `startsAt`; default: one hour after the start.
-    pub ends_at: Option<DateTime<Utc>>,
+    /// RFC 3339, years 2000-9999; default: now. (Leave it out for the default: `null` is
+    /// refused, like every optional field here.)
+    pub starts_at: MaybeUndefined<DateTime<Utc>>,
+    /// RFC 3339, after `startsAt`, years 2000-9999; default: one hour after the start.
+    pub ends_at: MaybeUndefined<DateTime<Utc>>,
     /// Default `instant`.
-    pub checkout: Option<CheckoutView>,
+    pub checkout: MaybeUndefined<CheckoutView>,
     /// How long a queued buyer's hold lasts, in seconds (1-86400); default 600.
     #[oai(validator(minimum(value = "1"), maximum(value = "86400")))]
-    pub hold_seconds: Option<i32>,
+    pub hold_seconds: MaybeUndefined<i32>,
     /// Queued checkout: most buyers waiting at once (1-10,000,000); default 100,000.
     #[oai(validator(minimum(value = "1"), maximum(value = "10000000")))]
-    pub queue_capacity: Option<i32>,
+    pub queue_capacity: MaybeUndefined<i32>,
     /// Queued checkout: most holds live at once, an admission-rate control; 0 (default) =
     /// as many as there is stock.
     #[oai(validator(minimum(value = "0"), maximum(value = "10000000")))]
-    pub max_active_holds: Option<i32>,
+    pub max_active_holds: MaybeUndefined<i32>,
+}
+
+/// An optional field: absent means the default; an explicit `null` is refused (the schema
+/// says the field is a string or a number, never null).
+fn optional<T>(field: MaybeUndefined<T>, name: &str) -> Result<Option<T>, String> {
+    match field {
+        MaybeUndefined::Value(value) => Ok(Some(value)),
+        MaybeUndefined::Undefined => Ok(None),
+        MaybeUndefined::Null => Err(format!(
+            "{name} must not be null: leave it out for the default"
+        )),
+    }
+}
+
+impl PurchaseRequest {
+    /// The `userId` the request names, if any; `null` is refused.
+    pub fn claimed_user(self) -> Result<Option<String>, String> {
+        Ok(optional(self.user_id, "userId")?.map(|user| user.0))
+    }
 }
 
 impl CreateSaleRequest {
-    pub fn into_domain(self) -> domain::NewSale {
-        domain::NewSale {
+    /// The domain's new sale, or why a field is unacceptable.
+    pub fn into_domain(self) -> Result<domain::NewSale, String> {
+        Ok(domain::NewSale {
             sku: self.sku.0,
             name: self.name.0,
             stock: self.stock,
-            starts_at: self.starts_at,
-            ends_at: self.ends_at,
-            checkout: self.checkout.map_or(Checkout::Instant, Checkout::from),
-            hold_seconds: self
-                .hold_seconds
+            starts_at: optional(self.starts_at, "startsAt")?,
+            ends_at: optional(self.ends_at, "endsAt")?,
+            checkout: optional(self.checkout, "checkout")?
+                .map_or(Checkout::Instant, Checkout::from),
+            hold_seconds: optional(self.hold_seconds, "holdSeconds")?
                 .unwrap_or(domain::sale::DEFAULT_HOLD_SECONDS),
-            queue_capacity: self
-                .queue_capacity
+            queue_capacity: optional(self.queue_capacity, "queueCapacity")?
                 .unwrap_or(domain::queue::DEFAULT_QUEUE_CAPACITY),
-            max_active_holds: self.max_active_holds.unwrap_or(0),
-        }
+            max_active_holds: optional(self.max_active_holds, "maxActiveHolds")?.unwrap_or(0),
+        })
     }
 }
 
@@ -142,7 +163,7 @@ pub struct PurchaseRequest {
     /// buyer token it may be left out (the token's `sub` is the buyer) and must match it if
     /// given (else 403 `FORBIDDEN`).
     #[oai(validator(min_length = 1, max_length = 128))]
-    pub user_id: Option<StrictString>,
+    pub user_id: MaybeUndefined<StrictString>,
 }
 
 /// The public view of a sale.

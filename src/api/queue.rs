@@ -255,7 +255,15 @@ impl QueueApi {
         sale: Path<String>,
         body: Json<PurchaseRequest>,
     ) -> Result<JoinResponse, ServerError> {
-        let claimed = body.0.user_id.map(|user| user.0);
+        let claimed = match body.0.claimed_user() {
+            Ok(claimed) => claimed,
+            Err(message) => {
+                return Ok(JoinResponse::BadRequest(ErrorBody::json(
+                    ErrorCode::InvalidRequest,
+                    message,
+                )));
+            }
+        };
         let user_id = match self.buyer(&auth, claimed.as_deref()) {
             Ok(user_id) => user_id,
             Err(Refusal::Identity(err)) => return Ok(JoinResponse::refuse(err)),

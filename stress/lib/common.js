@@ -58,7 +58,7 @@ export function runSku(scenario) {
 
 // Creates a sale (deleting an old one with the same sku first) and waits until it is active.
 export function createSale(sku, stock, extra) {
-  const params = Object.assign(adminParams('admin_delete_sale'), { responseCallback: http.expectedStatuses(204, 404) });
+  const params = Object.assign(adminParams('admin_delete_sale'), { responseCallback: http.expectedStatuses(200, 404) });
   http.del(`${BASE_URL}/api/v1/admin/sales/${sku}`, null, params);
   const body = Object.assign({ sku, name: `k6 ${sku}`, stock }, extra || {});
   const res = http.post(`${BASE_URL}/api/v1/admin/sales`, JSON.stringify(body), adminParams('admin_create_sale'));
