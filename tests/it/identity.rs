@@ -305,3 +305,70 @@ async fn without_a_secret_a_purchase_needs_a_user_id_and_ignores_tokens() {
     .await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_not_valid_yet_or_without_the_audience_is_401_without_the_decoders_words() {
+    let app = spawn_app().await;
+    let (instant, _) = sales(&app).await;
+    let client = secured(app.store.clone(), Limits::off());
+    let now = jsonwebtoken::get_current_timestamp();
+    let sign = |claims: Value, secret: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    };
+    let path = format!("/api/v1/sales/{instant}/purchases");
+    let early = sign(
+        json!({"sub": "n1", "exp": now + 600, "nbf": now + 300}),
+        SECRET,
+    );
+    let (status, body) = send(&client, Method::POST, &path, Some(json!({})), Some(&early)).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+    );
+    let message = body["message"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        !message.contains("immature") && !message.contains("nbf"),
+        "{body}"
+    );
+
+    let with_audience = client_with_tokens(
+        app.store.clone(),
+        Limits::off(),
+        BuyerTokens::new(&TokenSettings {
+            audience: Some("flashsale".into()),
+            ..settings()
+        }),
+    );
+    let no_aud = sign(json!({"sub": "n2", "exp": now + 600}), SECRET);
+    let (status, _) = send(
+        &with_audience,
+        Method::POST,
+        &path,
+        Some(json!({})),
+        Some(&no_aud),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "aud is required when configured"
+    );
+    let with_aud = sign(
+        json!({"sub": "n3", "exp": now + 600, "aud": "flashsale"}),
+        SECRET,
+    );
+    let (status, body) = send(
+        &with_audience,
+        Method::POST,
+        &path,
+        Some(json!({})),
+        Some(&with_aud),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
