@@ -21,6 +21,7 @@ if [ ! -x "$st" ]; then
   "$root/.venv/bin/pip" install -q schemathesis
   st=$root/.venv/bin/st
 fi
+st=$(cd "$(dirname "$st")" && pwd)/$(basename "$st")   # absolute: we change folder below
 args=(run "$base/openapi.json" --checks all --exclude-checks positive_data_acceptance
       -n "${EXAMPLES:-20}" --generation-deterministic)
 [ -n "$header" ] && args+=(-H "$header")
