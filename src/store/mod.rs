@@ -8,6 +8,7 @@ mod group_commit;
 mod jobs;
 mod purchases;
 mod queue;
+mod queue_tick;
 mod sales;
 
 use std::time::Duration;
@@ -19,7 +20,8 @@ pub use audit::{AuditCheck, AuditReport};
 pub use group_commit::{MAX_BATCH, PurchaseQueue};
 pub use jobs::{FailedJob, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, RequeueOutcome};
 pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
-pub use queue::{ConfirmOutcome, JoinOutcome, LeaveOutcome, QueueStats, TICK_INTERVAL, TickReport};
+pub use queue::{ConfirmOutcome, JoinOutcome, LeaveOutcome, QueueStats};
+pub use queue_tick::{TICK_INTERVAL, TickReport};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
 
 /// The migrations, embedded in the binary.

@@ -8,6 +8,7 @@ use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use super::jobs::{self, JobKind};
+use super::queue_tick::{HoldsToReturn, return_holds};
 use super::{Store, StoreError, violated_constraint};
 use crate::domain::{Checkout, EndReason, NewSale, Sale};
 
@@ -303,7 +304,7 @@ impl Store {
         if archived.checkout == Checkout::Queued.as_str() {
             jobs::enqueue_queue_tick(&mut *self.pool.acquire().await?, sale_id, None).await?;
         }
-        let voided_holds = self.void_holds(sale_id).await?;
+        let voided_holds = return_holds(&self.pool, sale_id, HoldsToReturn::All).await?;
         let sale = self
             .sale_by_id(sale_id)
             .await?
@@ -312,38 +313,6 @@ impl Store {
             sale: Box::new(sale),
             voided_holds,
         })
-    }
-
-    /// Voids every live hold of an archived sale (step 2 of [`archive_sale`](Self::archive_sale)).
-    async fn void_holds(&self, sale_id: Uuid) -> Result<i64, StoreError> {
-        let voided: i64 = sqlx::query_scalar(
-            "WITH due AS (
-                 SELECT user_id FROM queue_entries
-                  WHERE sale_id = $1 AND status = 'held'
-                  FOR UPDATE
-             ), voided AS (
-                 UPDATE queue_entries e SET status = 'expired', finished_at = now()
-                   FROM due WHERE e.sale_id = $1 AND e.user_id = due.user_id
-                    AND e.status = 'held'
-                 RETURNING 1
-             ), moved AS (
-                 UPDATE sales SET held = held - (SELECT count(*) FROM voided),
-                                  available = available + (SELECT count(*) FROM voided)
-                  WHERE id = $1 AND (SELECT count(*) FROM voided) > 0
-             ), counted AS (
-                 UPDATE sale_queues SET expired = expired + (SELECT count(*) FROM voided)
-                  WHERE sale_id = $1 AND (SELECT count(*) FROM voided) > 0
-             ), recorded AS (
-                 UPDATE sale_events
-                    SET voided_holds = COALESCE(voided_holds, 0) + (SELECT count(*) FROM voided)
-                  WHERE sale_id = $1 AND state = 'archived'
-             )
-             SELECT count(*) FROM voided",
-        )
-        .bind(sale_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(voided)
     }
 
     /// The recorded state changes of a sale, oldest first.
