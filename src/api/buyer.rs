@@ -150,12 +150,7 @@ impl BuyerApi {
     ) -> Result<PurchaseResponse, ServerError> {
         let claimed = match body.0.claimed_user() {
             Ok(claimed) => claimed,
-            Err(message) => {
-                return Ok(PurchaseResponse::BadRequest(ErrorBody::json(
-                    ErrorCode::InvalidRequest,
-                    message,
-                )));
-            }
+            Err(body) => return Ok(PurchaseResponse::BadRequest(body)),
         };
         let user_id = match self.tokens.identify(&auth, claimed.as_deref()) {
             Ok(user_id) => user_id,

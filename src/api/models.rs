@@ -1,16 +1,25 @@
 //! The JSON shapes of the API: requests as clients send them (validated here, at the edge)
-//! and views of the domain types.
+//! and views of the domain types. The waiting room's views are in [`queue_views`], the
+//! admin-only ones (audit, delete, jobs) in [`admin_views`].
+
+mod admin_views;
+mod queue_views;
+
+pub use admin_views::{
+    AuditCheckView, AuditView, FailedJobView, RemovalKind, RemovedSaleView, RequeuedJobView,
+};
+pub use queue_views::{QueueStatsView, QueueStatusKind, QueueStatusView};
 
 use chrono::{DateTime, Utc};
+use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{Enum, Object};
 use uuid::Uuid;
 
+use super::error::{ErrorBody, ErrorCode};
 use super::strict::StrictString;
-use crate::domain::{
-    self, Checkout, EndReason, EntryStatus, Purchase, QueueEntry, Sale, SaleState,
-};
-use crate::store::{AuditReport, QueueStats, SaleEvent};
+use crate::domain::{self, Checkout, EndReason, Purchase, Sale, SaleState};
+use crate::store::SaleEvent;
 
 /// How buyers check out.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +138,10 @@ fn optional<T>(field: MaybeUndefined<T>, name: &str) -> Result<Option<T>, String
 
 impl PurchaseRequest {
     /// The `userId` the request names, if any; `null` is refused.
-    pub fn claimed_user(self) -> Result<Option<String>, String> {
-        Ok(optional(self.user_id, "userId")?.map(|user| user.0))
+    pub fn claimed_user(self) -> Result<Option<String>, Json<ErrorBody>> {
+        optional(self.user_id, "userId")
+            .map(|user| user.map(|user| user.0))
+            .map_err(|message| ErrorBody::json(ErrorCode::InvalidRequest, message))
     }
 }
 
@@ -303,234 +314,9 @@ impl From<Purchase> for PurchaseView {
     }
 }
 
-/// One invariant and its verdict.
-#[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
-pub struct AuditCheckView {
-    pub name: String,
-    pub passed: bool,
-    /// The numbers behind the verdict.
-    pub detail: String,
-}
-
-/// The invariant audit of a sale (the checks of `stress/invariants.sql`).
-#[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
-pub struct AuditView {
-    pub sale_id: Uuid,
-    pub sku: String,
-    /// True when every check passed.
-    pub passed: bool,
-    pub checks: Vec<AuditCheckView>,
-}
-
-impl AuditView {
-    pub fn new(sale: &Sale, report: AuditReport) -> Self {
-        Self {
-            sale_id: sale.id,
-            sku: sale.sku.clone(),
-            passed: report.passed(),
-            checks: report
-                .checks
-                .into_iter()
-                .map(|check| AuditCheckView {
-                    name: check.check_name,
-                    passed: check.passed,
-                    detail: check.detail,
-                })
-                .collect(),
-        }
-    }
-}
-
 /// Health of the service.
 #[derive(Object, Debug, Clone)]
 pub struct HealthView {
     /// `ok`.
     pub status: String,
-}
-
-/// A queued sale's waiting room, for admins.
-#[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
-pub struct QueueStatsView {
-    /// Buyers waiting now.
-    pub queued: i32,
-    /// Holds granted in all.
-    pub admitted: i32,
-    /// Holds live now.
-    pub held: i32,
-    /// Holds that ran out in all.
-    pub expired: i32,
-    /// Holds confirmed (units sold).
-    pub purchased: i32,
-    /// The ticket of the last buyer admitted: the queue's front.
-    pub last_admitted_position: i64,
-    /// Tickets handed out in all.
-    pub last_ticket: i64,
-    /// The seed of the pre-queue shuffle (decimal string), to replay its order.
-    pub shuffle_seed: String,
-    /// When the pre-queue was shuffled (the opening).
-    pub shuffled_at: Option<DateTime<Utc>>,
-    /// Buyers in the pre-queue at the shuffle.
-    pub prequeue_size: Option<i32>,
-}
-
-impl QueueStatsView {
-    pub fn new(sale: &Sale, stats: QueueStats) -> Self {
-        Self {
-            queued: stats.waiting,
-            admitted: stats.admitted,
-            held: sale.held,
-            expired: stats.expired,
-            purchased: sale.sold,
-            last_admitted_position: stats.admitted_upto,
-            last_ticket: stats.last_ticket,
-            shuffle_seed: stats.shuffle_seed.to_string(),
-            shuffled_at: stats.shuffled_at,
-            prequeue_size: stats.prequeue_size,
-        }
-    }
-}
-
-/// Where a buyer stands in a queued sale.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[oai(rename_all = "snake_case")]
-pub enum QueueStatusKind {
-    /// Waiting; see `position`.
-    Queued,
-    /// Holding a unit until `holdExpiresAt`: confirm before then.
-    Held,
-    /// Confirmed: bought.
-    Purchased,
-    /// The hold ran out; join again to queue anew.
-    Expired,
-    /// Nothing left and nothing held: the buyer's turn will not come.
-    SoldOut,
-    /// Left the queue or released the hold.
-    Left,
-    /// The sale ended or was cancelled before the buyer's turn.
-    Closed,
-}
-
-/// A buyer's place in a queued sale.
-#[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
-pub struct QueueStatusView {
-    pub status: QueueStatusKind,
-    /// While queued: buyers (tickets) ahead, never growing. Absent in the pre-queue, whose
-    /// order is drawn at the opening.
-    #[oai(skip_serializing_if_is_none)]
-    pub position: Option<i64>,
-    /// Buyers waiting in this sale now.
-    pub queue_length: i32,
-    /// While queued: seconds until this buyer's turn at the recent admission rate.
-    #[oai(skip_serializing_if_is_none)]
-    pub estimated_wait_seconds: Option<f64>,
-    /// While held: when the hold runs out (database clock).
-    #[oai(skip_serializing_if_is_none)]
-    pub hold_expires_at: Option<DateTime<Utc>>,
-    /// Joined before the opening: the order among pre-queued buyers is drawn at the opening.
-    pub prequeue: bool,
-    /// Poll again after this many milliseconds (grows with the distance to the front).
-    pub poll_after_ms: u32,
-}
-
-impl QueueStatusView {
-    /// The view of `entry`; with the sale, a waiting entry whose turn cannot come any more
-    /// shows `sold_out` or `closed`.
-    pub fn new(entry: &QueueEntry, sale: Option<&Sale>) -> Self {
-        let status = match (entry.status, sale) {
-            (EntryStatus::Queued, Some(sale)) if sale.is_sold_out() => QueueStatusKind::SoldOut,
-            (EntryStatus::Queued, Some(sale))
-                if matches!(
-                    sale.state(),
-                    SaleState::Ended | SaleState::Cancelled | SaleState::Archived
-                ) =>
-            {
-                QueueStatusKind::Closed
-            }
-            (EntryStatus::Queued, _) => QueueStatusKind::Queued,
-            (EntryStatus::Held, _) => QueueStatusKind::Held,
-            (EntryStatus::Purchased, _) => QueueStatusKind::Purchased,
-            (EntryStatus::Expired, _) => QueueStatusKind::Expired,
-            (EntryStatus::Left, _) => QueueStatusKind::Left,
-        };
-        let waiting = status == QueueStatusKind::Queued;
-        Self {
-            status,
-            position: entry.position().filter(|_| waiting),
-            queue_length: entry.waiting,
-            estimated_wait_seconds: entry.estimated_wait_seconds().filter(|_| waiting),
-            hold_expires_at: entry
-                .hold_expires_at
-                .filter(|_| status == QueueStatusKind::Held),
-            prequeue: entry.prequeue,
-            poll_after_ms: entry.poll_after_ms(),
-        }
-    }
-}
-
-/// What a DELETE of a sale did.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[oai(rename_all = "lowercase")]
-pub enum RemovalKind {
-    /// Nothing was ever sold or held: the sale and all its rows are gone.
-    Deleted,
-    /// It had purchases or holds: kept for its buyers (readable by id), hidden from every
-    /// listing, its sku free, nothing sold or held from now on.
-    Archived,
-}
-
-/// The answer to a DELETE of a sale.
-#[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
-pub struct RemovedSaleView {
-    pub outcome: RemovalKind,
-    pub sale_id: Uuid,
-    /// Live holds the archive voided (their units went back to stock); 0 when deleted.
-    pub voided_holds: i64,
-    /// The archived sale as it is now (absent when deleted).
-    #[oai(skip_serializing_if_is_none)]
-    pub sale: Option<AdminSaleView>,
-}
-
-/// A background job that failed for good.
-#[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
-pub struct FailedJobView {
-    pub id: i64,
-    /// `sync_sale_state` (queue ticks are never parked: they retry until they succeed).
-    pub kind: String,
-    #[oai(skip_serializing_if_is_none)]
-    pub sale_id: Option<Uuid>,
-    pub attempts: i32,
-    /// The last error, as the runner logged it.
-    #[oai(skip_serializing_if_is_none)]
-    pub last_error: Option<String>,
-    pub failed_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<crate::store::FailedJob> for FailedJobView {
-    fn from(job: crate::store::FailedJob) -> Self {
-        Self {
-            id: job.id,
-            kind: job.kind,
-            sale_id: job.sale_id,
-            attempts: job.attempts,
-            last_error: job.last_error,
-            failed_at: job.dead_at,
-            created_at: job.created_at,
-        }
-    }
-}
-
-/// A requeued job.
-#[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
-pub struct RequeuedJobView {
-    pub id: i64,
-    /// Always true: the job is due now with a fresh set of attempts.
-    pub requeued: bool,
 }

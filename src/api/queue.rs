@@ -257,12 +257,7 @@ impl QueueApi {
     ) -> Result<JoinResponse, ServerError> {
         let claimed = match body.0.claimed_user() {
             Ok(claimed) => claimed,
-            Err(message) => {
-                return Ok(JoinResponse::BadRequest(ErrorBody::json(
-                    ErrorCode::InvalidRequest,
-                    message,
-                )));
-            }
+            Err(body) => return Ok(JoinResponse::BadRequest(body)),
         };
         let user_id = match self.buyer(&auth, claimed.as_deref()) {
             Ok(user_id) => user_id,
