@@ -6,9 +6,11 @@
 //! Batching is natural, not timed: a sale's batcher takes whatever has queued up while the
 //! last batch ran (at most [`MAX_BATCH`]), so a lone buyer waits for nobody. Once a batch
 //! sees an instant sale's stock at zero it cannot come back, so later buyers of that sale
-//! skip the batcher: one indexed read tells a repeat buyer (`ALREADY_PURCHASED`) from the
-//! rest (`SOLD_OUT`); for stocks up to [`MAX_REMEMBERED_BUYERS`] the final buyer list is
-//! loaded once and no query is needed at all. Several instances each run their own batchers;
+//! sell nothing: for stocks up to [`MAX_REMEMBERED_BUYERS`] the final buyer list is loaded
+//! once and tells a repeat buyer (`ALREADY_PURCHASED`) from the rest (`SOLD_OUT`); larger
+//! ones take one indexed read. A buyer who names the sale by id skips the batcher for that;
+//! one who names it by a cached sku goes through it, so that one primary-key read per batch
+//! confirms the sku still names that sale. Several instances each run their own batchers;
 //! the statement is safe across them (see [`Store::purchase_batch`]).
 //!
 //! Memory is bounded: at most [`MAX_WAITING_PER_SALE`] requests wait per sale (then 503),
@@ -152,18 +154,17 @@ impl PurchaseQueue {
         if !self.batching || target.checkout == Checkout::Queued {
             return self.timed(self.store.purchase(target.id, user_id)).await;
         }
-        if let Some(buyers) = self.sold_out.get(&target.id) {
-            if target.cached && target.via_sku && !self.store.is_live(target.id).await? {
-                return Ok(PurchaseOutcome::SaleArchived);
-            }
+        // Reached by id or by a sku read just now, a sold-out sale is answered from memory at
+        // once. Through a cached sku it goes to the batcher, which checks once per batch that
+        // the sale is still live (a query started after every request in it arrived).
+        if !(target.cached && target.via_sku)
+            && let Some(buyers) = self.sold_out.get(&target.id)
+        {
             let owned = match buyers {
                 Some(buyers) => buyers.get(user_id).cloned(),
                 None => self.store.find_purchase(target.id, user_id).await?,
             };
-            return Ok(match owned {
-                Some(purchase) => PurchaseOutcome::AlreadyPurchased(purchase),
-                None => PurchaseOutcome::SoldOut,
-            });
+            return Ok(sold_out_answer(owned));
         }
         let (reply, answer) = oneshot::channel();
         self.enqueue(
@@ -313,6 +314,9 @@ impl PurchaseQueue {
             }
             replies.push(request.reply);
         }
+        if let Some(remembered) = self.sold_out.get(&sale_id) {
+            return self.answer_sold_out(sale_id, remembered, by_user).await;
+        }
         let batch = self.store.purchase_batch(sale_id, &buyers);
         let result = match tokio::time::timeout(self.answer_timeout, batch).await {
             Ok(Ok(result)) => result,
@@ -380,6 +384,48 @@ impl PurchaseQueue {
         }
     }
 
+    /// Answers a batch of a sold-out sale without selling: one primary-key read says the
+    /// sale is still live (it may have been archived, its sku given to a new sale, since
+    /// the sold-out memory was filled), then each buyer hears `ALREADY_PURCHASED` or
+    /// `SOLD_OUT` from memory (or from one read of their purchases, for a sale too large to
+    /// remember).
+    async fn answer_sold_out(
+        &self,
+        sale_id: Uuid,
+        remembered: SoldOutBuyers,
+        mut by_user: HashMap<String, Vec<Reply>>,
+    ) {
+        match self.store.is_live(sale_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                for reply in by_user.into_values().flatten() {
+                    let _ = reply.send(Ok(PurchaseOutcome::SaleArchived));
+                }
+                return;
+            }
+            Err(err) => return fail_all(by_user, &err),
+        }
+        let owned: HashMap<String, Purchase> = match remembered {
+            Some(buyers) => by_user
+                .keys()
+                .filter_map(|user| buyers.get(user).map(|p| (user.clone(), p.clone())))
+                .collect(),
+            None => {
+                let users: Vec<&str> = by_user.keys().map(String::as_str).collect();
+                match self.store.purchases_of(sale_id, &users).await {
+                    Ok(owned) => owned.into_iter().map(|p| (p.user_id.clone(), p)).collect(),
+                    Err(err) => return fail_all(by_user, &err),
+                }
+            }
+        };
+        for (user, replies) in by_user.drain() {
+            let answer = sold_out_answer(owned.get(&user).cloned());
+            for reply in replies {
+                let _ = reply.send(Ok(answer.clone()));
+            }
+        }
+    }
+
     async fn one_by_one(&self, sale_id: Uuid, by_user: HashMap<String, Vec<Reply>>) {
         for (user_id, replies) in by_user {
             let mut replies = replies.into_iter();
@@ -390,6 +436,14 @@ impl PurchaseQueue {
                 let _ = reply.send(self.timed(self.store.purchase(sale_id, &user_id)).await);
             }
         }
+    }
+}
+
+/// What a sold-out sale answers a buyer: their purchase, or `SOLD_OUT`.
+fn sold_out_answer(owned: Option<Purchase>) -> PurchaseOutcome {
+    match owned {
+        Some(purchase) => PurchaseOutcome::AlreadyPurchased(purchase),
+        None => PurchaseOutcome::SoldOut,
     }
 }
 
