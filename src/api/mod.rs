@@ -146,10 +146,7 @@ pub fn openapi_json(store: Store) -> prometheus::Result<String> {
 /// out once here instead of in every crate that serves it).
 pub fn app(state: ApiState) -> poem::endpoint::BoxEndpoint<'static, poem::Response> {
     let api = openapi_service(&state);
-    let allowed = Arc::new(edge::AllowedMethods::from_spec(&api.spec()));
-    let permits = Arc::new(tokio::sync::Semaphore::new(state.edge.max_in_flight));
-    let body_limit = state.edge.max_body_bytes;
-    let request_deadline = state.edge.db_timeout + std::time::Duration::from_secs(1);
+    let guards = Arc::new(edge::Edge::new(state.edge, &api.spec()));
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let ip_limits = state.limits.clone();
@@ -168,9 +165,6 @@ pub fn app(state: ApiState) -> poem::endpoint::BoxEndpoint<'static, poem::Respon
             })),
         )
         .nest("/", api)
-        .around(move |next, req| edge::deadline(next, req, request_deadline))
-        .around(move |next, req| edge::limit_body(next, req, body_limit))
-        .around(edge::reject_control_characters)
         .around(move |next, req| {
             let limits = ip_limits.clone();
             rate_limit::per_ip_limit(next, req, limits)
@@ -197,8 +191,7 @@ pub fn app(state: ApiState) -> poem::endpoint::BoxEndpoint<'static, poem::Respon
                 .with_status(StatusCode::INTERNAL_SERVER_ERROR)
         }))
         .catch_all_error(|err| async move { error::fallback_response(err) })
-        .around(move |next, req| edge::allow_header(next, req, allowed.clone()))
-        .around(move |next, req| edge::limit_in_flight(next, req, permits.clone()))
+        .around(move |next, req| edge::guard(next, req, guards.clone()))
         .with(Tracing)
         .with(RequestId::default())
         .map_to_response()
