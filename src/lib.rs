@@ -14,9 +14,6 @@
 //! - [`config`] and [`telemetry`] read the environment and set up logging; [`metrics`]
 //!   counts requests, purchases, queue actions and jobs for `GET /metrics`.
 
-// The HTTP middleware stack (`api::app`) is one deeply nested type.
-#![recursion_limit = "256"]
-
 pub mod api;
 pub mod app;
 pub mod config;

@@ -1,6 +1,9 @@
 //! The `flashsale` binary: `flashsale` (or `flashsale serve`) runs the service,
 //! `flashsale openapi` prints the OpenAPI document, `flashsale token USER` a buyer token.
 
+// The HTTP middleware stack (`api::app`) is one deeply nested type.
+#![recursion_limit = "256"]
+
 use std::io::Write;
 
 use anyhow::Context;

@@ -30,6 +30,15 @@ PORT=$port_b RUST_LOG=warn RATE_LIMIT_PER_USER=0 "$binary" > "$out/b.log" 2>&1 &
 b=$!
 for _ in $(seq 1 120); do curl -fsS "http://127.0.0.1:$port_b/health" >/dev/null 2>&1 && break; sleep 0.5; done
 failed=0
+# Warm both instances and the database first: the first seconds of load run slower (new
+# table pages, connection start-up), which would favour whichever mix runs second.
+warm=$(date +%s)-$RANDOM
+curl -fsS -X POST "http://127.0.0.1:$port_a/api/v1/admin/sales" -H "Authorization: Bearer ${ADMIN_API_KEY:-dev-admin-key}" \
+  -H 'Content-Type: application/json' -d "{\"sku\":\"warm-$warm\",\"name\":\"warm\",\"stock\":10000000}" >/dev/null
+for port in $port_a $port_b; do
+  SKU=warm-$warm RUN=warm$port wrk -t1 -c"$connections" -d5s -s "$here/wrk-purchase-retry.lua" "http://127.0.0.1:$port" >/dev/null 2>&1 &
+done
+wait "$(jobs -p | tail -1)" "$(jobs -p | tail -2 | head -1)"
 for pct in ${RETRY_PCTS:-0 5}; do
   sku="two-$pct-$(date +%s)-$RANDOM"
   curl -fsS -X POST "http://127.0.0.1:$port_a/api/v1/admin/sales" -H "Authorization: Bearer ${ADMIN_API_KEY:-dev-admin-key}" \

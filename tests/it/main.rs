@@ -3,6 +3,9 @@
 //! One test binary so every test shares one throwaway cluster (started on first use when
 //! `DATABASE_URL` is unset); each test gets a fresh, migrated database of its own.
 
+// The HTTP middleware stack (`api::app`) is one deeply nested type.
+#![recursion_limit = "256"]
+
 mod admin;
 mod archive;
 mod bad_input;

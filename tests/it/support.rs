@@ -10,10 +10,10 @@ use flashsale::api::view_cache::SaleViewCache;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use flashsale::metrics::Metrics;
 use flashsale::store::{self, PurchaseQueue, Store};
-use poem::Response;
 use poem::endpoint::BoxEndpoint;
 use poem::http::StatusCode;
 use poem::test::{TestClient, TestResponse};
+use poem::{EndpointExt, Response};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -140,7 +140,7 @@ pub fn client_with_edge(
         metrics: Metrics::new().expect("metrics"),
         store,
     });
-    TestClient::new(app)
+    TestClient::new(app.boxed())
 }
 
 /// A response's status and JSON body.
