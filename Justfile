@@ -60,3 +60,8 @@ stress scenario="purchase-load":
 # The purchase benchmark (durable Postgres, release build, pgbench baseline, k6); see docs/PERFORMANCE.md.
 bench:
     stress/bench.sh
+
+# Two instances on one Postgres, with and without 5% of buyers retrying on the other (docs/PERFORMANCE.md).
+bench-two-instances binary="target/release/flashsale":
+    cargo build --release --quiet
+    stress/bench-two-instances.sh {{binary}}
