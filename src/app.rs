@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use crate::metrics::Metrics;
 use crate::store::{self, PurchaseQueue, Store};
-use crate::worker::{Runner, RunnerConfig, RunnerHealth, ServiceJobs, supervise};
+use crate::worker::{
+    Runner, RunnerConfig, RunnerHealth, ServiceJobs, WebhookConfig, WebhookSender, supervise,
+};
 
 /// Name of the database the service uses on its embedded cluster.
 const EMBEDDED_DATABASE: &str = "flashsale";
@@ -42,6 +44,9 @@ pub struct Application {
     view_cache: Duration,
     metrics: Metrics,
     runner_config: RunnerConfig,
+    webhook_config: WebhookConfig,
+    /// How long events and finished webhook deliveries are kept.
+    retention: Duration,
     /// The private cluster we started, stopped after the server and workers.
     embedded: Option<EmbeddedPostgres>,
 }
@@ -113,6 +118,8 @@ impl Application {
                 poll_interval: Duration::from_millis(config.worker_poll_ms.max(10)),
                 ..RunnerConfig::default()
             },
+            webhook_config: config.webhook_config(),
+            retention: config.event_retention(),
             embedded,
         })
     }
@@ -137,12 +144,26 @@ impl Application {
         let health = RunnerHealth::default();
         let runner = Runner::new(
             self.reserved.clone(),
-            ServiceJobs::new(self.reserved.clone()),
+            ServiceJobs::new(self.reserved.clone(), self.retention),
             self.runner_config.clone(),
         )
         .with_metrics(self.metrics.clone())
         .with_health(health.clone());
-        let worker = tokio::spawn(supervise(runner, workers_stopped));
+        let worker = tokio::spawn(supervise(
+            "job runner",
+            move |stop| runner.clone().run(stop),
+            workers_stopped.clone(),
+        ));
+        // Deliveries use the main pool: they are background work, and the reserved pool is
+        // kept small for the runner and the health check.
+        let webhooks = WebhookSender::new(self.store.clone(), self.webhook_config.clone())
+            .context("Failed to set up the webhook client")?
+            .with_metrics(self.metrics.clone());
+        let sender = tokio::spawn(supervise(
+            "webhook sender",
+            move |stop| webhooks.clone().run(stop),
+            workers_stopped,
+        ));
         rate_limit::spawn_pruner(&self.limits);
         let app = crate::api::app(ApiState {
             store: self.store.clone(),
@@ -159,6 +180,7 @@ impl Application {
             views: Arc::new(SaleViewCache::new(self.view_cache)),
             metrics: self.metrics.clone(),
             edge: self.edge,
+            webhook_retry_for: self.webhook_config.retry_for,
         });
         tracing::info!(
             port = self.acceptor.local_addr().first().map(ToString::to_string),
@@ -171,6 +193,9 @@ impl Application {
         let _ = stop_workers.send(true);
         if let Err(err) = worker.await {
             tracing::error!(error = %err, "job runner supervisor panicked");
+        }
+        if let Err(err) = sender.await {
+            tracing::error!(error = %err, "webhook sender supervisor panicked");
         }
         self.store.pool().close().await;
         self.reserved.pool().close().await;

@@ -25,6 +25,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
@@ -149,6 +150,30 @@ pub struct Config {
     #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]
     pub worker_poll_ms: u64,
 
+    /// Webhook requests in flight at once per endpoint, per instance: one slow endpoint
+    /// uses at most this many, and never holds up another endpoint or a purchase.
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 16)]
+    pub webhook_concurrency: usize,
+
+    /// Longest wait for a webhook receiver's TCP/TLS connection, in milliseconds.
+    #[arg(long, env = "WEBHOOK_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
+    pub webhook_connect_timeout_ms: u64,
+
+    /// Longest wait for a webhook receiver's answer (after connecting), in milliseconds.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10000)]
+    pub webhook_timeout_ms: u64,
+
+    /// How long a delivery is retried (exponential backoff with jitter) before it is marked
+    /// failed, in seconds (default 24 h).
+    #[arg(long, env = "WEBHOOK_RETRY_FOR_SECS", default_value_t = 86_400)]
+    pub webhook_retry_for_secs: u64,
+
+    /// How long events and finished webhook deliveries are kept, in seconds (default 7
+    /// days). Never less than the retry window: a pending delivery keeps its event anyway.
+    /// Sales, purchases and holds are never pruned.
+    #[arg(long, env = "EVENT_RETENTION_SECS", default_value_t = 604_800)]
+    pub event_retention_secs: u64,
+
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -173,6 +198,23 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// How the webhook sender behaves.
+    pub fn webhook_config(&self) -> crate::worker::WebhookConfig {
+        crate::worker::WebhookConfig {
+            concurrency: self.webhook_concurrency.clamp(1, 1024),
+            connect_timeout: Duration::from_millis(self.webhook_connect_timeout_ms.max(100)),
+            answer_timeout: Duration::from_millis(self.webhook_timeout_ms.max(100)),
+            retry_for: Duration::from_secs(self.webhook_retry_for_secs.max(1)),
+            ..crate::worker::WebhookConfig::default()
+        }
+    }
+
+    /// How long events and finished deliveries are kept: never less than the retry window
+    /// (a pending delivery keeps its event anyway, this keeps the finished ones listable).
+    pub fn event_retention(&self) -> Duration {
+        Duration::from_secs(self.event_retention_secs.max(self.webhook_retry_for_secs))
+    }
+
     /// How buyer tokens are checked.
     pub fn token_settings(&self) -> crate::api::buyer_auth::TokenSettings {
         crate::api::buyer_auth::TokenSettings {

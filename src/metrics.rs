@@ -20,6 +20,13 @@ pub struct Metrics {
     /// Jobs that failed for good and wait for an admin (`GET /api/v1/admin/jobs`), as last
     /// counted by the job runner.
     pub jobs_dead: IntGauge,
+    /// Webhook delivery attempts by result (`delivered`, `retrying`, `failed`: failed for
+    /// good, replayable from the admin API).
+    pub webhook_attempts: IntCounterVec,
+    /// Deliveries waiting to be sent or retried, as last counted by the sender.
+    pub webhook_pending: IntGauge,
+    /// Deliveries that failed for good, as last counted by the sender.
+    pub webhook_failed: IntGauge,
 }
 
 impl Metrics {
@@ -31,6 +38,11 @@ impl Metrics {
                 registry.register(Box::new(counter.clone()))?;
                 Ok(counter)
             };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let gauge = IntGauge::new(name, help)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
         Ok(Self {
             http_responses: counter(
                 "http_responses_total",
@@ -52,14 +64,23 @@ impl Metrics {
                 "Background jobs run by kind and result",
                 &["kind", "result"],
             )?,
-            jobs_dead: {
-                let gauge = IntGauge::new(
-                    "jobs_dead",
-                    "Jobs that failed for good and wait for an admin to requeue them",
-                )?;
-                registry.register(Box::new(gauge.clone()))?;
-                gauge
-            },
+            jobs_dead: gauge(
+                "jobs_dead",
+                "Jobs that failed for good and wait for an admin to requeue them",
+            )?,
+            webhook_attempts: counter(
+                "webhook_attempts_total",
+                "Webhook delivery attempts by result",
+                &["result"],
+            )?,
+            webhook_pending: gauge(
+                "webhook_deliveries_pending",
+                "Webhook deliveries waiting to be sent or retried",
+            )?,
+            webhook_failed: gauge(
+                "webhook_deliveries_failed",
+                "Webhook deliveries that failed for good (replay them from the admin API)",
+            )?,
             registry,
         })
     }

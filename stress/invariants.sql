@@ -8,7 +8,9 @@
 -- Checks: the sale exists; purchases <= stock; one purchase per user; sold + held + available
 -- = stock; no negative counter; `sold` equals the purchases recorded; `held` equals the live
 -- holds of the queue; the queue length equals the waiting entries; every confirmed hold has
--- its purchase.
+-- its purchase; every purchase has its `purchase.created` event (counting those retention
+-- pruned); the sale's event sequence runs from 1 (or past the pruned prefix) to the sale's
+-- last number with no gap and no repeat.
 --
 -- Prints each check with PASS/FAIL and the numbers behind it, then raises an error when any
 -- check failed, so psql exits non-zero exactly when an invariant is broken. The service's
@@ -46,6 +48,15 @@ WITH sale AS (
       FROM queue_entries e JOIN sale s ON e.sale_id = s.id
 ), queue AS (
     SELECT COALESCE(max(q.waiting), 0) AS waiting FROM sale_queues q JOIN sale s ON q.sale_id = s.id
+), pruned AS (
+    SELECT COALESCE(max(x.through_sequence), 0) AS through,
+           COALESCE(max(x.purchase_events), 0) AS purchase_events
+      FROM events_pruned x JOIN sale s ON x.sale_id = s.id
+), outbox AS (
+    SELECT count(*) FILTER (WHERE v.type = 'purchase.created') AS purchase_events,
+           count(*) AS events, count(DISTINCT v.sequence) AS numbers,
+           min(v.sequence) AS first, max(v.sequence) AS last
+      FROM events v JOIN sale s ON v.sale_id = s.id
 ), checks (ord, check_name, passed, detail) AS (
     SELECT 1, 'sale_exists', count(*) = 1, format('sales with id %s: %s',
            current_setting('flashsale.audit_sale'), count(*))
@@ -83,6 +94,20 @@ WITH sale AS (
     SELECT 9, 'confirmed_holds_are_purchases', e.confirmed_without_purchase = 0,
            format('confirmed=%s without_purchase=%s', e.confirmed, e.confirmed_without_purchase)
       FROM sale s, entries e
+    UNION ALL
+    SELECT 10, 'every_purchase_has_its_event',
+           b.purchases = o.purchase_events + p.purchase_events,
+           format('purchases=%s purchase_created_events=%s pruned=%s', b.purchases,
+                  o.purchase_events, p.purchase_events)
+      FROM sale s, bought b, outbox o, pruned p
+    UNION ALL
+    SELECT 11, 'event_sequence_has_no_gaps',
+           o.events = o.numbers AND COALESCE(o.last, p.through) = s.last_event_sequence
+               AND (o.events = 0 OR (o.first = p.through + 1 AND o.last - o.first + 1 = o.events)),
+           format('events=%s first=%s last=%s sale_last=%s pruned_through=%s', o.events,
+                  COALESCE(o.first::text, '-'), COALESCE(o.last::text, '-'),
+                  s.last_event_sequence, p.through)
+      FROM sale s, outbox o, pruned p
 )
 SELECT check_name, passed, detail FROM checks ORDER BY ord
 -- flashsale:audit:end

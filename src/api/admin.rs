@@ -10,7 +10,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
 use super::auth::AdminAuth;
-use super::error::{ErrorBody, ErrorCode, ServerError, parse_error_body};
+use super::error::{ErrorBody, ErrorCode, ServerError, admin_parse_error};
 use super::models::{
     AdminSaleView, AuditView, CreateSaleRequest, FailedJobView, QueueStatsView, RemovalKind,
     RemovedSaleView, RequeuedJobView, SaleEventView,
@@ -20,18 +20,6 @@ use crate::store::{CancelOutcome, RemoveOutcome, RequeueOutcome, Store, StoreErr
 
 pub struct AdminApi {
     pub store: Store,
-}
-
-/// Maps a request that failed to parse to 401 (bad key) or 400 (bad input).
-macro_rules! admin_parse_error {
-    ($handler:ident, $response:ident) => {
-        fn $handler(err: poem::Error) -> $response {
-            match parse_error_body(&err) {
-                (true, body) => $response::Unauthorized(body),
-                (false, body) => $response::BadRequest(body),
-            }
-        }
-    };
 }
 
 #[derive(ApiResponse)]

@@ -61,6 +61,12 @@ pub enum ErrorCode {
     JobNotFound,
     /// The job has not failed for good; only failed jobs can be requeued.
     JobNotFailed,
+    /// No webhook endpoint has this id.
+    WebhookNotFound,
+    /// No webhook delivery has this id.
+    DeliveryNotFound,
+    /// The delivery is still pending; only finished ones can be replayed.
+    DeliveryPending,
     /// No such route.
     NotFound,
     /// The route exists but not with this method.
@@ -268,3 +274,16 @@ pub fn fallback_response(err: poem::Error) -> Response {
     };
     body.with_status(status).into_response()
 }
+
+/// Maps a request that failed to parse to 401 (bad key) or 400 (bad input).
+macro_rules! admin_parse_error {
+    ($handler:ident, $response:ident) => {
+        fn $handler(err: poem::Error) -> $response {
+            match $crate::api::error::parse_error_body(&err) {
+                (true, body) => $response::Unauthorized(body),
+                (false, body) => $response::BadRequest(body),
+            }
+        }
+    };
+}
+pub(crate) use admin_parse_error;

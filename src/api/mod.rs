@@ -10,12 +10,14 @@ mod buyer;
 pub mod buyer_auth;
 pub mod edge;
 pub mod error;
+mod events;
 mod health;
 pub mod models;
 mod queue;
 pub mod rate_limit;
 mod strict;
 pub mod view_cache;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -33,10 +35,12 @@ use buyer::BuyerApi;
 use buyer_auth::BuyerTokens;
 pub use edge::EdgeLimits;
 use error::{ErrorBody, ErrorCode};
+use events::EventsApi;
 use health::HealthApi;
 use queue::QueueApi;
 use rate_limit::RateLimits;
 use view_cache::SaleViewCache;
+use webhooks::WebhooksApi;
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -46,11 +50,22 @@ pub enum ApiTags {
     Buyer,
     /// Queued checkout: the waiting room, holds and confirmation.
     Queue,
+    /// The outbox, pulled: the event feed, its live stream, and purchase exports.
+    Events,
+    /// The outbox, pushed: webhook endpoints and their deliveries.
+    Webhooks,
     /// Service health.
     Health,
 }
 
-type Apis = (AdminApi, BuyerApi, QueueApi, HealthApi);
+type Apis = (
+    AdminApi,
+    EventsApi,
+    WebhooksApi,
+    BuyerApi,
+    QueueApi,
+    HealthApi,
+);
 
 const API_DESCRIPTION: &str = "\
 Sells a limited stock to a burst of buyers with no overselling and one unit per buyer, \
@@ -81,6 +96,8 @@ pub struct ApiState {
     /// The public sale view's short-lived cache.
     pub views: Arc<SaleViewCache>,
     pub metrics: Metrics,
+    /// How long a replayed webhook delivery is retried.
+    pub webhook_retry_for: std::time::Duration,
 }
 
 impl ApiState {
@@ -100,6 +117,7 @@ impl ApiState {
             purchases: PurchaseQueue::new(store.clone(), true, EdgeLimits::default().db_timeout),
             views: Arc::new(SaleViewCache::new(std::time::Duration::ZERO)),
             metrics: Metrics::new()?,
+            webhook_retry_for: crate::worker::WebhookConfig::default().retry_for,
             store,
         })
     }
@@ -111,6 +129,13 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
         (
             AdminApi {
                 store: state.store.clone(),
+            },
+            EventsApi {
+                store: state.store.clone(),
+            },
+            WebhooksApi {
+                store: state.store.clone(),
+                retry_for: state.webhook_retry_for,
             },
             BuyerApi {
                 store: state.store.clone(),

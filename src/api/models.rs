@@ -1,12 +1,18 @@
 //! The JSON shapes of the API: requests as clients send them (validated here, at the edge)
 //! and views of the domain types. The waiting room's views are in [`queue_views`], the
-//! admin-only ones (audit, delete, jobs) in [`admin_views`].
+//! admin-only ones (audit, delete, jobs) in [`admin_views`], the outbox's (events, webhooks,
+//! exports) in [`outbox_views`].
 
 mod admin_views;
+mod outbox_views;
 mod queue_views;
 
 pub use admin_views::{
     AuditCheckView, AuditView, FailedJobView, RemovalKind, RemovedSaleView, RequeuedJobView,
+};
+pub use outbox_views::{
+    CreateWebhookRequest, DeliveryStatusView, DeliveryView, EventPage, EventTypeView, EventView,
+    PurchasePage, WebhookSecretView, WebhookView,
 };
 pub use queue_views::{QueueStatsView, QueueStatusKind, QueueStatusView};
 

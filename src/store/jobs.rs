@@ -26,13 +26,20 @@ pub enum JobKind {
     /// Run a queued sale's waiting room: shuffle the pre-queue at the opening, return
     /// expired holds to stock, admit the next buyers to holds.
     QueueTick,
+    /// Remove events and finished webhook deliveries past their retention; runs every
+    /// [`PRUNE_INTERVAL`], one pending at a time (`jobs_one_pending_prune`).
+    PruneEvents,
 }
+
+/// How often retention runs.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::SyncSaleState => "sync_sale_state",
             JobKind::QueueTick => "queue_tick",
+            JobKind::PruneEvents => "prune_events",
         }
     }
 
@@ -40,6 +47,7 @@ impl JobKind {
         match value {
             "sync_sale_state" => Some(JobKind::SyncSaleState),
             "queue_tick" => Some(JobKind::QueueTick),
+            "prune_events" => Some(JobKind::PruneEvents),
             _ => None,
         }
     }
@@ -297,6 +305,35 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(added.rows_affected())
+    }
+
+    /// Makes sure a retention job is pending (due at once when none has run yet); the job
+    /// schedules its successor. Returns whether one was added.
+    pub async fn ensure_prune_job(&self) -> Result<bool, StoreError> {
+        let added = sqlx::query(
+            "INSERT INTO jobs (kind) SELECT 'prune_events'
+              WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE kind = 'prune_events' AND dead_at IS NULL)
+             ON CONFLICT (kind)
+                WHERE kind = 'prune_events' AND lock_token IS NULL AND dead_at IS NULL
+             DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(added.rows_affected() > 0)
+    }
+
+    /// Queues the next retention run after `delay`.
+    pub async fn schedule_prune_job(&self, delay: Duration) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO jobs (kind, run_at) VALUES ('prune_events', now() + make_interval(secs => $1))
+             ON CONFLICT (kind)
+                WHERE kind = 'prune_events' AND lock_token IS NULL AND dead_at IS NULL
+             DO NOTHING",
+        )
+        .bind(seconds(delay))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// How long until the next job falls due (zero when one is due now), or `None` when the

@@ -1,15 +1,18 @@
-//! All SQL lives here: sales, purchases, the state-change log, the job queue and the audit.
+//! All SQL lives here: sales, purchases, the state-change log, the job queue, the audit,
+//! the event outbox and the webhook deliveries.
 //!
 //! The store knows Postgres and the domain types, never HTTP. Refusals a buyer can cause
 //! (sold out, duplicate, ...) are ordinary values; [`StoreError`] is for what went wrong.
 
 mod audit;
+mod events;
 mod group_commit;
 mod jobs;
 mod purchases;
 mod queue;
 mod queue_tick;
 mod sales;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -17,12 +20,19 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use audit::{AuditCheck, AuditReport};
+pub use events::FeedFilter;
 pub use group_commit::{MAX_BATCH, PurchaseQueue};
-pub use jobs::{FailedJob, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, RequeueOutcome};
+pub use jobs::{
+    FailedJob, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, PRUNE_INTERVAL, RequeueOutcome,
+};
 pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, JoinOutcome, LeaveOutcome, QueueStats};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
+pub use webhooks::{
+    AttemptResult, AttemptTally, ClaimedDelivery, DeliveryView, EndpointTarget, NewEndpoint,
+    ReplayOutcome,
+};
 
 /// The migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

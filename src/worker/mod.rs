@@ -12,6 +12,7 @@
 //! waiting rooms ([`Store::ensure_queue_ticks`]) and counts the jobs that failed for good.
 
 mod service_jobs;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::store::{JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, Store};
 
 pub use service_jobs::{ADMIT_BATCH, ServiceJobs};
+pub use webhooks::{WebhookConfig, WebhookSender, retry_delay};
 
 /// How often the runner makes sure every live waiting room has a tick due and counts the
 /// failed jobs: the longest a waiting room can go unticked after a lost tick.
@@ -201,6 +203,9 @@ impl<H: JobHandler> Runner<H> {
             Ok(added) => tracing::warn!(added, "backstop: queue ticks were missing; added"),
             Err(err) => tracing::warn!(error = %err, "backstop: could not check queue ticks"),
         }
+        if let Err(err) = self.store.ensure_prune_job().await {
+            tracing::warn!(error = %err, "backstop: could not check the retention job");
+        }
         if let (Some(metrics), Ok(dead)) = (&self.metrics, self.store.count_failed_jobs().await) {
             metrics.jobs_dead.set(dead);
         }
@@ -274,19 +279,29 @@ impl<H: JobHandler> Runner<H> {
     }
 }
 
-/// Runs `runner` until `shutdown`, starting it again whenever its task dies (a panic or an
-/// error): background work must not stop for good because one round went wrong.
-pub async fn supervise<H: JobHandler + Clone>(runner: Runner<H>, shutdown: watch::Receiver<bool>) {
+/// Runs the background task `start` makes (the job runner, the webhook sender) until
+/// `shutdown`, starting it again whenever it dies (a panic or an error): background work
+/// must not stop for good because one round went wrong.
+pub async fn supervise<F, Fut>(name: &'static str, start: F, shutdown: watch::Receiver<bool>)
+where
+    F: Fn(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     loop {
-        let task = tokio::spawn(runner.clone().run(shutdown.clone()));
+        let task = tokio::spawn(start(shutdown.clone()));
         match task.await {
             Ok(Ok(())) if *shutdown.borrow() => return,
-            Ok(Ok(())) => tracing::error!("job runner returned early; restarting it"),
+            Ok(Ok(())) => {
+                tracing::error!(task = name, "background task returned early; restarting it")
+            }
             Ok(Err(err)) => tracing::error!(
+                task = name,
                 error = format!("{err:#}"),
-                "job runner failed; restarting it"
+                "background task failed; restarting it"
             ),
-            Err(err) => tracing::error!(error = %err, "job runner died; restarting it"),
+            Err(err) => {
+                tracing::error!(task = name, error = %err, "background task died; restarting it")
+            }
         }
         if *shutdown.borrow() {
             return;

@@ -8,11 +8,15 @@
 //!   admit buyers) and schedules the next tick while the queue is live: at the next hold
 //!   expiry or after [`TICK_INTERVAL`], whichever is first. Joins and releases wake it
 //!   earlier.
+//! - `prune_events`: retention: removes events and finished webhook deliveries older than
+//!   the retention time, and queues itself again after [`PRUNE_INTERVAL`].
 
 use anyhow::Context;
 
 use super::JobHandler;
-use crate::store::{Job, JobKind, Store, TICK_INTERVAL};
+use std::time::Duration;
+
+use crate::store::{Job, JobKind, PRUNE_INTERVAL, Store, TICK_INTERVAL};
 
 /// Holds granted (and holds expired) per tick at most; a full batch ticks again at once.
 pub const ADMIT_BATCH: i64 = 500;
@@ -21,11 +25,29 @@ pub const ADMIT_BATCH: i64 = 500;
 #[derive(Clone)]
 pub struct ServiceJobs {
     store: Store,
+    /// How long events and finished deliveries are kept.
+    retention: Duration,
 }
 
 impl ServiceJobs {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, retention: Duration) -> Self {
+        Self { store, retention }
+    }
+
+    async fn prune_events(&self) -> anyhow::Result<()> {
+        let removed = self
+            .store
+            .prune_events(self.retention)
+            .await
+            .context("Failed to prune events")?;
+        if removed > 0 {
+            tracing::info!(removed, "retention: events pruned");
+        }
+        self.store
+            .schedule_prune_job(PRUNE_INTERVAL)
+            .await
+            .context("Failed to schedule the next retention run")?;
+        Ok(())
     }
 
     async fn sync_sale_state(&self, sale_id: uuid::Uuid) -> anyhow::Result<()> {
@@ -69,13 +91,16 @@ impl ServiceJobs {
 impl JobHandler for ServiceJobs {
     async fn run(&self, job: &Job) -> anyhow::Result<()> {
         let kind = JobKind::parse(&job.kind);
+        if kind == Some(JobKind::PruneEvents) {
+            return self.prune_events().await;
+        }
         let Some(sale_id) = job.sale_id else {
             anyhow::bail!("job {} ({}) has no sale", job.id, job.kind);
         };
         match kind {
             Some(JobKind::SyncSaleState) => self.sync_sale_state(sale_id).await,
             Some(JobKind::QueueTick) => self.queue_tick(sale_id).await,
-            None => anyhow::bail!("unknown job kind {:?}", job.kind),
+            Some(JobKind::PruneEvents) | None => anyhow::bail!("unknown job kind {:?}", job.kind),
         }
     }
 }

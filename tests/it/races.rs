@@ -47,7 +47,7 @@ async fn queue_call(app: &TestApp, method: &str, path: String, user: &str) -> (S
 fn runner(store: &Store) -> Runner<ServiceJobs> {
     Runner::new(
         store.clone(),
-        ServiceJobs::new(store.clone()),
+        ServiceJobs::new(store.clone(), std::time::Duration::from_secs(7 * 24 * 3600)),
         RunnerConfig::default(),
     )
 }

@@ -31,7 +31,7 @@ async fn run_jobs_now(store: &Store) -> usize {
         .expect("make jobs due");
     let runner = Runner::new(
         store.clone(),
-        ServiceJobs::new(store.clone()),
+        ServiceJobs::new(store.clone(), std::time::Duration::from_secs(7 * 24 * 3600)),
         RunnerConfig::default(),
     );
     runner.run_due_jobs().await.expect("run jobs")

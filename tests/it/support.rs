@@ -138,6 +138,7 @@ pub fn client_with_edge(
         purchases: PurchaseQueue::new(store.clone(), true, edge.db_timeout),
         views: Arc::new(SaleViewCache::new(Duration::ZERO)),
         metrics: Metrics::new().expect("metrics"),
+        webhook_retry_for: std::time::Duration::from_secs(3600),
         store,
     });
     TestClient::new(app.boxed())
@@ -187,6 +188,17 @@ impl TestApp {
             .client
             .get(path)
             .header("Authorization", format!("Bearer {ADMIN_KEY}"))
+            .send()
+            .await;
+        status_and_json(response).await
+    }
+
+    pub async fn admin_post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(path)
+            .header("Authorization", format!("Bearer {ADMIN_KEY}"))
+            .body_json(&body)
             .send()
             .await;
         status_and_json(response).await

@@ -1,0 +1,425 @@
+//! Pulling the outbox (admin): the event feed, its live Server-Sent Events stream, and a
+//! sale's purchases as JSON pages or one streamed CSV for fulfilment.
+
+use std::time::Duration;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use poem::Body;
+use poem::web::sse::Event as SseEvent;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::{Binary, EventStream, Json};
+use poem_openapi::types::ToJSON;
+use poem_openapi::{ApiResponse, Enum, OpenApi, ResponseContent};
+use uuid::Uuid;
+
+use super::ApiTags;
+use super::auth::AdminAuth;
+use super::error::{ErrorBody, ErrorCode, ServerError, admin_parse_error};
+use super::models::{EventPage, EventTypeView, EventView, PurchasePage, PurchaseView};
+use crate::domain::{EventType, FeedCursor, Purchase};
+use crate::store::{FeedFilter, Store};
+
+/// How often an idle stream asks for new events.
+const STREAM_POLL: Duration = Duration::from_millis(250);
+/// Keep-alive comments on an idle stream, so proxies keep it open.
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Events read per query by a stream.
+const STREAM_BATCH: i64 = 500;
+/// Purchases read per query by the CSV export: memory stays at one page, whatever the sale.
+const CSV_PAGE: i64 = 5000;
+
+pub struct EventsApi {
+    pub store: Store,
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "feed_parse_error")]
+pub enum FeedResponse {
+    /// Events in feed order after `after`, and the cursor to continue from.
+    #[oai(status = 200)]
+    Ok(Json<EventPage>),
+    /// `INVALID_REQUEST`: a malformed cursor, an unknown type, `limit` out of range.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `UNAUTHORIZED`: missing or wrong admin key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`: the `sale` filter names no sale.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+}
+admin_parse_error!(feed_parse_error, FeedResponse);
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "stream_parse_error")]
+pub enum StreamResponse {
+    /// Server-Sent Events: each message's `data` is one event (JSON) and its `id` the feed
+    /// cursor after it; keep-alive comments every 15 s.
+    #[oai(status = 200)]
+    Ok(EventStream<BoxStream<'static, EventView>>),
+    /// `INVALID_REQUEST`: a malformed cursor or `Last-Event-ID`, an unknown type.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `UNAUTHORIZED`: missing or wrong admin key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`: the `sale` filter names no sale.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+}
+admin_parse_error!(stream_parse_error, StreamResponse);
+
+/// The export's format.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// One page of JSON (the default).
+    Json,
+    /// Every purchase of the sale as CSV, streamed (same as `Accept: text/csv`).
+    Csv,
+}
+
+/// A page of JSON, or the whole sale as CSV.
+#[derive(ResponseContent)]
+pub enum PurchasesContent {
+    Page(Json<PurchasePage>),
+    #[oai(content_type = "text/csv")]
+    Csv(Binary<Body>),
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "purchases_parse_error")]
+pub enum PurchasesResponse {
+    /// A page of purchases in `userId` order (JSON), or with `Accept: text/csv` or
+    /// `format=csv` every purchase as CSV (`purchase_id,sale_id,user_id,created_at`),
+    /// streamed in constant memory. A CSV cut short by a failure ends without its final
+    /// chunk, so a client sees a broken transfer, never a short file that looks whole.
+    #[oai(status = 200)]
+    Ok(PurchasesContent),
+    /// `INVALID_REQUEST`: `limit` out of range, a bad `format`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `UNAUTHORIZED`: missing or wrong admin key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+}
+admin_parse_error!(purchases_parse_error, PurchasesResponse);
+
+/// A feed request's filters, checked; `Err` is the 400 or 404 to answer.
+struct FeedQuery {
+    after: Option<FeedCursor>,
+    filter: FeedFilter,
+}
+
+enum FeedQueryError {
+    BadRequest(Json<ErrorBody>),
+    SaleNotFound(Json<ErrorBody>),
+}
+
+impl EventsApi {
+    async fn feed_query(
+        &self,
+        after: Option<&str>,
+        sale: Option<&str>,
+        types: &[EventTypeView],
+    ) -> Result<Result<FeedQuery, FeedQueryError>, ServerError> {
+        let after = match after.map(str::parse::<FeedCursor>).transpose() {
+            Ok(after) => after,
+            Err(err) => {
+                return Ok(Err(FeedQueryError::BadRequest(ErrorBody::json(
+                    ErrorCode::InvalidRequest,
+                    format!("after: {err}: pass a nextCursor or stream id you were given"),
+                ))));
+            }
+        };
+        let sale_id = match sale {
+            None => None,
+            Some(reference) => match self.store.resolve_sale(reference).await? {
+                Some(found) => Some(found.id),
+                None => {
+                    return Ok(Err(FeedQueryError::SaleNotFound(
+                        ErrorBody::sale_not_found(reference),
+                    )));
+                }
+            },
+        };
+        let types = (!types.is_empty()).then(|| {
+            types
+                .iter()
+                .map(|kind| EventType::from(*kind).as_str().to_string())
+                .collect()
+        });
+        Ok(Ok(FeedQuery {
+            after,
+            filter: FeedFilter { sale_id, types },
+        }))
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Events")]
+impl EventsApi {
+    /// The event feed
+    ///
+    /// Every event in feed order: per sale in `sequence` order, and an event that committed
+    /// before another began comes first. Paging from the start with each `nextCursor` returns
+    /// every event exactly once, also while new ones are being written: an event appears
+    /// only once no earlier-numbered transaction can still commit (a few milliseconds
+    /// behind the writes).
+    #[oai(path = "/events", method = "get", operation_id = "listEvents")]
+    async fn list_events(
+        &self,
+        _auth: AdminAuth,
+        /// Continue after this cursor (a `nextCursor`, or a stream message's `id`); default:
+        /// from the oldest event kept.
+        #[oai(validator(max_length = 100))]
+        after: Query<Option<String>>,
+        /// At most this many (1-1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Only this sale's events (its id, or the sku of a live sale).
+        #[oai(validator(max_length = 64))]
+        sale: Query<Option<String>>,
+        /// Only these types (repeat the parameter for several).
+        #[oai(name = "type", validator(max_items = 9))]
+        event_types: Query<Vec<EventTypeView>>,
+    ) -> Result<FeedResponse, ServerError> {
+        let query = match self
+            .feed_query(after.0.as_deref(), sale.0.as_deref(), &event_types.0)
+            .await?
+        {
+            Ok(query) => query,
+            Err(FeedQueryError::BadRequest(body)) => return Ok(FeedResponse::BadRequest(body)),
+            Err(FeedQueryError::SaleNotFound(body)) => return Ok(FeedResponse::NotFound(body)),
+        };
+        let events = self
+            .store
+            .events_after(query.after, &query.filter, limit.0.unwrap_or(100))
+            .await?;
+        let next = events
+            .last()
+            .map(|event| event.cursor)
+            .or(query.after)
+            .unwrap_or_default();
+        Ok(FeedResponse::Ok(Json(EventPage {
+            events: events.iter().map(EventView::from).collect(),
+            next_cursor: next.to_string(),
+        })))
+    }
+
+    /// The event feed, live (Server-Sent Events)
+    ///
+    /// The feed's events as they commit, in the same order, as `text/event-stream`. Each
+    /// message's `id` is the cursor after it: a client that reconnects with
+    /// `Last-Event-ID` (browsers' EventSource does so by itself) or `after` resumes exactly
+    /// there. Without either it starts with what commits from now on.
+    #[oai(path = "/events/stream", method = "get", operation_id = "streamEvents")]
+    async fn stream_events(
+        &self,
+        _auth: AdminAuth,
+        /// Resume after this cursor (wins over `after`).
+        #[oai(name = "Last-Event-ID", validator(max_length = 100))]
+        last_event_id: Header<Option<String>>,
+        /// Start after this cursor; default: now.
+        #[oai(validator(max_length = 100))]
+        after: Query<Option<String>>,
+        /// Only this sale's events (its id, or the sku of a live sale).
+        #[oai(validator(max_length = 64))]
+        sale: Query<Option<String>>,
+        /// Only these types (repeat the parameter for several).
+        #[oai(name = "type", validator(max_items = 9))]
+        event_types: Query<Vec<EventTypeView>>,
+    ) -> Result<StreamResponse, ServerError> {
+        let resume = last_event_id.0.or(after.0);
+        let query = match self
+            .feed_query(resume.as_deref(), sale.0.as_deref(), &event_types.0)
+            .await?
+        {
+            Ok(query) => query,
+            Err(FeedQueryError::BadRequest(body)) => return Ok(StreamResponse::BadRequest(body)),
+            Err(FeedQueryError::SaleNotFound(body)) => {
+                return Ok(StreamResponse::NotFound(body));
+            }
+        };
+        let start = match query.after {
+            Some(after) => after,
+            None => self.store.feed_now().await?,
+        };
+        let events = live_events(self.store.clone(), start, query.filter);
+        Ok(StreamResponse::Ok(
+            EventStream::new(events.boxed())
+                .keep_alive(STREAM_KEEP_ALIVE)
+                .to_event(|event: EventView| {
+                    let id = event.cursor.clone();
+                    SseEvent::message(event.to_json_string()).id(id)
+                }),
+        ))
+    }
+
+    /// A sale's purchases, for fulfilment
+    ///
+    /// JSON pages in `userId` order (`after` = the previous page's `nextCursor`), or with
+    /// `Accept: text/csv` (or `format=csv`) every purchase of the sale in one streamed CSV,
+    /// in constant memory however many there are. Archived sales too, by id.
+    #[oai(
+        path = "/sales/:sale/purchases",
+        method = "get",
+        operation_id = "listSalePurchases"
+    )]
+    async fn sale_purchases(
+        &self,
+        _auth: AdminAuth,
+        request: &poem::Request,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+        /// JSON: continue after this cursor (a `nextCursor`).
+        #[oai(validator(max_length = 128))]
+        after: Query<Option<String>>,
+        /// JSON: at most this many (1-1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// `csv` for the whole sale as CSV (like `Accept: text/csv`); default `json`.
+        format: Query<Option<ExportFormat>>,
+    ) -> Result<PurchasesResponse, ServerError> {
+        let Some(found) = self.store.resolve_sale(&sale.0).await? else {
+            return Ok(PurchasesResponse::NotFound(ErrorBody::sale_not_found(
+                &sale.0,
+            )));
+        };
+        if format.0 == Some(ExportFormat::Csv) || wants_csv(request) {
+            let body = Body::from_bytes_stream(csv_export(self.store.clone(), found.id));
+            return Ok(PurchasesResponse::Ok(PurchasesContent::Csv(Binary(body))));
+        }
+        let limit = limit.0.unwrap_or(100);
+        let page = self
+            .store
+            .purchases_page(found.id, after.0.as_deref(), limit)
+            .await?;
+        let next_cursor = (page.len() as i64 == limit)
+            .then(|| page.last().map(|p| p.user_id.clone()))
+            .flatten();
+        Ok(PurchasesResponse::Ok(PurchasesContent::Page(Json(
+            PurchasePage {
+                purchases: page.into_iter().map(PurchaseView::from).collect(),
+                next_cursor,
+            },
+        ))))
+    }
+}
+
+/// Whether the client asked for CSV (and not JSON first).
+fn wants_csv(request: &poem::Request) -> bool {
+    request
+        .header("accept")
+        .and_then(|accept| accept.split(',').next())
+        .is_some_and(|first| first.trim().starts_with("text/csv"))
+}
+
+/// The feed from `start` on, forever: each round reads what has become visible, and waits
+/// [`STREAM_POLL`] when nothing has. A failed read is retried (the stream stays open).
+fn live_events(
+    store: Store,
+    start: FeedCursor,
+    filter: FeedFilter,
+) -> impl futures_util::Stream<Item = EventView> + Send + 'static {
+    stream::unfold(
+        (store, start, filter),
+        |(store, cursor, filter)| async move {
+            loop {
+                match store
+                    .events_after(Some(cursor), &filter, STREAM_BATCH)
+                    .await
+                {
+                    Ok(events) if !events.is_empty() => {
+                        let next = events.last().map_or(cursor, |event| event.cursor);
+                        let views: Vec<EventView> = events
+                            .iter()
+                            .map(|event| {
+                                let mut view = EventView::from(event);
+                                view.cursor = event.cursor.to_string();
+                                view
+                            })
+                            .collect();
+                        return Some((stream::iter(views), (store, next, filter)));
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "event stream: read failed; retrying"),
+                }
+                tokio::time::sleep(STREAM_POLL).await;
+            }
+        },
+    )
+    .flatten()
+}
+
+/// Every purchase of the sale as CSV, a page at a time.
+fn csv_export(
+    store: Store,
+    sale_id: Uuid,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    let header = stream::once(async { Ok(b"purchase_id,sale_id,user_id,created_at\n".to_vec()) });
+    let pages = stream::unfold(Some(None::<String>), move |after| {
+        let store = store.clone();
+        async move {
+            let after = after?;
+            match store
+                .purchases_page(sale_id, after.as_deref(), CSV_PAGE)
+                .await
+            {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let next = (page.len() as i64 == CSV_PAGE)
+                        .then(|| page.last().map(|p| p.user_id.clone()));
+                    Some((Ok(csv_rows(&page)), next.flatten().map(Some)))
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, sale = %sale_id, "CSV export failed mid-way");
+                    Some((Err(std::io::Error::other("the export failed")), None))
+                }
+            }
+        }
+    });
+    header.chain(pages)
+}
+
+fn csv_rows(purchases: &[Purchase]) -> Vec<u8> {
+    let mut out = String::with_capacity(purchases.len() * 110);
+    for purchase in purchases {
+        out.push_str(&format!(
+            "{},{},{},{}\n",
+            purchase.id,
+            purchase.sale_id,
+            csv_field(&purchase.user_id),
+            purchase
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        ));
+    }
+    out.into_bytes()
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180). The value
+/// itself is never changed: the export is data for a program and must match the table.
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_they_must_be() {
+        assert_eq!(csv_field("alice"), "alice");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=SUM(A1)"), "=SUM(A1)");
+    }
+}

@@ -1,0 +1,224 @@
+//! The outbox, read: the event feed, a sale's purchases page by page (for exports), and
+//! retention. The events themselves are written by the triggers of migration
+//! `20261122000004_outbox.sql`, in the statement of the change they report.
+//!
+//! The feed's order is `(feed_tx, sale_id, sequence)`. A transaction with a smaller id can
+//! commit after one with a larger id, so a reader that simply paged by that key could pass
+//! an event that commits later below its cursor. [`visible_events`] therefore only returns
+//! events whose `feed_tx` is below the oldest transaction still running
+//! (`pg_snapshot_xmin`): every transaction below that line has finished, and `feed_tx` is
+//! never below its writer's own id, so nothing can appear behind a cursor that stayed below
+//! it. A long transaction holds the line back (the server ends idle ones after 10 s); it
+//! delays the feed, never makes it skip.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection};
+use uuid::Uuid;
+
+use super::purchases::PurchaseRow;
+use super::{Store, StoreError};
+use crate::domain::{Event, FeedCursor, Purchase};
+
+/// The event columns [`EventRow`] reads, for a table aliased `e`.
+pub(super) const EVENT_COLUMNS: &str =
+    "e.feed_tx, e.sale_id, e.sequence, e.id, e.type, e.sale_sku, e.occurred_at, e.data";
+
+#[derive(FromRow)]
+pub(super) struct EventRow {
+    feed_tx: i64,
+    sale_id: Uuid,
+    sequence: i64,
+    id: Uuid,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    sale_sku: String,
+    occurred_at: DateTime<Utc>,
+    data: sqlx::types::Json<serde_json::Value>,
+}
+
+impl From<EventRow> for Event {
+    fn from(row: EventRow) -> Self {
+        Event {
+            id: row.id,
+            event_type: row.event_type,
+            sale_id: row.sale_id,
+            sale_sku: row.sale_sku,
+            sequence: row.sequence,
+            occurred_at: row.occurred_at,
+            data: row.data.0,
+            cursor: FeedCursor {
+                tx_id: row.feed_tx,
+                sale_id: row.sale_id,
+                sequence: row.sequence,
+            },
+        }
+    }
+}
+
+/// Which events a feed read returns.
+#[derive(Debug, Clone, Default)]
+pub struct FeedFilter {
+    pub sale_id: Option<Uuid>,
+    /// `None`: every type.
+    pub types: Option<Vec<String>>,
+}
+
+/// The events after `after` (from the start when `None`) that no later commit can precede,
+/// in feed order, at most `limit`.
+pub(super) async fn visible_events(
+    conn: &mut PgConnection,
+    after: Option<FeedCursor>,
+    filter: &FeedFilter,
+    limit: i64,
+) -> Result<Vec<Event>, StoreError> {
+    let after = after.unwrap_or_default();
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events e
+          WHERE (e.feed_tx, e.sale_id, e.sequence) > ($1, $2, $3)
+            AND e.feed_tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+            AND ($4::uuid IS NULL OR e.sale_id = $4)
+            AND ($5::text[] IS NULL OR e.type = ANY($5))
+          ORDER BY e.feed_tx, e.sale_id, e.sequence
+          LIMIT $6"
+    );
+    let rows = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql))
+        .bind(after.tx_id)
+        .bind(after.sale_id)
+        .bind(after.sequence)
+        .bind(filter.sale_id)
+        .bind(filter.types.as_deref())
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(Event::from).collect())
+}
+
+/// The position at which a new reader starts to see only what commits from now on: below it
+/// every transaction has finished.
+pub(super) async fn feed_horizon(conn: &mut PgConnection) -> Result<FeedCursor, StoreError> {
+    let tx_id: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(conn)
+            .await?;
+    // Strictly after (tx_id - 1, max, max): every event of tx_id itself and above.
+    Ok(FeedCursor {
+        tx_id: tx_id - 1,
+        sale_id: Uuid::max(),
+        sequence: i64::MAX,
+    })
+}
+
+/// Events of retention's age are pruned in steps of this many, so each statement stays short.
+const PRUNE_STEP: i64 = 10_000;
+
+impl Store {
+    /// A page of the event feed: see the module's note for why it never skips an event.
+    pub async fn events_after(
+        &self,
+        after: Option<FeedCursor>,
+        filter: &FeedFilter,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        visible_events(&mut *self.pool.acquire().await?, after, filter, limit).await
+    }
+
+    /// Where a reader that wants only new events starts.
+    pub async fn feed_now(&self) -> Result<FeedCursor, StoreError> {
+        feed_horizon(&mut *self.pool.acquire().await?).await
+    }
+
+    /// A page of a sale's purchases in user-id order, after `after_user` (from the first
+    /// when `None`). Purchases are never deleted, so paging by the unique `(sale, user)` key
+    /// returns each purchase once, and every purchase committed before a page is read.
+    pub async fn purchases_page(
+        &self,
+        sale_id: Uuid,
+        after_user: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Purchase>, StoreError> {
+        let rows = sqlx::query_as::<_, PurchaseRow>(
+            "SELECT id, sale_id, user_id, created_at FROM purchases
+              WHERE sale_id = $1 AND ($2::text IS NULL OR user_id > $2)
+              ORDER BY user_id LIMIT $3",
+        )
+        .bind(sale_id)
+        .bind(after_user)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Purchase::from).collect())
+    }
+
+    /// Prunes what retention allows: finished deliveries older than `keep`, then, sale by
+    /// sale, the prefix of its events older than `keep` that no pending delivery still
+    /// needs, recording what was removed in `events_pruned` in the same statement (the audit
+    /// counts it). Sales, purchases and holds are never touched. Returns the events removed.
+    pub async fn prune_events(&self, keep: Duration) -> Result<u64, StoreError> {
+        let keep_secs = keep.as_secs_f64();
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM webhook_deliveries WHERE id IN (
+                     SELECT id FROM webhook_deliveries
+                      WHERE status <> 'pending'
+                        AND finished_at < now() - make_interval(secs => $1)
+                      LIMIT $2)",
+            )
+            .bind(keep_secs)
+            .bind(PRUNE_STEP)
+            .execute(&self.pool)
+            .await?;
+            if deleted.rows_affected() < PRUNE_STEP as u64 {
+                break;
+            }
+        }
+        let mut removed = 0;
+        loop {
+            // Per sale: the highest sequence old enough, lowered below any event a pending
+            // delivery still needs. Removing a prefix keeps the rest gapless, which the audit
+            // checks against `events_pruned`.
+            let step: i64 = sqlx::query_scalar(
+                "WITH old AS (
+                     SELECT sale_id, max(sequence) AS upto FROM (
+                         SELECT sale_id, sequence FROM events
+                          WHERE occurred_at < now() - make_interval(secs => $1)
+                          ORDER BY occurred_at LIMIT $2) o
+                      GROUP BY sale_id
+                 ), bounded AS (
+                     SELECT o.sale_id,
+                            LEAST(o.upto, COALESCE((
+                                SELECT min(d.sequence) - 1 FROM webhook_deliveries d
+                                 WHERE d.sale_id = o.sale_id AND d.status = 'pending'),
+                                o.upto)) AS upto
+                       FROM old o
+                 ), removed AS (
+                     DELETE FROM events e USING bounded b
+                      WHERE e.sale_id = b.sale_id AND e.sequence <= b.upto
+                     RETURNING e.sale_id, e.sequence, e.type
+                 ), per_sale AS (
+                     SELECT sale_id, max(sequence) AS through,
+                            count(*) FILTER (WHERE type = 'purchase.created') AS purchases
+                       FROM removed GROUP BY sale_id
+                 ), recorded AS (
+                     INSERT INTO events_pruned AS x (sale_id, through_sequence, purchase_events)
+                     SELECT sale_id, through, purchases FROM per_sale
+                     ON CONFLICT (sale_id) DO UPDATE
+                        SET through_sequence = GREATEST(x.through_sequence,
+                                                        EXCLUDED.through_sequence),
+                            purchase_events = x.purchase_events + EXCLUDED.purchase_events
+                 )
+                 SELECT count(*) FROM removed",
+            )
+            .bind(keep_secs)
+            .bind(PRUNE_STEP)
+            .fetch_one(&self.pool)
+            .await?;
+            removed += step as u64;
+            if step == 0 {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+}

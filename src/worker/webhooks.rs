@@ -1,0 +1,357 @@
+//! The webhook sender: at-least-once delivery of the outbox to every registered endpoint.
+//!
+//! One loop per endpoint on every instance. A round fans the endpoint's new events out into
+//! delivery rows ([`Store::fan_out`]), claims due deliveries with a lease (SKIP LOCKED, so
+//! instances share the work and no delivery is sent twice at once), sends them at most
+//! `concurrency` at a time, and records every result in one statement. Nothing here runs
+//! inside a purchase's transaction: the outbox absorbs a burst and the sender catches up.
+//!
+//! Each request carries the Standard Webhooks headers (`webhook-id` = the event's id, the
+//! same on every redelivery; `webhook-timestamp`; `webhook-signature`, signed by the
+//! `standardwebhooks` crate, with the previous secret too for a while after a rotation). A
+//! 2xx is success; anything else is retried with exponential backoff and jitter until the
+//! retry window closes, then the delivery is failed: listed by the admin API, counted in
+//! the metrics, and replayable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use crate::store::{AttemptResult, ClaimedDelivery, EndpointTarget, Store};
+
+/// Events fanned out per round and endpoint.
+const FAN_OUT_BATCH: i64 = 2000;
+/// How often the sender looks for new or deleted endpoints and counts the deliveries.
+const ENDPOINT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Retries wait at most this long.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Error text kept per delivery.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// How the sender behaves.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Requests in flight at once per endpoint on this instance.
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+    /// For the whole answer, after connecting.
+    pub answer_timeout: Duration,
+    /// How long a delivery is retried before it fails for good.
+    pub retry_for: Duration,
+    /// Sleep of an endpoint's loop when it has nothing to do.
+    pub idle_poll: Duration,
+    /// The first retry waits about this long; each attempt doubles it, up to an hour.
+    pub base_backoff: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            connect_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(10),
+            retry_for: Duration::from_secs(24 * 3600),
+            idle_poll: Duration::from_millis(200),
+            base_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Deliveries claimed per round: a few requests per slot, so a slot freed early is
+    /// reused within the round.
+    fn claim_size(&self) -> i64 {
+        (self.concurrency.max(1) * 4) as i64
+    }
+
+    /// How long a claim is ours: longer than a whole round of attempts can take, so a
+    /// delivery is never claimed again while its request may still be in flight.
+    fn lease(&self) -> Duration {
+        (self.connect_timeout + self.answer_timeout) * 4 + Duration::from_secs(30)
+    }
+}
+
+/// The delay before attempt `attempts + 1`: exponential from `base`, capped at
+/// [`MAX_BACKOFF`], with half of it random (so retries of many deliveries spread out).
+pub fn retry_delay(base: Duration, attempts: i32) -> Duration {
+    let exponent = attempts.saturating_sub(1).clamp(0, 30) as u32;
+    let full = base
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(MAX_BACKOFF);
+    full / 2 + full.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// Sends the outbox to the registered endpoints until shut down.
+#[derive(Clone)]
+pub struct WebhookSender {
+    store: Store,
+    client: reqwest::Client,
+    config: WebhookConfig,
+    metrics: Option<Metrics>,
+}
+
+impl WebhookSender {
+    pub fn new(store: Store, config: WebhookConfig) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.connect_timeout + config.answer_timeout)
+            // A receiver answers; it does not send us elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("flashsale-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            store,
+            client,
+            config,
+            metrics: None,
+        })
+    }
+
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs one loop per endpoint until `shutdown`; returns after they have stopped.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let sender = Arc::new(self);
+        let mut loops: HashMap<Uuid, JoinHandle<()>> = HashMap::new();
+        while !*shutdown.borrow() {
+            loops.retain(|_, task| !task.is_finished());
+            match sender.store.webhook_ids().await {
+                Ok(ids) => {
+                    for id in ids {
+                        loops.entry(id).or_insert_with(|| {
+                            tokio::spawn(sender.clone().endpoint_loop(id, shutdown.clone()))
+                        });
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "could not list webhook endpoints"),
+            }
+            sender.count_deliveries().await;
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(ENDPOINT_SCAN_INTERVAL) => {}
+            }
+        }
+        for (_, task) in loops {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    async fn count_deliveries(&self) {
+        let Some(metrics) = &self.metrics else { return };
+        if let Ok((pending, failed)) = self.store.count_deliveries().await {
+            metrics.webhook_pending.set(pending);
+            metrics.webhook_failed.set(failed);
+        }
+    }
+
+    /// Delivers one endpoint's events until it is deleted or the service stops.
+    async fn endpoint_loop(
+        self: Arc<Self>,
+        endpoint_id: Uuid,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        while !*shutdown.borrow() {
+            let busy = match self.round(endpoint_id).await {
+                Ok(Some(busy)) => busy,
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::warn!(endpoint = %endpoint_id, error = format!("{err:#}"), "webhook round failed");
+                    false
+                }
+            };
+            if !busy {
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(self.config.idle_poll) => {}
+                }
+            }
+        }
+    }
+
+    /// One round for an endpoint: fan out, claim, send, record. `None` when the endpoint is
+    /// gone; `Some(true)` when there was work (go again at once).
+    async fn round(&self, endpoint_id: Uuid) -> anyhow::Result<Option<bool>> {
+        let Some(target) = self.store.webhook_target(endpoint_id).await? else {
+            return Ok(None);
+        };
+        let fanned = self
+            .store
+            .fan_out(endpoint_id, FAN_OUT_BATCH, self.config.retry_for)
+            .await?;
+        let claimed = self
+            .store
+            .claim_deliveries(endpoint_id, self.config.claim_size(), self.config.lease())
+            .await?;
+        if claimed.is_empty() {
+            return Ok(Some(fanned > 0));
+        }
+        let target = Arc::new(target);
+        let results: Vec<AttemptResult> = futures_util::stream::iter(claimed)
+            .map(|delivery| self.attempt(&target, delivery))
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        let tally = self.store.record_attempts(&results).await?;
+        if let Some(metrics) = &self.metrics {
+            let attempts = &metrics.webhook_attempts;
+            attempts
+                .with_label_values(&["delivered"])
+                .inc_by(tally.delivered);
+            attempts
+                .with_label_values(&["retrying"])
+                .inc_by(tally.retrying);
+            attempts.with_label_values(&["failed"]).inc_by(tally.failed);
+        }
+        if tally.failed > 0 {
+            tracing::error!(endpoint = %endpoint_id, failed = tally.failed,
+                "webhook deliveries failed for good; replay them from the admin API");
+        }
+        Ok(Some(true))
+    }
+
+    /// Sends one delivery and says how it went.
+    async fn attempt(&self, target: &EndpointTarget, delivery: ClaimedDelivery) -> AttemptResult {
+        let mut result = AttemptResult {
+            delivery_id: delivery.id,
+            lock_token: delivery.lock_token,
+            status: None,
+            error: None,
+            retry_in: retry_delay(self.config.base_backoff, delivery.attempts),
+        };
+        let sent = self.send(target, &delivery).await;
+        match sent {
+            Ok(status) if status.is_success() => result.status = Some(status.as_u16()),
+            Ok(status) => {
+                result.status = Some(status.as_u16());
+                result.error = Some(format!("the receiver answered {status}"));
+            }
+            Err(err) => result.error = Some(truncate(&err)),
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        target: &EndpointTarget,
+        delivery: &ClaimedDelivery,
+    ) -> Result<reqwest::StatusCode, String> {
+        let body = serde_json::to_vec(&delivery.event.to_json()).map_err(|err| err.to_string())?;
+        let message_id = delivery.event.id.to_string();
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = sign(target, &message_id, timestamp, &body)?;
+        let response = self
+            .client
+            .post(&target.url)
+            .header("content-type", "application/json")
+            .header(standardwebhooks::HEADER_WEBHOOK_ID, &message_id)
+            .header(
+                standardwebhooks::HEADER_WEBHOOK_TIMESTAMP,
+                timestamp.to_string(),
+            )
+            .header(standardwebhooks::HEADER_WEBHOOK_SIGNATURE, signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| describe(&err))?;
+        Ok(response.status())
+    }
+}
+
+/// The `webhook-signature` value: one `v1,<base64>` per signing secret, space-separated
+/// (the current one, and the previous one while a rotation overlaps).
+fn sign(
+    target: &EndpointTarget,
+    message_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<String, String> {
+    let mut signatures = Vec::with_capacity(2);
+    for secret in std::iter::once(&target.secret).chain(target.previous_secret.as_ref()) {
+        let signer = standardwebhooks::Webhook::new(secret)
+            .map_err(|_| "the endpoint's secret is not valid base64".to_string())?;
+        signatures.push(
+            signer
+                .sign(message_id, timestamp, body)
+                .map_err(|err| err.to_string())?,
+        );
+    }
+    Ok(signatures.join(" "))
+}
+
+/// What went wrong with a request, without the URL (it may carry a token in its query).
+fn describe(err: &reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else if err.is_request() || err.is_body() {
+        "the request failed"
+    } else {
+        "the exchange failed"
+    };
+    match std::error::Error::source(err) {
+        Some(source) => format!("{kind}: {source}"),
+        None => kind.to_string(),
+    }
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
+        for (attempts, full) in [(1, 1.0), (2, 2.0), (4, 8.0), (40, 3600.0)] {
+            for _ in 0..50 {
+                let delay = retry_delay(Duration::from_secs(1), attempts).as_secs_f64();
+                assert!(
+                    delay >= full / 2.0 && delay <= full,
+                    "attempt {attempts}: {delay}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_rotated_endpoint_signs_with_both_secrets_and_each_verifies() {
+        let target = EndpointTarget {
+            id: Uuid::new_v4(),
+            url: "http://127.0.0.1/".into(),
+            secret: crate::domain::new_webhook_secret(),
+            previous_secret: Some(crate::domain::new_webhook_secret()),
+        };
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = sign(&target, "evt", timestamp, b"{}").expect("sign");
+        assert_eq!(signature.split(' ').count(), 2);
+        for secret in [
+            &target.secret,
+            target.previous_secret.as_ref().expect("old"),
+        ] {
+            let mut headers = poem::http::HeaderMap::new();
+            headers.insert("webhook-id", "evt".parse().expect("header"));
+            headers.insert(
+                "webhook-timestamp",
+                timestamp.to_string().parse().expect("header"),
+            );
+            headers.insert("webhook-signature", signature.parse().expect("header"));
+            standardwebhooks::Webhook::new(secret)
+                .expect("secret")
+                .verify(b"{}", &headers)
+                .expect("verifies");
+        }
+    }
+}
