@@ -65,3 +65,11 @@ bench:
 bench-two-instances binary="target/release/flashsale":
     cargo build --release --quiet
     stress/bench-two-instances.sh {{binary}}
+
+# The outbox: purchase throughput with and without a webhook endpoint, delivery lag of a 20,000-unit sale.
+bench-outbox:
+    stress/bench-outbox.sh
+
+# Webhooks through a kill -9 of one of two instances, a receiver failing 30% and down for 3 s.
+webhook-crash:
+    stress/webhook-crash.sh

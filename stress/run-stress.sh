@@ -36,7 +36,14 @@ resolve_k6() {
 }
 
 service_pid=""
+receiver_pid=""
+webhook_id=""
 stop_service() {
+  if [ -n "$webhook_id" ]; then
+    curl -fsS -X DELETE "$BASE_URL/api/v1/admin/webhooks/$webhook_id" \
+      -H "Authorization: Bearer $ADMIN_API_KEY" >/dev/null 2>&1 || true
+  fi
+  if [ -n "$receiver_pid" ]; then kill "$receiver_pid" 2>/dev/null || true; fi
   if [ -n "$service_pid" ]; then
     log "stopping the service this run started"
     kill -TERM "$service_pid" 2>/dev/null || true
@@ -68,6 +75,38 @@ ensure_service() {
   log "the service did not become healthy"; exit 2
 }
 
+# Webhooks (WEBHOOKS=0 turns this off): a verifying receiver (stress/webhook-receiver.py,
+# the official standardwebhooks library from PyPI) registered for purchase.created, so every
+# run that buys also reports how long delivery took to catch up.
+start_receiver() {
+  [ "${WEBHOOKS:-1}" = 1 ] || return 0
+  local venv="$root/.venv" py
+  py=$( [ -x "$venv/bin/python" ] && echo "$venv/bin/python" || echo python3 )
+  if ! "$py" -c 'import standardwebhooks' 2>/dev/null; then
+    "$py" -m pip install -q standardwebhooks >&2 || { log "no standardwebhooks: webhook lag not measured"; return 0; }
+  fi
+  local rport
+  rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  receiver_url="http://127.0.0.1:$rport"
+  "$py" "$here/webhook-receiver.py" --port "$rport" --secret-file "$results/webhook-secret" \
+    2>"$results/receiver.log" &
+  receiver_pid=$!
+  local answer
+  answer=$(curl -fsS -X POST "$BASE_URL/api/v1/admin/webhooks" -H "Authorization: Bearer $ADMIN_API_KEY" \
+    -H 'Content-Type: application/json' \
+    -d "{\"url\":\"$receiver_url/hook\",\"events\":[\"purchase.created\"]}") || { log "could not register the receiver"; return 0; }
+  webhook_id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$answer")
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])' <<<"$answer" > "$results/webhook-secret"
+  for _ in $(seq 1 50); do curl -fsS "$receiver_url/stats" >/dev/null 2>&1 && break; sleep 0.1; done
+  log "webhook receiver at $receiver_url (endpoint $webhook_id)"
+}
+
+report_delivery() {  # sku out run_ended_epoch
+  [ -n "$webhook_id" ] || return 0
+  python3 "$here/delivery-lag.py" "$BASE_URL" "$receiver_url" "$1" "$3" \
+    "${WEBHOOK_LAG_TIMEOUT:-120}" | tee "$2/webhooks.txt"
+}
+
 run_scenario() {
   local name=$1
   local script="$here/scenarios/$name.js"
@@ -83,10 +122,13 @@ run_scenario() {
     $k6 run --quiet --address 127.0.0.1:0 --summary-export "$out/summary.json" "$script" \
     2>&1 | tee "$out/k6.txt" || status=$?
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  local ended
+  ended=$(date +%s.%N)
   if ! "$here/verify-invariants.sh" "$sku" > "$out/invariants.txt" 2>&1; then
     status=1
   fi
   cat "$out/invariants.txt"
+  report_delivery "$sku" "$out" "$ended" || status=1
   python3 "$here/summarize.py" "$name" "$out" "$status" >> "$results/summary.txt" || true
   return "$status"
 }
@@ -95,6 +137,7 @@ results="$here/results/$(date +%Y%m%d-%H%M%S)-$scenario"
 mkdir -p "$results"
 k6=$(resolve_k6)
 ensure_service
+start_receiver
 
 failed=0
 if [ "$scenario" = all ]; then

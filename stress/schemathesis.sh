@@ -10,6 +10,8 @@
 # EXAMPLES (examples per operation, default 20). Deterministic generation, so a failure
 # reproduces. "positive_data_acceptance" is left out: cross-field rules such as "endsAt
 # after startsAt" cannot be written in JSON Schema, so a schema-valid body may be refused.
+# The live event stream is left out: it never ends, so no answer would ever be complete (it
+# has its own integration test).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -23,7 +25,8 @@ if [ ! -x "$st" ]; then
 fi
 st=$(cd "$(dirname "$st")" && pwd)/$(basename "$st")   # absolute: we change folder below
 args=(run "$base/openapi.json" --checks all --exclude-checks positive_data_acceptance
-      -n "${EXAMPLES:-20}" --generation-deterministic)
+      -n "${EXAMPLES:-20}" --generation-deterministic
+      --exclude-path /api/v1/admin/events/stream --request-timeout 30)
 [ -n "$header" ] && args+=(-H "$header")
 cd "$(mktemp -d)"   # schemathesis writes its cassettes and caches next to it
 exec "$st" "${args[@]}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""One line per scenario from k6's --summary-export JSON: verdict, request rate, latency."""
+"""One line per scenario from k6's --summary-export JSON: verdict, request rate, latency;
+and the webhook delivery line of that run, when there is one."""
 import json
 import os
 import sys
@@ -27,9 +28,15 @@ try:
             invariants = "invariants FAIL"
 except OSError:
     invariants = "invariants ?"
+webhooks = ""
+try:
+    with open(os.path.join(folder, "webhooks.txt")) as f:
+        webhooks = "\n" + " " * 18 + f.read().strip()
+except OSError:
+    pass
 print(
     f"{name:16} {'PASS' if status == '0' else 'FAIL'}  "
     f"{reqs.get('count', 0):>7} reqs {reqs.get('rate', 0):8.1f}/s  "
     f"p50 {duration.get('med', 0):7.1f} ms  p95 {duration.get('p(95)', 0):7.1f} ms  "
-    f"p99 {duration.get('p(99)', 0):7.1f} ms  {invariants}  {' '.join(extra)}"
+    f"p99 {duration.get('p(99)', 0):7.1f} ms  {invariants}  {' '.join(extra)}{webhooks}"
 )
