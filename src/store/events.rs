@@ -175,15 +175,17 @@ impl Store {
         }
         let mut removed = 0;
         loop {
-            // Per sale: the highest sequence old enough, lowered below any event a pending
+            // The oldest events are the first in feed order (the primary key; there is no
+            // index on the time, which would cost every purchase an insert). Per sale: the
+            // highest sequence among them old enough, lowered below any event a pending
             // delivery still needs. Removing a prefix keeps the rest gapless, which the audit
-            // checks against `events_pruned`.
+            // checks against `events_pruned`. Stops when a step removes nothing.
             let step: i64 = sqlx::query_scalar(
                 "WITH old AS (
                      SELECT sale_id, max(sequence) AS upto FROM (
-                         SELECT sale_id, sequence FROM events
-                          WHERE occurred_at < now() - make_interval(secs => $1)
-                          ORDER BY occurred_at LIMIT $2) o
+                         SELECT sale_id, sequence, occurred_at FROM events
+                          ORDER BY feed_tx, sale_id, sequence LIMIT $2) o
+                      WHERE occurred_at < now() - make_interval(secs => $1)
                       GROUP BY sale_id
                  ), bounded AS (
                      SELECT o.sale_id,
