@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
-use super::jobs::enqueue_queue_tick;
+use super::jobs::{self, JobKind, enqueue_queue_tick};
 use super::purchases::{PurchaseRow, find_purchase};
 use super::{Store, StoreError, violated_constraint};
 use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, Sale, SaleState};
@@ -306,20 +306,26 @@ impl Store {
             tx.rollback().await?;
             return self.confirm_refusal(&mut conn, sale, user_id).await;
         }
-        let moved = sqlx::query(
+        let moved: Option<bool> = sqlx::query_scalar(
             "UPDATE sales SET held = held - 1, sold = sold + 1
-              WHERE id = $1 AND cancelled_at IS NULL AND archived_at IS NULL",
+              WHERE id = $1 AND cancelled_at IS NULL AND archived_at IS NULL
+             RETURNING available = 0 AND held = 0",
         )
         .bind(sale.id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if moved.rows_affected() == 0 {
+        let Some(sold_out) = moved else {
             tx.rollback().await?;
             let state = match self.sale_by_id(sale.id).await? {
                 Some(now) if now.archived_at.is_some() => SaleState::Archived,
                 _ => SaleState::Cancelled,
             };
             return Ok(ConfirmOutcome::NotActive(state));
+        };
+        if sold_out {
+            // The last unit: record the sell-out (and emit sale.sold_out) now, not at the
+            // end of the window; queued in this transaction, so it cannot be lost.
+            jobs::enqueue(&mut tx, JobKind::SyncSaleState, sale.id, None).await?;
         }
         let purchase = sqlx::query_as::<_, PurchaseRow>(
             "INSERT INTO purchases (id, sale_id, user_id) VALUES ($1, $2, $3)

@@ -1,4 +1,5 @@
-//! Background work: a job runner that takes jobs from the `jobs` table and runs them.
+//! Background work: a job runner that takes jobs from the `jobs` table and runs them, and
+//! the webhook sender ([`WebhookSender`], in `webhooks.rs`) that delivers the outbox.
 //!
 //! Every instance of the service runs one; correctness never depends on there being only one.
 //! A claim (see [`Store::claim_jobs`]) commits at once, the job runs outside any transaction,
@@ -9,7 +10,9 @@
 //! The runner is supervised ([`supervise`]): if its task dies (a panic in a job, a bug), it
 //! is started again; it beats a [`RunnerHealth`] on every round so `/health` can tell a
 //! runner that stopped making progress. Every few seconds it also runs the backstop of the
-//! waiting rooms ([`Store::ensure_queue_ticks`]) and counts the jobs that failed for good.
+//! waiting rooms ([`Store::ensure_queue_ticks`]), makes sure a retention job is pending
+//! ([`Store::ensure_prune_job`]) and counts the jobs that failed for good. The webhook sender
+//! is supervised the same way.
 
 mod service_jobs;
 mod webhooks;

@@ -77,8 +77,8 @@ impl WebhookConfig {
     }
 }
 
-/// The delay before attempt `attempts + 1`: exponential from `base`, capped at
-/// [`MAX_BACKOFF`], with half of it random (so retries of many deliveries spread out).
+/// The delay before attempt `attempts + 1`: exponential from `base`, capped at an hour,
+/// with half of it random (so retries of many deliveries spread out).
 pub fn retry_delay(base: Duration, attempts: i32) -> Duration {
     let exponent = attempts.saturating_sub(1).clamp(0, 30) as u32;
     let full = base

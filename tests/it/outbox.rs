@@ -249,6 +249,49 @@ async fn holds_granted_expired_released_confirmed_and_an_archive_emit_exactly_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_confirm_of_a_queued_sales_last_unit_emits_its_sold_out_at_once() {
+    let app = spawn_app().await;
+    let sku = format!("q-{}", Uuid::new_v4().simple());
+    let sale = app
+        .create_sale(json!({"sku": sku, "name": "Q", "stock": 1, "checkout": "queued"}))
+        .await;
+    let sale = sale_id(&sale).await;
+    run_jobs_now(&app.store).await;
+    let joined = app
+        .client
+        .post(format!("/api/v1/sales/{sku}/queue"))
+        .body_json(&json!({ "userId": "last" }))
+        .send()
+        .await;
+    assert_eq!(joined.0.status(), StatusCode::ACCEPTED);
+    app.store.queue_tick(sale, 500).await.expect("tick");
+    let confirmed = app
+        .client
+        .post(format!("/api/v1/sales/{sku}/queue/last/confirm"))
+        .send()
+        .await;
+    assert_eq!(confirmed.0.status(), StatusCode::CREATED);
+    // Only jobs already due: the sell-out's state job, queued by the confirm itself.
+    let runner = Runner::new(
+        app.store.clone(),
+        ServiceJobs::new(app.store.clone(), Duration::from_secs(7 * 24 * 3600)),
+        RunnerConfig::default(),
+    );
+    runner.run_due_jobs().await.expect("run jobs");
+    let events = feed_of(&app, sale).await;
+    assert_eq!(
+        summary(&events),
+        expected(&[
+            ("sale.started", ""),
+            ("hold.granted", "last"),
+            ("purchase.created", "last"),
+            ("sale.sold_out", ""),
+        ])
+    );
+    audit_passes(&app.store, sale).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_the_feed_while_a_thousand_buyers_buy_returns_each_purchase_exactly_once() {
     let app = spawn_app().await;
     let sale = app.active_sale(1000).await;
