@@ -350,7 +350,8 @@ impl AdminApi {
     /// Runs the checks of `stress/invariants.sql`: purchases within stock, one purchase per
     /// user, `sold + held + available = stock`, no negative counter, `sold` equal to the
     /// purchases recorded, `held` equal to the live holds, the queue length equal to the
-    /// waiting entries, and a purchase for every confirmed hold.
+    /// waiting entries, a purchase for every confirmed hold, a `purchase.created` event for
+    /// every purchase, and the sale's event sequence without gaps.
     #[oai(
         path = "/sales/:sale/audit",
         method = "get",
