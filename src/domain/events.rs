@@ -78,7 +78,9 @@ impl Event {
             "saleId": self.sale_id,
             "sku": self.sale_sku,
             "sequence": self.sequence,
-            "occurredAt": self.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            // Written as the API writes every time (chrono's RFC 3339), so a webhook body and
+            // the feed's item of one event are the same JSON.
+            "occurredAt": self.occurred_at.to_rfc3339(),
             "data": self.data,
         })
     }

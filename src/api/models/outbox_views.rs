@@ -241,3 +241,26 @@ pub struct PurchasePage {
     #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use poem_openapi::types::ToJSON;
+
+    use super::*;
+    use crate::domain::FeedCursor;
+
+    #[test]
+    fn a_webhook_body_and_the_feeds_item_are_the_same_json() {
+        let event = Event {
+            id: Uuid::new_v4(),
+            event_type: "purchase.created".into(),
+            sale_id: Uuid::new_v4(),
+            sale_sku: "drop".into(),
+            sequence: 3,
+            occurred_at: chrono::Utc::now(),
+            data: serde_json::json!({"userId": "alice"}),
+            cursor: FeedCursor::default(),
+        };
+        assert_eq!(EventView::from(&event).to_json(), Some(event.to_json()));
+    }
+}
