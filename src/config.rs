@@ -163,6 +163,14 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10000)]
     pub webhook_timeout_ms: u64,
 
+    /// The first webhook retry waits about this long (ms); each attempt doubles it.
+    #[arg(long, env = "WEBHOOK_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub webhook_backoff_base_ms: u64,
+
+    /// The longest wait between two attempts of a webhook delivery, in seconds.
+    #[arg(long, env = "WEBHOOK_BACKOFF_MAX_SECS", default_value_t = 3600)]
+    pub webhook_backoff_max_secs: u64,
+
     /// How long a delivery is retried (exponential backoff with jitter) before it is marked
     /// failed, in seconds (default 24 h).
     #[arg(long, env = "WEBHOOK_RETRY_FOR_SECS", default_value_t = 86_400)]
@@ -205,6 +213,8 @@ impl Config {
             connect_timeout: Duration::from_millis(self.webhook_connect_timeout_ms.max(100)),
             answer_timeout: Duration::from_millis(self.webhook_timeout_ms.max(100)),
             retry_for: Duration::from_secs(self.webhook_retry_for_secs.max(1)),
+            base_backoff: Duration::from_millis(self.webhook_backoff_base_ms.max(10)),
+            max_backoff: Duration::from_secs(self.webhook_backoff_max_secs.max(1)),
             ..crate::worker::WebhookConfig::default()
         }
     }

@@ -8,7 +8,11 @@
 #
 #   stress/webhook-crash.sh          (or: just webhook-crash)
 #
-# Knobs: STOCK (20000), BURST_SECONDS (6), CONNECTIONS (200), FAIL_PERCENT (30).
+# Knobs: STOCK (20000), BURST_SECONDS (6), CONNECTIONS (200), FAIL_PERCENT (30), and the
+# retry policy of both instances: WEBHOOK_BACKOFF_BASE_MS (100), WEBHOOK_BACKOFF_MAX_SECS (5),
+# WEBHOOK_CONNECT_TIMEOUT_MS (1000), WEBHOOK_TIMEOUT_MS (2000): shorter than the service's
+# defaults (1 s, 1 h, 5 s, 10 s), so the run checks what is delivered rather than waiting
+# out the backoff of the few deliveries that fail eight times in a row.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -31,6 +35,10 @@ data=$(mktemp -d /tmp/flashsale-crash-XXXXXX)
 chmod 755 "$data"
 port_a=$(free_port); port_b=$(free_port); port_r=$(free_port)
 export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
+export WEBHOOK_BACKOFF_BASE_MS=${WEBHOOK_BACKOFF_BASE_MS:-100} WEBHOOK_BACKOFF_MAX_SECS=${WEBHOOK_BACKOFF_MAX_SECS:-5}
+# The receiver answers at once: short timeouts make the killed instance's claims (leased for
+# 2 x (connect + answer) + 5 s) come back after 11 s instead of 35 s.
+export WEBHOOK_CONNECT_TIMEOUT_MS=${WEBHOOK_CONNECT_TIMEOUT_MS:-1000} WEBHOOK_TIMEOUT_MS=${WEBHOOK_TIMEOUT_MS:-2000}
 pids=()
 cleanup() {
   kill -TERM "${pids[@]}" 2>/dev/null || true

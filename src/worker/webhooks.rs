@@ -29,8 +29,8 @@ use crate::store::{AttemptResult, ClaimedDelivery, EndpointTarget, Store};
 const FAN_OUT_BATCH: i64 = 2000;
 /// How often the sender looks for new or deleted endpoints and counts the deliveries.
 const ENDPOINT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
-/// Retries wait at most this long.
-const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Requests per concurrency slot in one round.
+const ROUND_WAVES: usize = 2;
 /// Error text kept per delivery.
 const MAX_ERROR_CHARS: usize = 300;
 
@@ -46,8 +46,9 @@ pub struct WebhookConfig {
     pub retry_for: Duration,
     /// Sleep of an endpoint's loop when it has nothing to do.
     pub idle_poll: Duration,
-    /// The first retry waits about this long; each attempt doubles it, up to an hour.
+    /// The first retry waits about this long; each attempt doubles it, up to `max_backoff`.
     pub base_backoff: Duration,
+    pub max_backoff: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -59,31 +60,33 @@ impl Default for WebhookConfig {
             retry_for: Duration::from_secs(24 * 3600),
             idle_poll: Duration::from_millis(200),
             base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(3600),
         }
     }
 }
 
 impl WebhookConfig {
-    /// Deliveries claimed per round: a few requests per slot, so a slot freed early is
-    /// reused within the round.
+    /// Deliveries claimed per round: two requests per slot, so a slot freed early is reused
+    /// within the round.
     fn claim_size(&self) -> i64 {
-        (self.concurrency.max(1) * 4) as i64
+        (self.concurrency.max(1) * ROUND_WAVES) as i64
     }
 
-    /// How long a claim is ours: longer than a whole round of attempts can take, so a
-    /// delivery is never claimed again while its request may still be in flight.
-    fn lease(&self) -> Duration {
-        (self.connect_timeout + self.answer_timeout) * 4 + Duration::from_secs(30)
+    /// How long a claim is ours: longer than a whole round of attempts can take (each wave
+    /// at most connect + answer), so a delivery is never claimed again while its request may
+    /// still be in flight. It is also how long the deliveries an instance had claimed wait
+    /// when that instance dies (35 s with the default timeouts), which is why rounds are
+    /// short.
+    pub fn lease(&self) -> Duration {
+        (self.connect_timeout + self.answer_timeout) * ROUND_WAVES as u32 + Duration::from_secs(5)
     }
 }
 
-/// The delay before attempt `attempts + 1`: exponential from `base`, capped at an hour,
-/// with half of it random (so retries of many deliveries spread out).
-pub fn retry_delay(base: Duration, attempts: i32) -> Duration {
+/// The delay before attempt `attempts + 1`: exponential from `base`, capped at `max`, with
+/// half of it random (so retries of many deliveries spread out).
+pub fn retry_delay(base: Duration, max: Duration, attempts: i32) -> Duration {
     let exponent = attempts.saturating_sub(1).clamp(0, 30) as u32;
-    let full = base
-        .saturating_mul(2u32.saturating_pow(exponent))
-        .min(MAX_BACKOFF);
+    let full = base.saturating_mul(2u32.saturating_pow(exponent)).min(max);
     full / 2 + full.mul_f64(fastrand::f64() / 2.0)
 }
 
@@ -226,7 +229,11 @@ impl WebhookSender {
             lock_token: delivery.lock_token,
             status: None,
             error: None,
-            retry_in: retry_delay(self.config.base_backoff, delivery.attempts),
+            retry_in: retry_delay(
+                self.config.base_backoff,
+                self.config.max_backoff,
+                delivery.attempts,
+            ),
         };
         let sent = self.send(target, &delivery).await;
         match sent {
@@ -317,7 +324,9 @@ mod tests {
     fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
         for (attempts, full) in [(1, 1.0), (2, 2.0), (4, 8.0), (40, 3600.0)] {
             for _ in 0..50 {
-                let delay = retry_delay(Duration::from_secs(1), attempts).as_secs_f64();
+                let delay =
+                    retry_delay(Duration::from_secs(1), Duration::from_secs(3600), attempts)
+                        .as_secs_f64();
                 assert!(
                     delay >= full / 2.0 && delay <= full,
                     "attempt {attempts}: {delay}"
