@@ -29,6 +29,8 @@ use crate::store::{AttemptResult, ClaimedDelivery, EndpointTarget, Store};
 const FAN_OUT_BATCH: i64 = 2000;
 /// How often the sender looks for new or deleted endpoints and counts the deliveries.
 const ENDPOINT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause of an endpoint's loop after a failed round.
+const ERROR_PAUSE: Duration = Duration::from_secs(2);
 /// Requests per concurrency slot in one round.
 const ROUND_WAVES: usize = 2;
 /// Error text kept per delivery.
@@ -164,19 +166,20 @@ impl WebhookSender {
         mut shutdown: watch::Receiver<bool>,
     ) {
         while !*shutdown.borrow() {
-            let busy = match self.round(endpoint_id).await {
-                Ok(Some(busy)) => busy,
+            let pause = match self.round(endpoint_id).await {
+                Ok(Some(true)) => continue,
+                Ok(Some(false)) => self.config.idle_poll,
                 Ok(None) => return,
                 Err(err) => {
+                    // The database is in trouble: try again, but not at the idle pace (and
+                    // not with a warning five times a second per endpoint).
                     tracing::warn!(endpoint = %endpoint_id, error = format!("{err:#}"), "webhook round failed");
-                    false
+                    ERROR_PAUSE
                 }
             };
-            if !busy {
-                tokio::select! {
-                    _ = shutdown.changed() => {}
-                    _ = tokio::time::sleep(self.config.idle_poll) => {}
-                }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
