@@ -61,6 +61,8 @@ pub struct ClaimedDelivery {
 pub struct AttemptResult {
     pub delivery_id: i64,
     pub lock_token: Uuid,
+    /// False when the round ran out of time before sending it: it goes back as it was.
+    pub sent: bool,
     /// The receiver's status, when it answered.
     pub status: Option<u16>,
     /// None on success (any 2xx).
@@ -73,6 +75,8 @@ pub struct AttemptResult {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AttemptTally {
     pub delivered: u64,
+    /// Left unsent by a round out of time; claimable again.
+    pub unsent: u64,
     pub retrying: u64,
     pub failed: u64,
 }
@@ -336,7 +340,7 @@ impl Store {
 
     /// Records a round of attempts in one statement: 2xx → delivered; otherwise retried
     /// after its backoff, or failed for good once the next attempt would fall past its
-    /// `retry_until`. Only the holder of the lease may record (a late finisher whose lease
+    /// `retry_until`; one the round never sent goes back as it was (its attempt uncounted). Only the holder of the lease may record (a late finisher whose lease
     /// ran out records nothing; the delivery is someone else's now).
     pub async fn record_attempts(
         &self,
@@ -350,33 +354,41 @@ impl Store {
         let statuses: Vec<Option<i32>> = results.iter().map(|r| r.status.map(i32::from)).collect();
         let errors: Vec<Option<&str>> = results.iter().map(|r| r.error.as_deref()).collect();
         let waits: Vec<f64> = results.iter().map(|r| r.retry_in.as_secs_f64()).collect();
-        let rows: Vec<(String,)> = sqlx::query_as(
+        let sent: Vec<bool> = results.iter().map(|r| r.sent).collect();
+        let rows: Vec<(String, bool)> = sqlx::query_as(
             "UPDATE webhook_deliveries d
-                SET status = CASE WHEN r.error IS NULL THEN 'delivered'
+                SET status = CASE WHEN NOT r.sent THEN d.status
+                                  WHEN r.error IS NULL THEN 'delivered'
                                   WHEN now() + make_interval(secs => r.wait) > d.retry_until
                                   THEN 'failed' ELSE 'pending' END,
-                    finished_at = CASE WHEN r.error IS NULL
+                    finished_at = CASE WHEN NOT r.sent THEN NULL
+                                       WHEN r.error IS NULL
                                          OR now() + make_interval(secs => r.wait) > d.retry_until
                                        THEN now() END,
-                    next_attempt_at = CASE WHEN r.error IS NULL THEN d.next_attempt_at
+                    next_attempt_at = CASE WHEN NOT r.sent OR r.error IS NULL
+                                           THEN d.next_attempt_at
                                            ELSE now() + make_interval(secs => r.wait) END,
-                    last_status = r.status, last_error = r.error,
+                    attempts = CASE WHEN r.sent THEN d.attempts ELSE d.attempts - 1 END,
+                    last_status = CASE WHEN r.sent THEN r.status ELSE d.last_status END,
+                    last_error = CASE WHEN r.sent THEN r.error ELSE d.last_error END,
                     locked_until = NULL, lock_token = NULL
-               FROM unnest($1::bigint[], $2::uuid[], $3::int[], $4::text[], $5::float8[])
-                    AS r(id, token, status, error, wait)
+               FROM unnest($1::bigint[], $2::uuid[], $3::int[], $4::text[], $5::float8[],
+                           $6::bool[]) AS r(id, token, status, error, wait, sent)
               WHERE d.id = r.id AND d.lock_token = r.token
-             RETURNING d.status",
+             RETURNING d.status, r.sent",
         )
         .bind(&ids)
         .bind(&tokens)
         .bind(&statuses)
         .bind(&errors)
         .bind(&waits)
+        .bind(&sent)
         .fetch_all(&self.pool)
         .await?;
         let mut tally = AttemptTally::default();
-        for (status,) in rows {
+        for (status, sent) in rows {
             match status.as_str() {
+                _ if !sent => tally.unsent += 1,
                 "delivered" => tally.delivered += 1,
                 "failed" => tally.failed += 1,
                 _ => tally.retrying += 1,

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -29,10 +29,23 @@ use crate::store::{AttemptResult, ClaimedDelivery, EndpointTarget, Store};
 const FAN_OUT_BATCH: i64 = 2000;
 /// How often the sender looks for new or deleted endpoints and counts the deliveries.
 const ENDPOINT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// An endpoint loop's memory between rounds.
+#[derive(Default)]
+struct LoopState {
+    target: Option<(Arc<EndpointTarget>, Instant)>,
+    last_fan_out: Option<Instant>,
+    /// The last claim was full: more deliveries are waiting than one round sends.
+    backlog: bool,
+}
+
+/// How long an endpoint's address and secrets are used before they are read again.
+const TARGET_TTL: Duration = Duration::from_secs(1);
+/// Fan-out runs at least this often, even while a backlog is being sent.
+const FAN_OUT_INTERVAL: Duration = Duration::from_millis(250);
 /// Pause of an endpoint's loop after a failed round.
 const ERROR_PAUSE: Duration = Duration::from_secs(2);
-/// Requests per concurrency slot in one round.
-const ROUND_WAVES: usize = 2;
+/// Deliveries claimed per concurrency slot in one round.
+const CLAIM_PER_SLOT: usize = 8;
 /// Error text kept per delivery.
 const MAX_ERROR_CHARS: usize = 300;
 
@@ -68,19 +81,25 @@ impl Default for WebhookConfig {
 }
 
 impl WebhookConfig {
-    /// Deliveries claimed per round: two requests per slot, so a slot freed early is reused
-    /// within the round.
+    /// Deliveries claimed per round: several requests per slot, so a round (two commits)
+    /// carries many deliveries to a fast receiver.
     fn claim_size(&self) -> i64 {
-        (self.concurrency.max(1) * ROUND_WAVES) as i64
+        (self.concurrency.max(1) * CLAIM_PER_SLOT) as i64
     }
 
-    /// How long a claim is ours: longer than a whole round of attempts can take (each wave
-    /// at most connect + answer), so a delivery is never claimed again while its request may
-    /// still be in flight. It is also how long the deliveries an instance had claimed wait
-    /// when that instance dies (35 s with the default timeouts), which is why rounds are
-    /// short.
+    /// How long after its claim a round may still start a request: whatever starts by then
+    /// ends (connect + answer timeouts) before the lease runs out. Deliveries a slow
+    /// receiver leaves unstarted by then go back unsent, to be claimed again at once.
+    fn start_window(&self) -> Duration {
+        self.connect_timeout + self.answer_timeout
+    }
+
+    /// How long a claim is ours: the start window plus one whole attempt plus a margin, so
+    /// a delivery is never claimed again while its request may still be in flight. It is
+    /// also how long the deliveries a dead instance had claimed wait (35 s with the default
+    /// timeouts).
     pub fn lease(&self) -> Duration {
-        (self.connect_timeout + self.answer_timeout) * ROUND_WAVES as u32 + Duration::from_secs(5)
+        self.start_window() + self.connect_timeout + self.answer_timeout + Duration::from_secs(5)
     }
 }
 
@@ -165,8 +184,9 @@ impl WebhookSender {
         endpoint_id: Uuid,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut state = LoopState::default();
         while !*shutdown.borrow() {
-            let pause = match self.round(endpoint_id).await {
+            let pause = match self.round(endpoint_id, &mut state).await {
                 Ok(Some(true)) => continue,
                 Ok(Some(false)) => self.config.idle_poll,
                 Ok(None) => return,
@@ -184,26 +204,41 @@ impl WebhookSender {
         }
     }
 
-    /// One round for an endpoint: fan out, claim, send, record. `None` when the endpoint is
-    /// gone; `Some(true)` when there was work (go again at once).
-    async fn round(&self, endpoint_id: Uuid) -> anyhow::Result<Option<bool>> {
-        let Some(target) = self.store.webhook_target(endpoint_id).await? else {
+    /// One round for an endpoint: fan out (when due), claim, send, record. `None` when the
+    /// endpoint is gone; `Some(true)` when there was work (go again at once).
+    async fn round(
+        &self,
+        endpoint_id: Uuid,
+        state: &mut LoopState,
+    ) -> anyhow::Result<Option<bool>> {
+        let Some(target) = self.target(endpoint_id, state).await? else {
             return Ok(None);
         };
-        let fanned = self
-            .store
-            .fan_out(endpoint_id, FAN_OUT_BATCH, self.config.retry_for)
-            .await?;
+        // While a full claim's worth is waiting, fanning out more only adds rows nobody can
+        // send yet: do it when the backlog runs low, or every FAN_OUT_INTERVAL anyway.
+        let mut fanned = 0;
+        if !state.backlog
+            || state
+                .last_fan_out
+                .is_none_or(|at| at.elapsed() >= FAN_OUT_INTERVAL)
+        {
+            fanned = self
+                .store
+                .fan_out(endpoint_id, FAN_OUT_BATCH, self.config.retry_for)
+                .await?;
+            state.last_fan_out = Some(Instant::now());
+        }
         let claimed = self
             .store
             .claim_deliveries(endpoint_id, self.config.claim_size(), self.config.lease())
             .await?;
+        state.backlog = claimed.len() as i64 == self.config.claim_size();
         if claimed.is_empty() {
             return Ok(Some(fanned > 0));
         }
-        let target = Arc::new(target);
+        let start_by = Instant::now() + self.config.start_window();
         let results: Vec<AttemptResult> = futures_util::stream::iter(claimed)
-            .map(|delivery| self.attempt(&target, delivery))
+            .map(|delivery| self.attempt(&target, delivery, start_by))
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
@@ -225,11 +260,34 @@ impl WebhookSender {
         Ok(Some(true))
     }
 
+    /// The endpoint's address and secrets, read again at most every [`TARGET_TTL`] (a
+    /// rotation or a delete takes effect within it). `None` once it is deleted.
+    async fn target(
+        &self,
+        endpoint_id: Uuid,
+        state: &mut LoopState,
+    ) -> anyhow::Result<Option<Arc<EndpointTarget>>> {
+        if let Some((target, read_at)) = &state.target
+            && read_at.elapsed() < TARGET_TTL
+        {
+            return Ok(Some(target.clone()));
+        }
+        let target = self.store.webhook_target(endpoint_id).await?.map(Arc::new);
+        state.target = target.clone().map(|target| (target, Instant::now()));
+        Ok(target)
+    }
+
     /// Sends one delivery and says how it went.
-    async fn attempt(&self, target: &EndpointTarget, delivery: ClaimedDelivery) -> AttemptResult {
+    async fn attempt(
+        &self,
+        target: &EndpointTarget,
+        delivery: ClaimedDelivery,
+        start_by: Instant,
+    ) -> AttemptResult {
         let mut result = AttemptResult {
             delivery_id: delivery.id,
             lock_token: delivery.lock_token,
+            sent: Instant::now() <= start_by,
             status: None,
             error: None,
             retry_in: retry_delay(
@@ -238,8 +296,10 @@ impl WebhookSender {
                 delivery.attempts,
             ),
         };
-        let sent = self.send(target, &delivery).await;
-        match sent {
+        if !result.sent {
+            return result;
+        }
+        match self.send(target, &delivery).await {
             Ok(status) if status.is_success() => result.status = Some(status.as_u16()),
             Ok(status) => {
                 result.status = Some(status.as_u16());

@@ -144,6 +144,7 @@ pub fn fast_config() -> WebhookConfig {
         answer_timeout: Duration::from_secs(5),
         idle_poll: Duration::from_millis(20),
         base_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
         ..WebhookConfig::default()
     }
 }

@@ -312,3 +312,39 @@ async fn endpoints_are_validated_listed_without_secrets_and_deleted() {
     let unauthorized = app.client.get("/api/v1/admin/webhooks").send().await;
     assert_eq!(unauthorized.0.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_gets_what_a_round_can_send_in_time_and_the_rest_comes_next_round() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.state.delay_ms.store(600, Ordering::SeqCst);
+    register(&app, &receiver, json!({"events": ["purchase.created"]})).await;
+    // One request at a time, and a round may start requests for 2 s only: of the 8 it
+    // claims, about 4 are sent and the rest go back unsent, uncounted.
+    let config = WebhookConfig {
+        concurrency: 1,
+        connect_timeout: Duration::from_secs(1),
+        answer_timeout: Duration::from_secs(1),
+        ..fast_config()
+    };
+    let _sender = start_sender(app.store.clone(), config);
+    let sale = app.active_sale(10).await;
+    let sku = sale["sku"].as_str().expect("sku");
+    buy_all(&app, sku, (0..10).map(|n| format!("slow{n}"))).await;
+    let all_in = receiver
+        .wait_for(Duration::from_secs(30), |delivered| delivered.len() == 10)
+        .await;
+    assert!(all_in, "delivered {} of 10", receiver.delivered().len());
+    assert_eq!(receiver.state.overlaps.load(Ordering::SeqCst), 0);
+    let (status, deliveries) = app
+        .admin_get("/api/v1/admin/webhooks/deliveries?status=delivered")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let attempts: Vec<i64> = deliveries
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|d| d["attempts"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(attempts, vec![1; 10], "an unsent claim is not an attempt");
+}
