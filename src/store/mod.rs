@@ -5,6 +5,7 @@
 //! (sold out, duplicate, ...) are ordinary values; [`StoreError`] is for what went wrong.
 
 mod audit;
+mod deliveries;
 mod events;
 mod group_commit;
 mod jobs;
@@ -20,6 +21,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use audit::{AuditCheck, AuditReport};
+pub use deliveries::{AttemptResult, AttemptTally, ClaimedDelivery, DeliveryView, ReplayOutcome};
 pub use events::FeedFilter;
 pub use group_commit::{MAX_BATCH, PurchaseQueue};
 pub use jobs::{
@@ -29,10 +31,7 @@ pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, JoinOutcome, LeaveOutcome, QueueStats};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
-pub use webhooks::{
-    AttemptResult, AttemptTally, ClaimedDelivery, DeliveryView, EndpointTarget, NewEndpoint,
-    ReplayOutcome,
-};
+pub use webhooks::{EndpointTarget, NewEndpoint};
 
 /// The migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
