@@ -348,3 +348,32 @@ async fn a_slow_receiver_gets_what_a_round_can_send_in_time_and_the_rest_comes_n
         .collect();
     assert_eq!(attempts, vec![1; 10], "an unsent claim is not an attempt");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_does_not_hold_up_a_fast_one() {
+    let app = spawn_app().await;
+    let slow = Receiver::start().await;
+    slow.state.delay_ms.store(3000, Ordering::SeqCst);
+    let fast = Receiver::start().await;
+    register(&app, &slow, json!({"events": ["purchase.created"]})).await;
+    register(&app, &fast, json!({"events": ["purchase.created"]})).await;
+    let config = WebhookConfig {
+        concurrency: 2,
+        ..fast_config()
+    };
+    let _sender = start_sender(app.store.clone(), config);
+    let sale = app.active_sale(50).await;
+    let sku = sale["sku"].as_str().expect("sku");
+    buy_all(&app, sku, (0..50).map(|n| format!("f{n}"))).await;
+    // The slow receiver takes 3 s per request, 2 at a time: 75 s for all 50. The fast one
+    // has them all within a few seconds.
+    let fast_done = fast
+        .wait_for(Duration::from_secs(10), |delivered| delivered.len() == 50)
+        .await;
+    assert!(
+        fast_done,
+        "the fast endpoint got {} of 50",
+        fast.delivered().len()
+    );
+    assert!(slow.delivered().len() < 10, "the slow one is still slow");
+}
