@@ -1,16 +1,28 @@
-//! Prometheus metrics, served as text at `GET /metrics`: requests by route and status,
-//! instant purchases and queue actions by outcome, and jobs by kind and result.
+//! Prometheus metrics, served as text at `GET /metrics`: requests by status and their
+//! duration by operation, instant purchases and queue actions by outcome, jobs by kind and
+//! result, and webhook deliveries.
 //!
 //! One registry per process (not global), handed to the API and the job runner, so tests
 //! can build as many services as they like.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Seconds: from a millisecond (a cached read) to the 5 s request deadline and past it.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     /// HTTP responses by status class (`2xx`, `4xx`, ...).
     pub http_responses: IntCounterVec,
+    /// Time to answer a request, by operation (the OpenAPI `operationId`: a route template,
+    /// never a raw path with ids or skus in it; `other` for docs, spec, metrics and unknown
+    /// routes) and status class.
+    pub http_duration: HistogramVec,
     /// Instant purchase attempts by outcome (`purchased`, `sold_out`, ...).
     pub purchases: IntCounterVec,
     /// Queue actions by action and outcome (`join`/`queued`, `confirm`/`hold_expired`, ...).
@@ -49,6 +61,18 @@ impl Metrics {
                 "HTTP responses by status class",
                 &["class"],
             )?,
+            http_duration: {
+                let histogram = HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_request_duration_seconds",
+                        "Time to answer a request, by OpenAPI operation and status class",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["operation", "class"],
+                )?;
+                registry.register(Box::new(histogram.clone()))?;
+                histogram
+            },
             purchases: counter(
                 "purchases_total",
                 "Instant purchase attempts by outcome",

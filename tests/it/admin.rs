@@ -169,3 +169,40 @@ async fn metrics_count_purchases_by_outcome_and_responses_by_class() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_durations_are_labelled_by_operation_never_by_a_raw_path() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(5).await;
+    let sku = sale["sku"].as_str().expect("sku");
+    assert_eq!(
+        app.purchase(sku, "metered-user").await.0,
+        StatusCode::CREATED
+    );
+    let missing = app.client.get("/api/v1/sales/no-such-sale").send().await;
+    assert_eq!(missing.0.status(), StatusCode::NOT_FOUND);
+    let response = app.client.get("/metrics").send().await;
+    let text = response.0.into_body().into_string().await.expect("metrics");
+    let count = |labels: &str| {
+        text.lines()
+            .find(|line| {
+                line.starts_with("flashsale_http_request_duration_seconds_count{")
+                    && line.contains(labels)
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    assert_eq!(
+        count("class=\"2xx\",operation=\"purchase\""),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(
+        count("class=\"4xx\",operation=\"getSale\""),
+        Some(1),
+        "{text}"
+    );
+    assert!(
+        !text.contains(sku) && !text.contains("metered-user") && !text.contains("no-such-sale")
+    );
+}
