@@ -176,7 +176,8 @@ impl Application {
                 self.store.clone(),
                 self.group_commit,
                 self.edge.db_timeout,
-            ),
+            )
+            .with_metrics(self.metrics.clone()),
             views: Arc::new(SaleViewCache::new(self.view_cache)),
             metrics: self.metrics.clone(),
             edge: self.edge,

@@ -6,7 +6,8 @@
 //! can build as many services as they like.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Seconds: from a millisecond (a cached read) to the 5 s request deadline and past it.
@@ -23,6 +24,12 @@ pub struct Metrics {
     /// never a raw path with ids or skus in it; `other` for docs, spec, metrics and unknown
     /// routes) and status class.
     pub http_duration: HistogramVec,
+    /// Buyers decided by one group-commit statement.
+    pub batch_size: Histogram,
+    /// Time of one group-commit statement (its commit included).
+    pub batch_seconds: Histogram,
+    /// How late a job started after it fell due, by kind.
+    pub job_lag: HistogramVec,
     /// Instant purchase attempts by outcome (`purchased`, `sold_out`, ...).
     pub purchases: IntCounterVec,
     /// Queue actions by action and outcome (`join`/`queued`, `confirm`/`hold_expired`, ...).
@@ -49,6 +56,13 @@ impl Metrics {
                 let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
                 registry.register(Box::new(counter.clone()))?;
                 Ok(counter)
+            };
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64]| -> prometheus::Result<Histogram> {
+                let histogram =
+                    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+                registry.register(Box::new(histogram.clone()))?;
+                Ok(histogram)
             };
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
             let gauge = IntGauge::new(name, help)?;
@@ -105,6 +119,30 @@ impl Metrics {
                 "webhook_deliveries_failed",
                 "Webhook deliveries that failed for good (replay them from the admin API)",
             )?,
+            batch_size: histogram(
+                "purchase_batch_size",
+                "Buyers decided by one group-commit statement",
+                &[
+                    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0,
+                ],
+            )?,
+            batch_seconds: histogram(
+                "purchase_batch_seconds",
+                "Time of one group-commit statement, commit included",
+                &LATENCY_BUCKETS,
+            )?,
+            job_lag: {
+                let histogram = HistogramVec::new(
+                    HistogramOpts::new(
+                        "job_lag_seconds",
+                        "How late a job started after it fell due, by kind",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["kind"],
+                )?;
+                registry.register(Box::new(histogram.clone()))?;
+                histogram
+            },
             registry,
         })
     }

@@ -85,6 +85,8 @@ pub struct PurchaseQueue {
     batching: bool,
     /// Longest wait for a purchase's answer; past it the outcome is unknown.
     answer_timeout: Duration,
+    /// Batch sizes and statement times, when set.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl PurchaseQueue {
@@ -104,7 +106,14 @@ impl PurchaseQueue {
                 .build(),
             batching,
             answer_timeout,
+            metrics: None,
         }
+    }
+
+    /// Records each batch's size and statement time in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Buys one unit of the sale `sale_ref` (UUID or sku) for `user_id`, exactly like
@@ -317,8 +326,16 @@ impl PurchaseQueue {
         if let Some(remembered) = self.sold_out.get(&sale_id) {
             return self.answer_sold_out(sale_id, remembered, by_user).await;
         }
+        let started = std::time::Instant::now();
         let batch = self.store.purchase_batch(sale_id, &buyers);
-        let result = match tokio::time::timeout(self.answer_timeout, batch).await {
+        let decided = tokio::time::timeout(self.answer_timeout, batch).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.batch_size.observe(buyers.len() as f64);
+            metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let result = match decided {
             Ok(Ok(result)) => result,
             Ok(Err(err)) => return fail_all(by_user, &err),
             Err(_) => return fail_all(by_user, &StoreError::OutcomeUnknown),

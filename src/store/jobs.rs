@@ -82,6 +82,8 @@ pub struct Job {
     pub sale_id: Option<Uuid>,
     pub attempts: i32,
     pub lock_token: Uuid,
+    /// Seconds between its due time and its claim.
+    pub lag_seconds: f64,
 }
 
 /// Queues a job due at `run_at` (now when `None`), inside the caller's transaction.
@@ -177,7 +179,8 @@ impl Store {
              UPDATE jobs SET locked_until = now() + make_interval(secs => $2),
                              lock_token = gen_random_uuid(), attempts = attempts + 1
                FROM due WHERE jobs.id = due.id
-             RETURNING jobs.id, jobs.kind, jobs.sale_id, jobs.attempts, jobs.lock_token",
+             RETURNING jobs.id, jobs.kind, jobs.sale_id, jobs.attempts, jobs.lock_token,
+                       GREATEST(EXTRACT(EPOCH FROM now() - jobs.run_at), 0)::float8 AS lag_seconds",
         )
         .bind(limit)
         .bind(seconds(lease))

@@ -151,6 +151,15 @@ impl<H: JobHandler> Runner<H> {
         self
     }
 
+    fn observe_lag(&self, job: &Job) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .job_lag
+                .with_label_values(&[job.kind.as_str()])
+                .observe(job.lag_seconds);
+        }
+    }
+
     fn count(&self, job: &Job, result: &str) {
         if let Some(metrics) = &self.metrics {
             metrics
@@ -228,6 +237,7 @@ impl<H: JobHandler> Runner<H> {
 
     #[tracing::instrument(skip_all, fields(job = job.id, kind = %job.kind, sale = ?job.sale_id, attempt = job.attempts))]
     async fn run_one(&self, job: &Job) {
+        self.observe_lag(job);
         let outcome = self.handler.run(job).await;
         self.count(job, if outcome.is_ok() { "ok" } else { "failed" });
         match outcome {

@@ -321,6 +321,7 @@ async fn a_failed_job_is_listed_and_can_be_requeued_and_queue_ticks_never_park()
         .fetch_one(app.store.pool())
         .await
         .expect("token"),
+        lag_seconds: 0.0,
     };
     app.store
         .retry_job(&job, Duration::from_secs(1), "boom")

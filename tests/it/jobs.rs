@@ -168,3 +168,39 @@ async fn a_notify_wakes_a_sleeping_runner_long_before_its_poll_interval() {
     stop.send(true).expect("stop");
     task.await.expect("task").expect("runner");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_started_late_shows_its_lag_in_the_metrics() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(1).await;
+    let sale: uuid::Uuid = sale["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("id");
+    sqlx::query("DELETE FROM jobs")
+        .execute(app.store.pool())
+        .await
+        .expect("clear");
+    sqlx::query(
+        "INSERT INTO jobs (kind, sale_id, run_at) VALUES ('sync_sale_state', $1, now() - interval '3 seconds')",
+    )
+    .bind(sale)
+    .execute(app.store.pool())
+    .await
+    .expect("a late job");
+    let metrics = flashsale::metrics::Metrics::new().expect("metrics");
+    let runner = Runner::new(
+        app.store.clone(),
+        RecordingHandler::default(),
+        RunnerConfig::default(),
+    )
+    .with_metrics(metrics.clone());
+    assert_eq!(runner.run_due_jobs().await.expect("run"), 1);
+    let text = metrics.render();
+    let sum = text
+        .lines()
+        .find(|line| line.starts_with("flashsale_job_lag_seconds_sum{kind=\"sync_sale_state\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(sum.is_some_and(|lag| (3.0..30.0).contains(&lag)), "{text}");
+}

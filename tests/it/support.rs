@@ -128,6 +128,7 @@ pub fn client_with_edge(
         per_ip: KeyedLimiter::new(limits.per_ip.0, limits.per_ip.1),
         trust_forwarded_for: limits.trust_forwarded_for,
     });
+    let metrics = Metrics::new().expect("metrics");
     let app = flashsale::api::app(ApiState {
         reserved: store.clone(),
         runner_health: flashsale::worker::RunnerHealth::default(),
@@ -135,9 +136,10 @@ pub fn client_with_edge(
         limits,
         admin_key: AdminKey::new(ADMIN_KEY.into()),
         tokens: Arc::new(tokens),
-        purchases: PurchaseQueue::new(store.clone(), true, edge.db_timeout),
+        purchases: PurchaseQueue::new(store.clone(), true, edge.db_timeout)
+            .with_metrics(metrics.clone()),
         views: Arc::new(SaleViewCache::new(Duration::ZERO)),
-        metrics: Metrics::new().expect("metrics"),
+        metrics,
         webhook_retry_for: std::time::Duration::from_secs(3600),
         store,
     });
