@@ -6,8 +6,8 @@
 //! can build as many services as they like.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Seconds: from a millisecond (a cached read) to the 5 s request deadline and past it.
@@ -30,6 +30,13 @@ pub struct Metrics {
     pub batch_seconds: Histogram,
     /// How late a job started after it fell due, by kind.
     pub job_lag: HistogramVec,
+    /// Database connections by pool (`main`, `reserved`) and state (`in_use`, `idle`), read
+    /// at each scrape.
+    pub pool_connections: IntGaugeVec,
+    /// Buyers waiting and live holds of each live queued sale (label: its sku; at most
+    /// 1,000 sales), read at each scrape.
+    pub queue_waiting: IntGaugeVec,
+    pub queue_active_holds: IntGaugeVec,
     /// Instant purchase attempts by outcome (`purchased`, `sold_out`, ...).
     pub purchases: IntCounterVec,
     /// Queue actions by action and outcome (`join`/`queued`, `confirm`/`hold_expired`, ...).
@@ -63,6 +70,12 @@ impl Metrics {
                     Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
                 registry.register(Box::new(histogram.clone()))?;
                 Ok(histogram)
+            };
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+                let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(gauge.clone()))?;
+                Ok(gauge)
             };
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
             let gauge = IntGauge::new(name, help)?;
@@ -143,6 +156,21 @@ impl Metrics {
                 registry.register(Box::new(histogram.clone()))?;
                 histogram
             },
+            pool_connections: gauge_vec(
+                "db_pool_connections",
+                "Database connections by pool and state",
+                &["pool", "state"],
+            )?,
+            queue_waiting: gauge_vec(
+                "queue_waiting",
+                "Buyers waiting in each live queued sale",
+                &["sale"],
+            )?,
+            queue_active_holds: gauge_vec(
+                "queue_active_holds",
+                "Live holds of each live queued sale",
+                &["sale"],
+            )?,
             registry,
         })
     }

@@ -167,6 +167,40 @@ pub fn openapi_json(store: Store) -> prometheus::Result<String> {
     Ok(openapi_service(&ApiState::unlimited(store, AdminKey::new(String::new()))?).spec())
 }
 
+/// The metrics text, with the gauges read at scrape time: the pools' connections, and the
+/// waiting rooms (one query on the reserved pool, at most a second; on failure the last
+/// values stay).
+async fn scrape(metrics: &Metrics, store: &Store, reserved: &Store) -> String {
+    for (name, pool) in [("main", store.pool()), ("reserved", reserved.pool())] {
+        let (size, idle) = (i64::from(pool.size()), pool.num_idle() as i64);
+        let connections = &metrics.pool_connections;
+        connections
+            .with_label_values(&[name, "in_use"])
+            .set(size - idle);
+        connections.with_label_values(&[name, "idle"]).set(idle);
+    }
+    let queues = tokio::time::timeout(std::time::Duration::from_secs(1), reserved.live_queues());
+    match queues.await {
+        Ok(Ok(queues)) => {
+            metrics.queue_waiting.reset();
+            metrics.queue_active_holds.reset();
+            for (sku, waiting, holds) in queues {
+                metrics
+                    .queue_waiting
+                    .with_label_values(&[&sku])
+                    .set(waiting);
+                metrics
+                    .queue_active_holds
+                    .with_label_values(&[&sku])
+                    .set(holds);
+            }
+        }
+        Ok(Err(err)) => tracing::warn!(error = %err, "metrics: could not read the queues"),
+        Err(_) => tracing::warn!("metrics: reading the queues timed out"),
+    }
+    metrics.render()
+}
+
 /// `2xx`, `4xx`, ... for a status.
 fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -188,17 +222,24 @@ pub fn app(state: ApiState) -> impl Endpoint<Output = poem::Response> {
     let docs = api.swagger_ui();
     let ip_limits = state.limits.clone();
     let admin_key = state.admin_key;
-    let metrics = state.metrics.clone();
+    let scraped = (
+        state.metrics.clone(),
+        state.store.clone(),
+        state.reserved.clone(),
+    );
     let counted = state.metrics.clone();
     Route::new()
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .at(
             "/metrics",
-            poem::get(poem::endpoint::make_sync(move |_| {
-                metrics
-                    .render()
-                    .with_content_type("text/plain; version=0.0.4")
+            poem::get(poem::endpoint::make(move |_| {
+                let (metrics, store, reserved) = scraped.clone();
+                async move {
+                    scrape(&metrics, &store, &reserved)
+                        .await
+                        .with_content_type("text/plain; version=0.0.4")
+                }
             })),
         )
         .nest("/", api)

@@ -450,6 +450,18 @@ impl Store {
         Ok(stats)
     }
 
+    /// Buyers waiting and live holds of every live queued sale, by sku (for the metrics).
+    pub async fn live_queues(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT s.sku, q.waiting::bigint, s.held::bigint
+               FROM sales s JOIN sale_queues q ON q.sale_id = s.id
+              WHERE s.archived_at IS NULL AND s.cancelled_at IS NULL AND now() < s.ends_at
+              ORDER BY s.sku LIMIT 1000",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// A buyer's purchases across sales, newest first.
     pub async fn user_purchases(&self, user_id: &str) -> Result<Vec<Purchase>, StoreError> {
         let rows = sqlx::query_as::<_, PurchaseRow>(

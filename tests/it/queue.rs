@@ -588,3 +588,24 @@ async fn a_buyer_joining_many_times_at_once_gets_one_entry_and_one_ticket() {
         assert_eq!(leave(&app, &sku, "eager").await.0, StatusCode::OK);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_show_each_live_queues_waiting_buyers_and_holds() {
+    let app = spawn_app().await;
+    let (sku, sale) = queued_sale(&app, 1, json!({})).await;
+    for user in ["m1", "m2", "m3"] {
+        assert_eq!(join(&app, &sku, user).await.0, StatusCode::ACCEPTED);
+    }
+    tick(&app.store, sale).await;
+    let response = app.client.get("/metrics").send().await;
+    let text = response.0.into_body().into_string().await.expect("metrics");
+    assert!(
+        text.contains(&format!("flashsale_queue_waiting{{sale=\"{sku}\"}} 2")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("flashsale_queue_active_holds{{sale=\"{sku}\"}} 1")),
+        "{text}"
+    );
+    assert!(text.contains("flashsale_db_pool_connections{pool=\"main\",state=\"idle\"}"));
+}
