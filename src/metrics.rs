@@ -37,6 +37,8 @@ pub struct Metrics {
     /// 1,000 sales), read at each scrape.
     pub queue_waiting: IntGaugeVec,
     pub queue_active_holds: IntGaugeVec,
+    /// Server-Sent Event streams open now.
+    pub streams_open: IntGauge,
     /// Instant purchase attempts by outcome (`purchased`, `sold_out`, ...).
     pub purchases: IntCounterVec,
     /// Queue actions by action and outcome (`join`/`queued`, `confirm`/`hold_expired`, ...).
@@ -171,6 +173,7 @@ impl Metrics {
                 "Live holds of each live queued sale",
                 &["sale"],
             )?,
+            streams_open: gauge("event_streams_open", "Server-Sent Event streams open now")?,
             registry,
         })
     }

@@ -17,6 +17,7 @@ use super::auth::AdminAuth;
 use super::error::{ErrorBody, ErrorCode, ServerError, admin_parse_error};
 use super::models::{EventPage, EventTypeView, EventView, PurchasePage, PurchaseView};
 use crate::domain::{EventType, FeedCursor, Purchase};
+use crate::metrics::Metrics;
 use crate::store::{FeedFilter, Store};
 
 /// How often an idle stream asks for new events.
@@ -30,6 +31,23 @@ const CSV_PAGE: i64 = 5000;
 
 pub struct EventsApi {
     pub store: Store,
+    pub metrics: Metrics,
+}
+
+/// Counts an open stream for as long as it lives (dropped when the client goes).
+struct OpenStream(prometheus::IntGauge);
+
+impl OpenStream {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(ApiResponse)]
@@ -247,7 +265,8 @@ impl EventsApi {
             Some(after) => after,
             None => self.store.feed_now().await?,
         };
-        let events = live_events(self.store.clone(), start, query.filter);
+        let open = OpenStream::new(&self.metrics.streams_open);
+        let events = live_events(self.store.clone(), start, query.filter, open);
         Ok(StreamResponse::Ok(
             EventStream::new(events.boxed())
                 .keep_alive(STREAM_KEEP_ALIVE)
@@ -320,14 +339,16 @@ fn wants_csv(request: &poem::Request) -> bool {
 
 /// The feed from `start` on, forever: each round reads what has become visible, and waits
 /// [`STREAM_POLL`] when nothing has. A failed read is retried (the stream stays open).
+/// `open` counts the stream until it is dropped.
 fn live_events(
     store: Store,
     start: FeedCursor,
     filter: FeedFilter,
+    open: OpenStream,
 ) -> impl futures_util::Stream<Item = EventView> + Send + 'static {
     stream::unfold(
-        (store, start, filter),
-        |(store, cursor, filter)| async move {
+        (store, start, filter, open),
+        |(store, cursor, filter, open)| async move {
             loop {
                 match store
                     .events_after(Some(cursor), &filter, STREAM_BATCH)
@@ -343,7 +364,7 @@ fn live_events(
                                 view
                             })
                             .collect();
-                        return Some((stream::iter(views), (store, next, filter)));
+                        return Some((stream::iter(views), (store, next, filter, open)));
                     }
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, "event stream: read failed; retrying"),

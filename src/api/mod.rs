@@ -132,6 +132,7 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
             },
             EventsApi {
                 store: state.store.clone(),
+                metrics: state.metrics.clone(),
             },
             WebhooksApi {
                 store: state.store.clone(),

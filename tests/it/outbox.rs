@@ -372,6 +372,15 @@ async fn read_messages(response: poem::test::TestResponse, count: usize) -> Vec<
     messages
 }
 
+async fn streams_open(app: &TestApp) -> i64 {
+    let response = app.client.get("/metrics").send().await;
+    let text = response.0.into_body().into_string().await.expect("metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix("flashsale_event_streams_open "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_sends_new_events_as_they_commit_and_resumes_after_last_event_id() {
     let app = spawn_app().await;
@@ -386,6 +395,7 @@ async fn the_stream_sends_new_events_as_they_commit_and_resumes_after_last_event
         .send()
         .await;
     assert_eq!(live.0.status(), StatusCode::OK);
+    assert_eq!(streams_open(&app).await, 1);
     let buying = {
         let client = app.client.clone();
         let sku = sku.clone();
@@ -418,6 +428,11 @@ async fn the_stream_sends_new_events_as_they_commit_and_resumes_after_last_event
     );
     assert_eq!(again[1].1, messages[2].1);
 
+    assert_eq!(
+        streams_open(&app).await,
+        0,
+        "a stream whose client went is dropped"
+    );
     let (status, body) = app
         .admin_get("/api/v1/admin/events?after=not-a-cursor")
         .await;
