@@ -336,16 +336,24 @@ async fn a_slow_receiver_gets_what_a_round_can_send_in_time_and_the_rest_comes_n
         .await;
     assert!(all_in, "delivered {} of 10", receiver.delivered().len());
     assert_eq!(receiver.state.overlaps.load(Ordering::SeqCst), 0);
-    let (status, deliveries) = app
-        .admin_get("/api/v1/admin/webhooks/deliveries?status=delivered")
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let attempts: Vec<i64> = deliveries
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|d| d["attempts"].as_i64().unwrap_or(-1))
-        .collect();
+    // The receiver answers before the round records its results: wait for the record.
+    let mut attempts = Vec::new();
+    for _ in 0..100 {
+        let (status, deliveries) = app
+            .admin_get("/api/v1/admin/webhooks/deliveries?status=delivered")
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        attempts = deliveries
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|d| d["attempts"].as_i64().unwrap_or(-1))
+            .collect();
+        if attempts.len() == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(attempts, vec![1; 10], "an unsent claim is not an attempt");
 }
 
