@@ -300,7 +300,8 @@ impl EventsApi {
         /// JSON: at most this many (1-1000, default 100).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
-        /// `csv` for the whole sale as CSV (like `Accept: text/csv`); default `json`.
+        /// `csv` for the whole sale as CSV, `json` for a page; wins over `Accept`. Default:
+        /// CSV when `Accept` starts with `text/csv`, else JSON.
         format: Query<Option<ExportFormat>>,
     ) -> Result<PurchasesResponse, ServerError> {
         let Some(found) = self.store.resolve_sale(&sale.0).await? else {
@@ -308,7 +309,11 @@ impl EventsApi {
                 &sale.0,
             )));
         };
-        if format.0 == Some(ExportFormat::Csv) || wants_csv(request) {
+        // An explicit `format` wins over the Accept header.
+        let csv = format
+            .0
+            .map_or_else(|| wants_csv(request), |f| f == ExportFormat::Csv);
+        if csv {
             let body = Body::from_bytes_stream(csv_export(self.store.clone(), found.id));
             return Ok(PurchasesResponse::Ok(PurchasesContent::Csv(Binary(body))));
         }

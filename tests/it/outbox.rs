@@ -515,6 +515,22 @@ async fn the_csv_export_of_a_hundred_thousand_purchases_matches_the_table() {
         next["purchases"][0]["userId"].as_str(),
         Some(rows[2].1.as_str())
     );
+    // An explicit format wins over Accept.
+    let page = app
+        .client
+        .get(format!("/api/v1/admin/sales/{sale}/purchases"))
+        .query("format", &"json")
+        .query("limit", &1)
+        .header("Authorization", format!("Bearer {ADMIN_KEY}"))
+        .header("Accept", "text/csv")
+        .send()
+        .await;
+    let (status, page) = status_and_json(page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        page["purchases"][0]["userId"].as_str(),
+        Some(rows[0].1.as_str())
+    );
     audit_passes(&app.store, sale).await;
 }
 
