@@ -1,5 +1,5 @@
 //! Pulling the outbox (admin): the event feed, its live Server-Sent Events stream, and a
-//! sale's purchases as JSON pages or one streamed CSV for fulfilment.
+//! sale's purchases as JSON pages or one streamed CSV for fulfilment (written in `csv.rs`).
 
 use std::time::Duration;
 
@@ -10,13 +10,12 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{Binary, EventStream, Json};
 use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Enum, OpenApi, ResponseContent};
-use uuid::Uuid;
 
 use super::ApiTags;
 use super::auth::AdminAuth;
 use super::error::{ErrorBody, ErrorCode, ServerError, admin_parse_error};
 use super::models::{EventPage, EventTypeView, EventView, PurchasePage, PurchaseView};
-use crate::domain::{EventType, FeedCursor, Purchase};
+use crate::domain::{EventType, FeedCursor};
 use crate::metrics::Metrics;
 use crate::store::{FeedFilter, Store};
 
@@ -26,8 +25,6 @@ const STREAM_POLL: Duration = Duration::from_millis(250);
 const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events read per query by a stream.
 const STREAM_BATCH: i64 = 500;
-/// Purchases read per query by the CSV export: memory stays at one page, whatever the sale.
-const CSV_PAGE: i64 = 5000;
 
 pub struct EventsApi {
     pub store: Store,
@@ -314,7 +311,7 @@ impl EventsApi {
             .0
             .map_or_else(|| wants_csv(request), |f| f == ExportFormat::Csv);
         if csv {
-            let body = Body::from_bytes_stream(csv_export(self.store.clone(), found.id));
+            let body = Body::from_bytes_stream(super::csv::purchases(self.store.clone(), found.id));
             return Ok(PurchasesResponse::Ok(PurchasesContent::Csv(Binary(body))));
         }
         let limit = limit.0.unwrap_or(100);
@@ -379,73 +376,4 @@ fn live_events(
         },
     )
     .flatten()
-}
-
-/// Every purchase of the sale as CSV, a page at a time.
-fn csv_export(
-    store: Store,
-    sale_id: Uuid,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    let header = stream::once(async { Ok(b"purchase_id,sale_id,user_id,created_at\n".to_vec()) });
-    let pages = stream::unfold(Some(None::<String>), move |after| {
-        let store = store.clone();
-        async move {
-            let after = after?;
-            match store
-                .purchases_page(sale_id, after.as_deref(), CSV_PAGE)
-                .await
-            {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    let next = (page.len() as i64 == CSV_PAGE)
-                        .then(|| page.last().map(|p| p.user_id.clone()));
-                    Some((Ok(csv_rows(&page)), next.flatten().map(Some)))
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, sale = %sale_id, "CSV export failed mid-way");
-                    Some((Err(std::io::Error::other("the export failed")), None))
-                }
-            }
-        }
-    });
-    header.chain(pages)
-}
-
-fn csv_rows(purchases: &[Purchase]) -> Vec<u8> {
-    let mut out = String::with_capacity(purchases.len() * 110);
-    for purchase in purchases {
-        out.push_str(&format!(
-            "{},{},{},{}\n",
-            purchase.id,
-            purchase.sale_id,
-            csv_field(&purchase.user_id),
-            purchase
-                .created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-        ));
-    }
-    out.into_bytes()
-}
-
-/// A CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180). The value
-/// itself is never changed: the export is data for a program and must match the table.
-fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value.to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_fields_are_quoted_only_when_they_must_be() {
-        assert_eq!(csv_field("alice"), "alice");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("=SUM(A1)"), "=SUM(A1)");
-    }
 }

@@ -8,6 +8,7 @@ mod admin;
 pub mod auth;
 mod buyer;
 pub mod buyer_auth;
+mod csv;
 pub mod edge;
 pub mod error;
 mod events;
