@@ -21,7 +21,8 @@ use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use crate::metrics::Metrics;
 use crate::store::{self, PurchaseQueue, Store};
 use crate::worker::{
-    Runner, RunnerConfig, RunnerHealth, ServiceJobs, WebhookConfig, WebhookSender, supervise,
+    LiveConfig, LiveHub, Runner, RunnerConfig, RunnerHealth, ServiceJobs, WebhookConfig,
+    WebhookSender, supervise,
 };
 
 /// Name of the database the service uses on its embedded cluster.
@@ -47,6 +48,7 @@ pub struct Application {
     webhook_config: WebhookConfig,
     /// How long events and finished webhook deliveries are kept.
     retention: Duration,
+    live_config: LiveConfig,
     /// The private cluster we started, stopped after the server and workers.
     embedded: Option<EmbeddedPostgres>,
 }
@@ -99,10 +101,12 @@ impl Application {
             .into_acceptor()
             .await
             .with_context(|| format!("Failed to bind {}:{}", config.host, config.port))?;
+        let metrics = Metrics::new().context("Failed to set up metrics")?;
+        let waited = |pool: &str| metrics.pool_wait.with_label_values(&[pool]);
         Ok(Self {
             acceptor,
-            store: Store::new(pool),
-            reserved: Store::new(reserved_pool),
+            store: Store::new(pool).with_pool_wait(waited("main")),
+            reserved: Store::new(reserved_pool).with_pool_wait(waited("reserved")),
             edge: crate::api::EdgeLimits {
                 db_timeout: Duration::from_millis(config.db_timeout_ms.max(100)),
                 max_in_flight: config.max_in_flight.max(1),
@@ -112,7 +116,7 @@ impl Application {
             admin_key: AdminKey::new(admin_key),
             tokens: Arc::new(tokens),
             group_commit: config.group_commit,
-            metrics: Metrics::new().context("Failed to set up metrics")?,
+            metrics,
             view_cache: Duration::from_millis(config.sale_view_cache_ms),
             runner_config: RunnerConfig {
                 poll_interval: Duration::from_millis(config.worker_poll_ms.max(10)),
@@ -120,6 +124,7 @@ impl Application {
             },
             webhook_config: config.webhook_config(),
             retention: config.event_retention(),
+            live_config: config.live_config(),
             embedded,
         })
     }
@@ -144,7 +149,8 @@ impl Application {
         let health = RunnerHealth::default();
         let runner = Runner::new(
             self.reserved.clone(),
-            ServiceJobs::new(self.reserved.clone(), self.retention),
+            ServiceJobs::new(self.reserved.clone(), self.retention)
+                .with_metrics(self.metrics.clone()),
             self.runner_config.clone(),
         )
         .with_metrics(self.metrics.clone())
@@ -162,8 +168,18 @@ impl Application {
         let sender = tokio::spawn(supervise(
             "webhook sender",
             move |stop| webhooks.clone().run(stop),
-            workers_stopped,
+            workers_stopped.clone(),
         ));
+        // The live hub's LISTEN connection comes from the main pool, like the streams' reads.
+        let live = LiveHub::new(self.store.clone(), self.metrics.clone(), self.live_config);
+        let listener = {
+            let live = live.clone();
+            tokio::spawn(supervise(
+                "live listener",
+                move |stop| live.clone().run_listener(stop),
+                workers_stopped.clone(),
+            ))
+        };
         rate_limit::spawn_pruner(&self.limits);
         let app = crate::api::app(ApiState {
             store: self.store.clone(),
@@ -182,6 +198,7 @@ impl Application {
             metrics: self.metrics.clone(),
             edge: self.edge,
             webhook_retry_for: self.webhook_config.retry_for,
+            live,
         });
         tracing::info!(
             port = self.acceptor.local_addr().first().map(ToString::to_string),
@@ -197,6 +214,9 @@ impl Application {
         }
         if let Err(err) = sender.await {
             tracing::error!(error = %err, "webhook sender supervisor panicked");
+        }
+        if let Err(err) = listener.await {
+            tracing::error!(error = %err, "live listener supervisor panicked");
         }
         self.store.pool().close().await;
         self.reserved.pool().close().await;

@@ -182,6 +182,18 @@ pub struct Config {
     #[arg(long, env = "EVENT_RETENTION_SECS", default_value_t = 604_800)]
     pub event_retention_secs: u64,
 
+    /// Live streams (buyer and public Server-Sent Events) one instance serves at once; past
+    /// it, new ones get 503 `TOO_MANY_STREAMS`. Each open stream holds a socket, so the
+    /// process's open-file limit (`ulimit -n`) must be above it.
+    #[arg(long, env = "MAX_LIVE_STREAMS", default_value_t = 20_000)]
+    pub max_live_streams: usize,
+
+    /// The longest a watched sale goes without a read when no change is notified, in
+    /// milliseconds: it bounds how late a stream hears of what has no event (a sale ending
+    /// by the clock, the queue's length) or of a lost notification.
+    #[arg(long, env = "LIVE_REFRESH_MS", default_value_t = 1_000)]
+    pub live_refresh_ms: u64,
+
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -223,6 +235,14 @@ impl Config {
     /// (a pending delivery keeps its event anyway, this keeps the finished ones listable).
     pub fn event_retention(&self) -> Duration {
         Duration::from_secs(self.event_retention_secs.max(self.webhook_retry_for_secs))
+    }
+
+    /// How the live hub is tuned.
+    pub fn live_config(&self) -> crate::worker::LiveConfig {
+        crate::worker::LiveConfig {
+            max_streams: self.max_live_streams.max(1),
+            refresh_every: Duration::from_millis(self.live_refresh_ms.max(100)),
+        }
     }
 
     /// How buyer tokens are checked.

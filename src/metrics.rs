@@ -6,8 +6,8 @@
 //! can build as many services as they like.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Seconds: from a millisecond (a cached read) to the 5 s request deadline and past it.
@@ -37,8 +37,22 @@ pub struct Metrics {
     /// 1,000 sales), read at each scrape.
     pub queue_waiting: IntGaugeVec,
     pub queue_active_holds: IntGaugeVec,
-    /// Server-Sent Event streams open now.
+    /// Server-Sent Event streams open now (admin, buyer and public).
     pub streams_open: IntGauge,
+    /// Sale-change notifications this instance received (one per writing transaction and
+    /// sale, however many streams it serves).
+    pub live_notifications: IntCounter,
+    /// Reads of a watched sale by the live hub (one per wake-up and sale, not per stream).
+    pub live_refreshes: IntCounter,
+    /// From a hold's grant (database clock) to its `held` event leaving on the buyer's
+    /// stream.
+    pub hold_push: Histogram,
+    /// Time a request or worker waited for a pooled connection, by pool.
+    pub pool_wait: HistogramVec,
+    /// How long buyers waited for a free unit: from the queue tick falling due (a unit came
+    /// back, a buyer joined, the sale opened) to the admission's commit, once per tick that
+    /// admitted someone.
+    pub admission_lag: Histogram,
     /// Instant purchase attempts by outcome (`purchased`, `sold_out`, ...).
     pub purchases: IntCounterVec,
     /// Queue actions by action and outcome (`join`/`queued`, `confirm`/`hold_expired`, ...).
@@ -79,6 +93,18 @@ impl Metrics {
                 registry.register(Box::new(gauge.clone()))?;
                 Ok(gauge)
             };
+        let histogram_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<HistogramVec> {
+                let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+                let histogram = HistogramVec::new(opts, labels)?;
+                registry.register(Box::new(histogram.clone()))?;
+                Ok(histogram)
+            };
+        let plain_counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let counter = IntCounter::new(name, help)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
             let gauge = IntGauge::new(name, help)?;
             registry.register(Box::new(gauge.clone()))?;
@@ -90,18 +116,11 @@ impl Metrics {
                 "HTTP responses by status class",
                 &["class"],
             )?,
-            http_duration: {
-                let histogram = HistogramVec::new(
-                    HistogramOpts::new(
-                        "http_request_duration_seconds",
-                        "Time to answer a request, by OpenAPI operation and status class",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["operation", "class"],
-                )?;
-                registry.register(Box::new(histogram.clone()))?;
-                histogram
-            },
+            http_duration: histogram_vec(
+                "http_request_duration_seconds",
+                "Time to answer a request, by OpenAPI operation and status class",
+                &["operation", "class"],
+            )?,
             purchases: counter(
                 "purchases_total",
                 "Instant purchase attempts by outcome",
@@ -146,18 +165,11 @@ impl Metrics {
                 "Time of one group-commit statement, commit included",
                 &LATENCY_BUCKETS,
             )?,
-            job_lag: {
-                let histogram = HistogramVec::new(
-                    HistogramOpts::new(
-                        "job_lag_seconds",
-                        "How late a job started after it fell due, by kind",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["kind"],
-                )?;
-                registry.register(Box::new(histogram.clone()))?;
-                histogram
-            },
+            job_lag: histogram_vec(
+                "job_lag_seconds",
+                "How late a job started after it fell due, by kind",
+                &["kind"],
+            )?,
             pool_connections: gauge_vec(
                 "db_pool_connections",
                 "Database connections by pool and state",
@@ -174,6 +186,29 @@ impl Metrics {
                 &["sale"],
             )?,
             streams_open: gauge("event_streams_open", "Server-Sent Event streams open now")?,
+            live_notifications: plain_counter(
+                "live_notifications_total",
+                "Sale-change notifications received by the live hub",
+            )?,
+            live_refreshes: plain_counter(
+                "live_refreshes_total",
+                "Reads of watched sales by the live hub (per wake-up, not per stream)",
+            )?,
+            hold_push: histogram(
+                "hold_push_seconds",
+                "From a hold's grant to its held event leaving on the buyer's stream",
+                &LATENCY_BUCKETS,
+            )?,
+            pool_wait: histogram_vec(
+                "db_pool_wait_seconds",
+                "Time spent waiting for a pooled database connection, by pool",
+                &["pool"],
+            )?,
+            admission_lag: histogram(
+                "admission_lag_seconds",
+                "From a queue tick falling due to its admissions' commit",
+                &LATENCY_BUCKETS,
+            )?,
             registry,
         })
     }

@@ -51,6 +51,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The sale's queue is at capacity; retry after the `Retry-After` seconds.
     QueueFull,
+    /// The instance serves as many live streams as it may; retry after `Retry-After`
+    /// seconds, or poll.
+    TooManyStreams,
     /// The user has no entry in this sale's queue.
     NotInQueue,
     /// The user is still waiting for a hold; nothing to confirm yet.

@@ -18,6 +18,7 @@ use super::models::{EventPage, EventTypeView, EventView, PurchasePage, PurchaseV
 use crate::domain::{EventType, FeedCursor};
 use crate::metrics::Metrics;
 use crate::store::{FeedFilter, Store};
+use crate::worker::OpenStream;
 
 /// How often an idle stream asks for new events.
 const STREAM_POLL: Duration = Duration::from_millis(250);
@@ -29,22 +30,6 @@ const STREAM_BATCH: i64 = 500;
 pub struct EventsApi {
     pub store: Store,
     pub metrics: Metrics,
-}
-
-/// Counts an open stream for as long as it lives (dropped when the client goes).
-struct OpenStream(prometheus::IntGauge);
-
-impl OpenStream {
-    fn new(gauge: &prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 #[derive(ApiResponse)]

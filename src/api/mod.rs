@@ -16,6 +16,7 @@ mod health;
 pub mod models;
 mod queue;
 pub mod rate_limit;
+mod streams;
 mod strict;
 pub mod view_cache;
 mod webhooks;
@@ -29,7 +30,7 @@ use poem_openapi::{OpenApiService, OperationId, Tags};
 
 use crate::metrics::Metrics;
 use crate::store::{PurchaseQueue, Store};
-use crate::worker::RunnerHealth;
+use crate::worker::{LiveConfig, LiveHub, RunnerHealth};
 use admin::AdminApi;
 use auth::AdminKey;
 use buyer::BuyerApi;
@@ -40,6 +41,7 @@ use events::EventsApi;
 use health::HealthApi;
 use queue::QueueApi;
 use rate_limit::RateLimits;
+use streams::StreamsApi;
 use view_cache::SaleViewCache;
 use webhooks::WebhooksApi;
 
@@ -65,6 +67,7 @@ type Apis = (
     WebhooksApi,
     BuyerApi,
     QueueApi,
+    StreamsApi,
     HealthApi,
 );
 
@@ -99,12 +102,16 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// How long a replayed webhook delivery is retried.
     pub webhook_retry_for: std::time::Duration,
+    /// Fans sale changes out to the live streams.
+    pub live: LiveHub,
 }
 
 impl ApiState {
     /// No rate limits and no buyer tokens: for the OpenAPI document and tests.
     pub fn unlimited(store: Store, admin_key: AdminKey) -> prometheus::Result<Self> {
+        let metrics = Metrics::new()?;
         Ok(Self {
+            live: LiveHub::new(store.clone(), metrics.clone(), LiveConfig::default()),
             reserved: store.clone(),
             runner_health: RunnerHealth::default(),
             edge: EdgeLimits::default(),
@@ -117,7 +124,7 @@ impl ApiState {
             tokens: Arc::new(BuyerTokens::disabled()),
             purchases: PurchaseQueue::new(store.clone(), true, EdgeLimits::default().db_timeout),
             views: Arc::new(SaleViewCache::new(std::time::Duration::ZERO)),
-            metrics: Metrics::new()?,
+            metrics,
             webhook_retry_for: crate::worker::WebhookConfig::default().retry_for,
             store,
         })
@@ -152,6 +159,10 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
                 limits: state.limits.clone(),
                 tokens: state.tokens.clone(),
                 metrics: state.metrics.clone(),
+            },
+            StreamsApi {
+                live: state.live.clone(),
+                tokens: state.tokens.clone(),
             },
             HealthApi {
                 store: state.reserved.clone(),

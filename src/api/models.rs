@@ -14,7 +14,7 @@ pub use outbox_views::{
     CreateWebhookRequest, DeliveryStatusView, DeliveryView, EventPage, EventTypeView, EventView,
     PurchasePage, WebhookSecretView, WebhookView,
 };
-pub use queue_views::{QueueStatsView, QueueStatusKind, QueueStatusView};
+pub use queue_views::{QueueStatsView, QueueStatusKind, QueueStatusView, QueueStreamEvent};
 
 use chrono::{DateTime, Utc};
 use poem_openapi::payload::Json;
@@ -181,6 +181,16 @@ pub struct PurchaseRequest {
     /// given (else 403 `FORBIDDEN`).
     #[oai(validator(min_length = 1, max_length = 128))]
     pub user_id: MaybeUndefined<StrictString>,
+}
+
+/// One message of a sale's public live stream (SSE `event: sale`, `id:` the sale's event
+/// sequence it reflects).
+#[derive(Object, Debug, Clone)]
+pub struct SaleStreamEvent {
+    #[oai(skip)]
+    pub sequence: i64,
+    #[oai(flatten)]
+    pub sale: SaleView,
 }
 
 /// The public view of a sale.

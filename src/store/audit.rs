@@ -46,7 +46,8 @@ impl Store {
     /// Runs the invariant checks for the sale with this id (archived ones too), in a
     /// transaction of its own so every check reads one snapshot.
     pub async fn audit_sale(&self, sale_id: uuid::Uuid) -> Result<AuditReport, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .execute(&mut *tx)
             .await?;

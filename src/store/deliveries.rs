@@ -90,7 +90,8 @@ impl Store {
         limit: i64,
         retry_for: Duration,
     ) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let endpoint = sqlx::query_as::<_, FanOutState>(
             "SELECT cursor_tx, cursor_sale, cursor_sequence, event_types, sale_id
                FROM webhook_endpoints WHERE id = $1 FOR UPDATE SKIP LOCKED",
@@ -191,7 +192,7 @@ impl Store {
             .bind(endpoint_id)
             .bind(limit)
             .bind(lease.as_secs_f64())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         Ok(rows
             .into_iter()
@@ -249,7 +250,7 @@ impl Store {
         .bind(&errors)
         .bind(&waits)
         .bind(&sent)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let mut tally = AttemptTally::default();
         for (status, sent) in rows {
@@ -284,7 +285,7 @@ impl Store {
         .bind(status)
         .bind(endpoint_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -307,7 +308,7 @@ impl Store {
         )
         .bind(id)
         .bind(retry_for.as_secs_f64())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(match status {
             None => ReplayOutcome::NotFound,
@@ -322,7 +323,7 @@ impl Store {
             "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
                     (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed')",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?)
     }
 }

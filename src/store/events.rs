@@ -121,12 +121,12 @@ impl Store {
         filter: &FeedFilter,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        visible_events(&mut *self.pool.acquire().await?, after, filter, limit).await
+        visible_events(&mut *self.conn().await?, after, filter, limit).await
     }
 
     /// Where a reader that wants only new events starts.
     pub async fn feed_now(&self) -> Result<FeedCursor, StoreError> {
-        feed_horizon(&mut *self.pool.acquire().await?).await
+        feed_horizon(&mut *self.conn().await?).await
     }
 
     /// A page of a sale's purchases in user-id order, after `after_user` (from the first
@@ -146,7 +146,7 @@ impl Store {
         .bind(sale_id)
         .bind(after_user)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(Purchase::from).collect())
     }
@@ -167,7 +167,7 @@ impl Store {
             )
             .bind(keep_secs)
             .bind(PRUNE_STEP)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
             if deleted.rows_affected() < PRUNE_STEP as u64 {
                 break;
@@ -214,7 +214,7 @@ impl Store {
             )
             .bind(keep_secs)
             .bind(PRUNE_STEP)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn().await?)
             .await?;
             removed += step as u64;
             if step == 0 {

@@ -157,7 +157,7 @@ impl Store {
         sale_id: Uuid,
         run_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        enqueue(&mut *self.pool.acquire().await?, kind, sale_id, run_at).await
+        enqueue(&mut *self.conn().await?, kind, sale_id, run_at).await
     }
 
     /// Claims up to `limit` due jobs for `lease`.
@@ -184,7 +184,7 @@ impl Store {
         )
         .bind(limit)
         .bind(seconds(lease))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(jobs)
     }
@@ -194,7 +194,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM jobs WHERE id = $1 AND lock_token = $2")
             .bind(job.id)
             .bind(job.lock_token)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -218,7 +218,7 @@ impl Store {
         .bind(error)
         .bind(seconds(backoff))
         .bind(MAX_ATTEMPTS)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await;
         match retried {
             Ok(_) => Ok(()),
@@ -237,7 +237,7 @@ impl Store {
               WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, id DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(jobs)
     }
@@ -245,7 +245,7 @@ impl Store {
     /// How many jobs failed for good.
     pub async fn count_failed_jobs(&self) -> Result<i64, StoreError> {
         let count = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE dead_at IS NOT NULL")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn().await?)
             .await?;
         Ok(count)
     }
@@ -258,14 +258,14 @@ impl Store {
               WHERE id = $1 AND dead_at IS NOT NULL",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await;
         match requeued {
             Ok(done) if done.rows_affected() > 0 => Ok(RequeueOutcome::Requeued),
             Ok(_) => {
                 let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1")
                     .bind(id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.conn().await?)
                     .await?;
                 Ok(match exists {
                     Some(_) => RequeueOutcome::NotFailed,
@@ -277,7 +277,7 @@ impl Store {
             Err(err) if violated_constraint(&err) == Some("jobs_one_pending_queue_tick") => {
                 sqlx::query("DELETE FROM jobs WHERE id = $1")
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok(RequeueOutcome::Requeued)
             }
@@ -305,7 +305,7 @@ impl Store {
                 WHERE kind = 'queue_tick' AND lock_token IS NULL AND dead_at IS NULL
              DO NOTHING",
         )
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(added.rows_affected())
     }
@@ -320,7 +320,7 @@ impl Store {
                 WHERE kind = 'prune_events' AND lock_token IS NULL AND dead_at IS NULL
              DO NOTHING",
         )
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(added.rows_affected() > 0)
     }
@@ -334,7 +334,7 @@ impl Store {
              DO NOTHING",
         )
         .bind(seconds(delay))
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -346,7 +346,7 @@ impl Store {
             "SELECT EXTRACT(EPOCH FROM min(GREATEST(run_at, COALESCE(locked_until, run_at))) - now())::float8
                FROM jobs WHERE dead_at IS NULL",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
     }

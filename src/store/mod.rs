@@ -9,6 +9,7 @@ mod deliveries;
 mod events;
 mod group_commit;
 mod jobs;
+mod live;
 mod purchases;
 mod queue;
 mod queue_tick;
@@ -17,8 +18,10 @@ mod webhooks;
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use prometheus::Histogram;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
 
 pub use audit::{AuditCheck, AuditReport};
 pub use deliveries::{AttemptResult, AttemptTally, ClaimedDelivery, DeliveryView, ReplayOutcome};
@@ -27,6 +30,7 @@ pub use group_commit::{MAX_BATCH, PurchaseQueue};
 pub use jobs::{
     FailedJob, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, PRUNE_INTERVAL, RequeueOutcome,
 };
+pub use live::{ChangePage, EntryChange, EntryChangeKind, LiveQueue, LiveSale};
 pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, JoinOutcome, LeaveOutcome, QueueStats};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
@@ -138,11 +142,33 @@ fn is_unavailability(err: &sqlx::Error) -> bool {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Where the time spent waiting for a connection is recorded, if anywhere.
+    pool_wait: Option<Histogram>,
 }
 
 impl Store {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            pool_wait: None,
+        }
+    }
+
+    /// Records in `histogram` how long each statement waited for a pooled connection.
+    pub fn with_pool_wait(mut self, histogram: Histogram) -> Self {
+        self.pool_wait = Some(histogram);
+        self
+    }
+
+    /// A pooled connection, the wait for it timed: a pool too small for the load shows
+    /// here before it shows as 503s.
+    async fn conn(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let conn = self.pool.acquire().await;
+        if let Some(histogram) = &self.pool_wait {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
+        conn
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -151,7 +177,11 @@ impl Store {
 
     /// True when the database answers a trivial query within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> bool {
-        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        let query = async {
+            sqlx::query("SELECT 1")
+                .execute(&mut *self.conn().await?)
+                .await
+        };
         matches!(tokio::time::timeout(timeout, query).await, Ok(Ok(_)))
     }
 }

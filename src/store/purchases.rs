@@ -88,7 +88,7 @@ impl Store {
         sale_id: Uuid,
         user_id: &str,
     ) -> Result<PurchaseOutcome, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let mut refusal = PurchaseOutcome::SaleNotFound;
         for _ in 0..PURCHASE_ATTEMPTS {
             let attempt = sqlx::query_as::<_, PurchaseRow>(PURCHASE_SQL)
@@ -121,7 +121,7 @@ impl Store {
         sale_id: Uuid,
         user_id: &str,
     ) -> Result<Option<Purchase>, StoreError> {
-        find_purchase(&mut *self.pool.acquire().await?, sale_id, user_id).await
+        find_purchase(&mut *self.conn().await?, sale_id, user_id).await
     }
 }
 
@@ -271,7 +271,7 @@ impl Store {
             .bind(&users)
             .bind(&ids)
             .bind(JobKind::SyncSaleState.as_str())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await
             .map_err(StoreError::after_write)?;
         let mut result = BatchResult::default();
@@ -307,7 +307,7 @@ impl Store {
         )
         .bind(sale_id)
         .bind(limit + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok((rows.len() as i64 <= limit).then(|| rows.into_iter().map(Purchase::from).collect()))
     }
@@ -324,7 +324,7 @@ impl Store {
         )
         .bind(sale_id)
         .bind(users)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(Purchase::from).collect())
     }

@@ -74,7 +74,7 @@ pub struct QueueStats {
 }
 
 #[derive(FromRow)]
-struct EntryRow {
+pub(super) struct EntryRow {
     user_id: String,
     ticket: i64,
     prequeue: bool,
@@ -106,7 +106,7 @@ impl From<EntryRow> for QueueEntry {
 }
 
 /// An entry with its queue's counters: one row, one index probe each, no count.
-const ENTRY_SQL: &str = "
+pub(super) const ENTRY_SQL: &str = "
     SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at,
            q.admitted_upto, q.waiting, q.shuffled_at IS NOT NULL AS shuffled,
            CASE WHEN q.admitted > 0 AND now() > q.first_admitted_at
@@ -152,7 +152,7 @@ impl Store {
         if sale.checkout != Checkout::Queued {
             return Ok(JoinOutcome::WrongCheckout);
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         for _ in 0..2 {
             match self.try_join(&mut conn, sale, user_id).await {
                 Err(StoreError::Database(err))
@@ -272,7 +272,7 @@ impl Store {
         sale_id: Uuid,
         user_id: &str,
     ) -> Result<Option<QueueEntry>, StoreError> {
-        find_entry(&mut *self.pool.acquire().await?, sale_id, user_id).await
+        find_entry(&mut *self.conn().await?, sale_id, user_id).await
     }
 
     /// Turns the buyer's live hold into a purchase.
@@ -292,7 +292,7 @@ impl Store {
         if sale.checkout != Checkout::Queued {
             return Ok(ConfirmOutcome::WrongCheckout);
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let confirmed = sqlx::query(
             "UPDATE queue_entries SET status = 'purchased', finished_at = now()
@@ -385,7 +385,7 @@ impl Store {
         if sale.checkout != Checkout::Queued {
             return Ok(LeaveOutcome::WrongCheckout);
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let before: Option<(String,)> = sqlx::query_as(
             "WITH target AS (
@@ -445,7 +445,7 @@ impl Store {
                FROM sale_queues WHERE sale_id = $1",
         )
         .bind(sale_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(stats)
     }
@@ -458,7 +458,7 @@ impl Store {
               WHERE s.archived_at IS NULL AND s.cancelled_at IS NULL AND now() < s.ends_at
               ORDER BY s.sku LIMIT 1000",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -469,7 +469,7 @@ impl Store {
               WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1000",
         )
         .bind(user_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(Purchase::from).collect())
     }

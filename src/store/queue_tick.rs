@@ -153,7 +153,8 @@ impl Store {
     ///    start over rather than lock it now (that buyer may hold it while waiting for the
     ///    queue row: a deadlock). New pre-queue joins end at the opening, so this settles.
     async fn try_shuffle(&self, sale_id: Uuid) -> Result<Option<Option<i32>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let seed: Option<i64> = sqlx::query_scalar(
             "SELECT shuffle_seed FROM sale_queues WHERE sale_id = $1 AND shuffled_at IS NULL",
         )
@@ -240,7 +241,8 @@ impl Store {
     /// move from `available` to `held` in the same statement. `available` never goes below
     /// zero because at most `available` entries are taken under the lock.
     async fn admit(&self, sale_id: Uuid, batch: i64) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let room: Option<(i64, i32)> = sqlx::query_as(
             "SELECT LEAST(s.available::bigint, $2,
                           CASE WHEN s.max_active_holds > 0
@@ -302,7 +304,7 @@ impl Store {
         sale_id: Uuid,
         run_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        enqueue_queue_tick(&mut *self.pool.acquire().await?, sale_id, run_at).await
+        enqueue_queue_tick(&mut *self.conn().await?, sale_id, run_at).await
     }
 
     /// Queues the next tick at the earliest live hold's expiry or after `interval`,
@@ -322,7 +324,7 @@ impl Store {
         )
         .bind(sale_id)
         .bind(interval.as_secs_f64())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         match at {
             Some(at) => self.schedule_queue_tick(sale_id, Some(at)).await,

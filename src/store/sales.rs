@@ -104,7 +104,8 @@ pub enum RemoveOutcome {
 impl Store {
     /// Creates a sale and queues the state jobs for its start and end, in one transaction.
     pub async fn create_sale(&self, new: &NewSale) -> Result<Sale, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let sql = format!(
             "INSERT INTO sales (id, sku, name, stock, available, starts_at, ends_at, checkout, \
                                 hold_seconds, queue_capacity, max_active_holds)
@@ -164,14 +165,14 @@ impl Store {
         let row = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(Uuid::parse_str(sale_ref).ok())
             .bind(sale_ref)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         Ok(row.map(Sale::from))
     }
 
     /// The sale with this id (archived or not).
     pub async fn sale_by_id(&self, id: Uuid) -> Result<Option<Sale>, StoreError> {
-        sale_by_id(&mut *self.pool.acquire().await?, id).await
+        sale_by_id(&mut *self.conn().await?, id).await
     }
 
     /// Whether the sale with this id exists and is not archived: one primary-key probe, for
@@ -180,7 +181,7 @@ impl Store {
         let live: Option<bool> =
             sqlx::query_scalar("SELECT archived_at IS NULL FROM sales WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(live == Some(true))
     }
@@ -194,7 +195,7 @@ impl Store {
         let rows = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(limit)
             .bind(offset)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         Ok(rows.into_iter().map(Sale::from).collect())
     }
@@ -220,7 +221,7 @@ impl Store {
         let row = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(sale_id)
             .bind(JobKind::SyncSaleState.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         Ok(match row {
             Some(row) => CancelOutcome::Cancelled(row.into()),
@@ -246,7 +247,7 @@ impl Store {
             "DELETE FROM sales WHERE id = $1 AND sold = 0 AND held = 0 AND archived_at IS NULL",
         )
         .bind(sale_id)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         if deleted.rows_affected() > 0 {
             return Ok(RemoveOutcome::Deleted);
@@ -289,7 +290,7 @@ impl Store {
         let archived = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(sale_id)
             .bind(JobKind::SyncSaleState.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         let Some(archived) = archived else {
             return Ok(match self.sale_by_id(sale_id).await? {
@@ -302,7 +303,7 @@ impl Store {
             });
         };
         if archived.checkout == Checkout::Queued.as_str() {
-            jobs::enqueue_queue_tick(&mut *self.pool.acquire().await?, sale_id, None).await?;
+            jobs::enqueue_queue_tick(&mut *self.conn().await?, sale_id, None).await?;
         }
         let voided_holds = return_holds(&self.pool, sale_id, HoldsToReturn::All).await?;
         let sale = self
@@ -322,7 +323,7 @@ impl Store {
               WHERE sale_id = $1 ORDER BY occurred_at, id",
         )
         .bind(sale_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(events)
     }
@@ -357,7 +358,7 @@ impl Store {
         let at: Option<DateTime<Utc>> =
             sqlx::query_scalar("SELECT max(created_at) FROM purchases WHERE sale_id = $1")
                 .bind(sale_id)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.conn().await?)
                 .await?;
         Ok(at)
     }

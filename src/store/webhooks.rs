@@ -61,7 +61,7 @@ impl Store {
         &self,
         new: &NewEndpoint,
     ) -> Result<(WebhookEndpoint, String), StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let start = feed_horizon(&mut conn).await?;
         let secret = new_webhook_secret();
         let sql = format!(
@@ -88,7 +88,7 @@ impl Store {
         let sql =
             format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id");
         let rows = sqlx::query_as::<_, EndpointRow>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         Ok(rows.into_iter().map(WebhookEndpoint::from).collect())
     }
@@ -97,7 +97,7 @@ impl Store {
     pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -121,7 +121,7 @@ impl Store {
             .bind(id)
             .bind(&secret)
             .bind(overlap.as_secs_f64())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         Ok(row.map(|row| (row.into(), secret)))
     }
@@ -129,7 +129,7 @@ impl Store {
     /// The ids of every endpoint (the sender runs one loop per endpoint).
     pub async fn webhook_ids(&self) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar("SELECT id FROM webhook_endpoints")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?)
     }
 
@@ -142,7 +142,7 @@ impl Store {
                FROM webhook_endpoints WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?)
     }
 }

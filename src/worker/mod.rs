@@ -14,6 +14,7 @@
 //! ([`Store::ensure_prune_job`]) and counts the jobs that failed for good. The webhook sender
 //! is supervised the same way.
 
+mod live;
 mod service_jobs;
 mod webhooks;
 
@@ -28,6 +29,9 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::store::{JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, Store};
 
+pub use live::{
+    LiveConfig, LiveHub, OpenStream, SALE_CHANGES_CHANNEL, SaleUpdate, StreamsFull, Subscription,
+};
 pub use service_jobs::{ADMIT_BATCH, ServiceJobs};
 pub use webhooks::{WebhookConfig, WebhookSender, retry_delay};
 

@@ -16,6 +16,7 @@ use anyhow::Context;
 use super::JobHandler;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use crate::store::{Job, JobKind, PRUNE_INTERVAL, Store, TICK_INTERVAL};
 
 /// Holds granted (and holds expired) per tick at most; a full batch ticks again at once.
@@ -27,11 +28,22 @@ pub struct ServiceJobs {
     store: Store,
     /// How long events and finished deliveries are kept.
     retention: Duration,
+    metrics: Option<Metrics>,
 }
 
 impl ServiceJobs {
     pub fn new(store: Store, retention: Duration) -> Self {
-        Self { store, retention }
+        Self {
+            store,
+            retention,
+            metrics: None,
+        }
+    }
+
+    /// Records the admission lag in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn prune_events(&self) -> anyhow::Result<()> {
@@ -62,12 +74,19 @@ impl ServiceJobs {
         Ok(())
     }
 
-    async fn queue_tick(&self, sale_id: uuid::Uuid) -> anyhow::Result<()> {
+    async fn queue_tick(&self, sale_id: uuid::Uuid, lag_seconds: f64) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let report = self
             .store
             .queue_tick(sale_id, ADMIT_BATCH)
             .await
             .context("Failed to run the queue tick")?;
+        if let (Some(metrics), true) = (&self.metrics, report.admitted > 0) {
+            // Due (a unit came back, a buyer joined, the sale opened) to committed.
+            metrics
+                .admission_lag
+                .observe(lag_seconds + started.elapsed().as_secs_f64());
+        }
         if report.admitted > 0 || report.expired > 0 || report.shuffled.is_some() {
             tracing::info!(
                 admitted = report.admitted,
@@ -99,7 +118,7 @@ impl JobHandler for ServiceJobs {
         };
         match kind {
             Some(JobKind::SyncSaleState) => self.sync_sale_state(sale_id).await,
-            Some(JobKind::QueueTick) => self.queue_tick(sale_id).await,
+            Some(JobKind::QueueTick) => self.queue_tick(sale_id, job.lag_seconds).await,
             Some(JobKind::PruneEvents) | None => anyhow::bail!("unknown job kind {:?}", job.kind),
         }
     }

@@ -21,5 +21,6 @@ mod races;
 mod rate_limits;
 mod receiver;
 mod sale_state;
+mod streams;
 mod support;
 mod webhooks;

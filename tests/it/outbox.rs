@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use flashsale::store::Store;
 use flashsale::worker::{Runner, RunnerConfig, ServiceJobs};
-use futures_util::StreamExt;
 use poem::http::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{ADMIN_KEY, TestApp, live_sale_id, spawn_app, status_and_json};
+use crate::support::{
+    ADMIN_KEY, TestApp, live_sale_id, metric, read_messages, spawn_app, status_and_json,
+};
 
 /// Makes every queued job due now and runs them (state changes are recorded by jobs).
 async fn run_jobs_now(store: &Store) {
@@ -176,13 +177,7 @@ async fn holds_granted_expired_released_confirmed_and_an_archive_emit_exactly_th
     let sale = sale_id(&sale).await;
     run_jobs_now(&app.store).await;
     for user in ["a", "b", "c", "d"] {
-        let response = app
-            .client
-            .post(format!("/api/v1/sales/{sku}/queue"))
-            .body_json(&json!({ "userId": user }))
-            .send()
-            .await;
-        assert_eq!(response.0.status(), StatusCode::ACCEPTED);
+        assert_eq!(app.join_queue(&sku, user).await.0, StatusCode::ACCEPTED);
     }
     app.store.queue_tick(sale, 500).await.expect("tick"); // grants a, b
     sqlx::query(
@@ -341,46 +336,6 @@ async fn paging_the_feed_while_a_thousand_buyers_buy_returns_each_purchase_exact
 }
 
 /// Reads SSE messages (`id`, parsed `data`) from a streaming body until `count` arrived.
-async fn read_messages(response: poem::test::TestResponse, count: usize) -> Vec<(String, Value)> {
-    let mut body = response.0.into_body().into_bytes_stream();
-    let mut text = String::new();
-    let mut messages = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while messages.len() < count {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .expect("messages within 10 s")
-            .expect("the stream stays open")
-            .expect("chunk");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let block: String = text.drain(..end + 2).collect();
-            let mut id = String::new();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(value) = line.strip_prefix("id: ") {
-                    id = value.to_string();
-                } else if let Some(value) = line.strip_prefix("data: ") {
-                    data.push_str(value);
-                }
-            }
-            if !data.is_empty() {
-                messages.push((id, serde_json::from_str(&data).expect("JSON data")));
-            }
-        }
-    }
-    messages
-}
-
-async fn streams_open(app: &TestApp) -> i64 {
-    let response = app.client.get("/metrics").send().await;
-    let text = response.0.into_body().into_string().await.expect("metrics");
-    text.lines()
-        .find_map(|line| line.strip_prefix("flashsale_event_streams_open "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(-1)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_sends_new_events_as_they_commit_and_resumes_after_last_event_id() {
     let app = spawn_app().await;
@@ -395,7 +350,7 @@ async fn the_stream_sends_new_events_as_they_commit_and_resumes_after_last_event
         .send()
         .await;
     assert_eq!(live.0.status(), StatusCode::OK);
-    assert_eq!(streams_open(&app).await, 1);
+    assert_eq!(metric(&app, "flashsale_event_streams_open").await as i64, 1);
     let buying = {
         let client = app.client.clone();
         let sku = sku.clone();
@@ -429,7 +384,7 @@ async fn the_stream_sends_new_events_as_they_commit_and_resumes_after_last_event
     assert_eq!(again[1].1, messages[2].1);
 
     assert_eq!(
-        streams_open(&app).await,
+        metric(&app, "flashsale_event_streams_open").await as i64,
         0,
         "a stream whose client went is dropped"
     );

@@ -29,13 +29,7 @@ async fn queued_sale(app: &TestApp, stock: i64, extra: Value) -> (String, Uuid) 
 }
 
 async fn join(app: &TestApp, sku: &str, user: &str) -> (StatusCode, Value) {
-    let response = app
-        .client
-        .post(format!("/api/v1/sales/{sku}/queue"))
-        .body_json(&json!({ "userId": user }))
-        .send()
-        .await;
-    status_and_json(response).await
+    app.join_queue(sku, user).await
 }
 
 async fn poll(app: &TestApp, sku: &str, user: &str) -> (StatusCode, Value) {

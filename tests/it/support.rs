@@ -10,6 +10,7 @@ use flashsale::api::view_cache::SaleViewCache;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use flashsale::metrics::Metrics;
 use flashsale::store::{self, PurchaseQueue, Store};
+use flashsale::worker::{LiveConfig, LiveHub};
 use poem::endpoint::BoxEndpoint;
 use poem::http::StatusCode;
 use poem::test::{TestClient, TestResponse};
@@ -123,12 +124,62 @@ pub fn client_with_edge(
     tokens: BuyerTokens,
     edge: flashsale::api::EdgeLimits,
 ) -> TestClient<BoxEndpoint<'static, Response>> {
+    // No LISTEN connection (it would take one of the test pool's): streams hear of
+    // changes from the hub's own refresh, every 200 ms here.
+    let live = LiveHub::new(
+        store.clone(),
+        Metrics::new().expect("metrics"),
+        LiveConfig {
+            max_streams: 1_000,
+            refresh_every: Duration::from_millis(200),
+        },
+    );
+    client_with_hub(store, limits, tokens, edge, live)
+}
+
+/// An app whose streams hear of changes only through `LISTEN`/`NOTIFY` (the hub's own
+/// refresh is a minute apart): what a stream receives within seconds came by notification.
+pub async fn spawn_notified_app(max_streams: usize) -> (TestApp, LiveHub) {
+    let store = Store::new(fresh_database(10).await);
+    let live = LiveHub::new(
+        store.clone(),
+        Metrics::new().expect("metrics"),
+        LiveConfig {
+            max_streams,
+            refresh_every: Duration::from_secs(60),
+        },
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The listener runs for the rest of the test.
+    std::mem::forget(stop);
+    tokio::spawn(live.clone().run_listener(stopped));
+    let client = client_with_hub(
+        store.clone(),
+        Limits::off(),
+        BuyerTokens::disabled(),
+        flashsale::api::EdgeLimits::default(),
+        live.clone(),
+    );
+    let app = TestApp {
+        client: Arc::new(client),
+        store,
+    };
+    (app, live)
+}
+
+pub fn client_with_hub(
+    store: Store,
+    limits: Limits,
+    tokens: BuyerTokens,
+    edge: flashsale::api::EdgeLimits,
+    live: LiveHub,
+) -> TestClient<BoxEndpoint<'static, Response>> {
     let limits = Arc::new(RateLimits {
         per_user: KeyedLimiter::new(limits.per_user.0, limits.per_user.1),
         per_ip: KeyedLimiter::new(limits.per_ip.0, limits.per_ip.1),
         trust_forwarded_for: limits.trust_forwarded_for,
     });
-    let metrics = Metrics::new().expect("metrics");
+    let metrics = live.metrics().clone();
     let app = flashsale::api::app(ApiState {
         reserved: store.clone(),
         runner_health: flashsale::worker::RunnerHealth::default(),
@@ -142,6 +193,7 @@ pub fn client_with_edge(
         metrics,
         webhook_retry_for: std::time::Duration::from_secs(3600),
         store,
+        live,
     });
     TestClient::new(app.boxed())
 }
@@ -183,6 +235,17 @@ impl TestApp {
 
     pub async fn purchase(&self, sale: &str, user: &str) -> (StatusCode, Value) {
         purchase(&self.client, sale, user).await
+    }
+
+    /// Joins the queued sale `sku` as `user`.
+    pub async fn join_queue(&self, sku: &str, user: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("/api/v1/sales/{sku}/queue"))
+            .body_json(&json!({ "userId": user }))
+            .send()
+            .await;
+        status_and_json(response).await
     }
 
     pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
@@ -252,4 +315,100 @@ pub async fn live_sale_id(store: &Store, sku: &str) -> Uuid {
         .expect("resolve")
         .expect("a live sale with this sku")
         .id
+}
+
+/// One Server-Sent Events message.
+#[derive(Debug, Clone)]
+pub struct SseMessage {
+    pub event: String,
+    pub id: String,
+    pub data: Value,
+}
+
+type BodyStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send>>;
+
+/// Reads an SSE response message by message.
+pub struct SseReader {
+    body: BodyStream,
+    text: String,
+}
+
+impl SseReader {
+    pub fn new(response: TestResponse) -> Self {
+        use futures_util::StreamExt;
+        Self {
+            body: Box::pin(
+                response
+                    .0
+                    .into_body()
+                    .into_bytes_stream()
+                    .map(|chunk| chunk.map(|bytes| bytes.to_vec())),
+            ),
+            text: String::new(),
+        }
+    }
+
+    /// The next message, `None` once the server ended the stream; panics after `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<SseMessage> {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let mut message = SseMessage {
+                    event: "message".into(),
+                    id: String::new(),
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event: ") {
+                        message.event = value.to_string();
+                    } else if let Some(value) = line.strip_prefix("id: ") {
+                        message.id = value.to_string();
+                    } else if let Some(value) = line.strip_prefix("data: ") {
+                        data.push_str(value);
+                    }
+                }
+                if !data.is_empty() {
+                    message.data = serde_json::from_str(&data).expect("JSON data");
+                    return Some(message);
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .unwrap_or_else(|_| panic!("no SSE message within {wait:?}"))?
+                .expect("chunk");
+            self.text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// The first `count` messages of an SSE response, as (id, data).
+pub async fn read_messages(response: TestResponse, count: usize) -> Vec<(String, Value)> {
+    let mut reader = SseReader::new(response);
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        let message = reader
+            .next(Duration::from_secs(10))
+            .await
+            .expect("the stream stays open");
+        messages.push((message.id, message.data));
+    }
+    messages
+}
+
+/// A metric's value in the app's `/metrics` (the first sample whose line starts with
+/// `name` followed by a space or a label set), -1 if absent.
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let response = app.client.get("/metrics").send().await;
+    let text = response.0.into_body().into_string().await.expect("metrics");
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = rest.rsplit(' ').next()?;
+            (rest.starts_with(' ') || rest.starts_with('{')).then(|| value.parse().ok())?
+        })
+        .unwrap_or(-1.0)
 }

@@ -127,3 +127,36 @@ impl QueueStatusView {
         }
     }
 }
+
+/// One message of a buyer's live stream: the whole status, so a client only renders it.
+/// The SSE `event:` names what changed (`status` first, then `position`, `held`,
+/// `expired`, `purchased`, `left`, `sold_out` or `closed`); `id:` is the sale's event
+/// sequence it reflects.
+#[derive(Object, Debug, Clone)]
+pub struct QueueStreamEvent {
+    #[oai(skip)]
+    pub event: &'static str,
+    #[oai(skip)]
+    pub sequence: i64,
+    #[oai(flatten)]
+    pub status: QueueStatusView,
+}
+
+impl QueueStatusKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueStatusKind::Queued => "queued",
+            QueueStatusKind::Held => "held",
+            QueueStatusKind::Purchased => "purchased",
+            QueueStatusKind::Expired => "expired",
+            QueueStatusKind::SoldOut => "sold_out",
+            QueueStatusKind::Left => "left",
+            QueueStatusKind::Closed => "closed",
+        }
+    }
+
+    /// Whether the buyer's journey is over: nothing more will change for them.
+    pub fn is_final(self) -> bool {
+        !matches!(self, QueueStatusKind::Queued | QueueStatusKind::Held)
+    }
+}

@@ -1,0 +1,454 @@
+//! Live streams for buyers and shop pages (Server-Sent Events): a buyer's place in a queue,
+//! and a sale's public view. Both ride the instance's [`LiveHub`], so an open stream costs no
+//! queries of its own; only a stream that fell behind re-reads its buyer's entry, once.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use poem::web::sse::Event as SseEvent;
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::types::ToJSON;
+use poem_openapi::{ApiResponse, OpenApi};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::ApiTags;
+use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityRefusal, identity_refusal};
+use super::error::{ErrorBody, ErrorCode, ServerError};
+use super::models::{
+    QueueStatusKind, QueueStatusView, QueueStreamEvent, SaleStreamEvent, SaleView,
+};
+use crate::domain::{Checkout, EntryStatus, QueueEntry, Sale, SaleState};
+use crate::store::{EntryChangeKind, LiveSale, StoreError};
+use crate::worker::{LiveHub, SaleUpdate, Subscription};
+
+/// Keep-alive comments on an idle stream, under common proxy idle timeouts.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A waiting buyer hears of a new position at most this often.
+const POSITION_EVERY: Duration = Duration::from_secs(1);
+/// Seconds a refused stream is told to wait.
+const STREAMS_FULL_RETRY_SECONDS: u64 = 5;
+
+pub struct StreamsApi {
+    pub live: LiveHub,
+    pub tokens: std::sync::Arc<BuyerTokens>,
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "queue_stream_parse_error")]
+pub enum QueueStreamResponse {
+    /// The buyer's status at once, then each change; the stream ends when the journey does.
+    #[oai(status = 200)]
+    Ok(EventStream<BoxStream<'static, QueueStreamEvent>>),
+    /// `INVALID_REQUEST`: a malformed `Last-Event-ID`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `FORBIDDEN`: the token's user is not the path's `userId`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`, or `NOT_IN_QUEUE`: join first.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `WRONG_CHECKOUT`: an instant sale has no queue.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// `TOO_MANY_STREAMS`: this instance serves its maximum; retry later or poll.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+}
+
+fn queue_stream_parse_error(err: poem::Error) -> QueueStreamResponse {
+    QueueStreamResponse::BadRequest(ErrorBody::json(ErrorCode::InvalidRequest, err.to_string()))
+}
+
+identity_refusal!(QueueStreamResponse);
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "sale_stream_parse_error")]
+pub enum SaleStreamResponse {
+    /// The sale's public view at once, then after each change; the stream ends once the
+    /// sale has ended, was cancelled or archived.
+    #[oai(status = 200)]
+    Ok(EventStream<BoxStream<'static, SaleStreamEvent>>),
+    /// `INVALID_REQUEST`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `SALE_NOT_FOUND`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `TOO_MANY_STREAMS`: this instance serves its maximum; retry later or poll.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+}
+
+fn sale_stream_parse_error(err: poem::Error) -> SaleStreamResponse {
+    SaleStreamResponse::BadRequest(ErrorBody::json(ErrorCode::InvalidRequest, err.to_string()))
+}
+
+fn streams_full() -> Json<ErrorBody> {
+    ErrorBody::json(
+        ErrorCode::TooManyStreams,
+        "this instance serves as many live streams as it may; retry later, or poll",
+    )
+}
+
+/// `Last-Event-ID` is a sequence the client saw; anything else is a client error.
+fn valid_last_event_id(value: Option<&str>) -> bool {
+    value.is_none_or(|id| id.parse::<u64>().is_ok())
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Queue")]
+impl StreamsApi {
+    /// A buyer's place in the queue, live (Server-Sent Events)
+    ///
+    /// The same authentication as the poll route. Sends the status at once (`event:
+    /// status`), then each change: `position` (at most about once a second), `held` (with
+    /// `holdExpiresAt`), `expired`, `purchased`, `left`, `sold_out`, `closed`. Every
+    /// message carries the whole status, like the poll route. The stream ends when the
+    /// journey does; keep-alive comments every 15 s. A reconnecting client (with or without
+    /// `Last-Event-ID`) gets the current status first, so nothing between is lost.
+    #[oai(
+        path = "/sales/:sale/queue/:user_id/events",
+        method = "get",
+        operation_id = "queueEvents"
+    )]
+    async fn queue_events(
+        &self,
+        auth: BuyerAuth,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+        /// The buyer.
+        #[oai(validator(min_length = 1, max_length = 128))]
+        user_id: Path<String>,
+        /// The `id:` of the last message received, when reconnecting.
+        #[oai(name = "Last-Event-ID", validator(max_length = 20))]
+        last_event_id: Header<Option<String>>,
+    ) -> Result<QueueStreamResponse, ServerError> {
+        if let Err(err) = self.tokens.identify(&auth, Some(&user_id.0)) {
+            return Ok(QueueStreamResponse::refuse(err));
+        }
+        if !valid_last_event_id(last_event_id.0.as_deref()) {
+            return Ok(QueueStreamResponse::BadRequest(ErrorBody::json(
+                ErrorCode::InvalidRequest,
+                "Last-Event-ID must be the id of a message of this stream (a number)",
+            )));
+        }
+        let store = self.live.store();
+        let Some(found) = store.resolve_sale(&sale.0).await? else {
+            return Ok(QueueStreamResponse::NotFound(ErrorBody::sale_not_found(
+                &sale.0,
+            )));
+        };
+        if found.checkout == Checkout::Instant {
+            return Ok(QueueStreamResponse::Conflict(ErrorBody::json(
+                ErrorCode::WrongCheckout,
+                "this sale uses the instant checkout: it has no queue",
+            )));
+        }
+        // Subscribe before reading the entry: every change after the read is then in an
+        // update this stream receives (see `BuyerJourney::apply`).
+        let Ok(subscription) = self.live.subscribe(found.id) else {
+            return Ok(QueueStreamResponse::Unavailable(
+                streams_full(),
+                STREAMS_FULL_RETRY_SECONDS,
+            ));
+        };
+        let Some((entry, seen)) = store.live_entry(found.id, &user_id.0).await? else {
+            return Ok(QueueStreamResponse::NotFound(ErrorBody::json(
+                ErrorCode::NotInQueue,
+                "this user has no entry in this sale's queue",
+            )));
+        };
+        let journey = BuyerJourney::new(self.live.clone(), subscription, found, entry, seen);
+        Ok(QueueStreamResponse::Ok(
+            EventStream::new(journey.into_stream())
+                .keep_alive(KEEP_ALIVE)
+                .to_event(|message: QueueStreamEvent| {
+                    SseEvent::message(message.to_json_string())
+                        .event_type(message.event)
+                        .id(message.sequence.to_string())
+                }),
+        ))
+    }
+
+    /// A sale's public view, live (Server-Sent Events)
+    ///
+    /// The view of `GET /api/v1/sales/{sale}` at once (`event: sale`) and again after
+    /// each change, at most a few times a second; the stream ends after the view that shows
+    /// the sale ended, cancelled or archived. Keep-alive comments every 15 s.
+    #[oai(
+        path = "/sales/:sale/events",
+        method = "get",
+        operation_id = "saleEvents"
+    )]
+    async fn sale_events(
+        &self,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+    ) -> Result<SaleStreamResponse, ServerError> {
+        let Some(found) = self.live.store().resolve_sale(&sale.0).await? else {
+            return Ok(SaleStreamResponse::NotFound(ErrorBody::sale_not_found(
+                &sale.0,
+            )));
+        };
+        let Ok(subscription) = self.live.subscribe(found.id) else {
+            return Ok(SaleStreamResponse::Unavailable(
+                streams_full(),
+                STREAMS_FULL_RETRY_SECONDS,
+            ));
+        };
+        Ok(SaleStreamResponse::Ok(
+            EventStream::new(sale_views(found, subscription).boxed())
+                .keep_alive(KEEP_ALIVE)
+                .to_event(|message: SaleStreamEvent| {
+                    SseEvent::message(message.to_json_string())
+                        .event_type("sale")
+                        .id(message.sequence.to_string())
+                }),
+        ))
+    }
+}
+
+fn is_over(sale: &Sale) -> bool {
+    matches!(
+        sale.state(),
+        SaleState::Ended | SaleState::Cancelled | SaleState::Archived
+    )
+}
+
+/// The sale's view now, then each different one, until the sale is over or gone.
+fn sale_views(
+    sale: Sale,
+    subscription: Subscription,
+) -> impl futures_util::Stream<Item = SaleStreamEvent> + Send + 'static {
+    let first = SaleStreamEvent {
+        sequence: 0,
+        sale: SaleView::from(&sale),
+    };
+    let over = is_over(&sale);
+    let last = first.sale.to_json_string();
+    stream::once(async move { first }).chain(stream::unfold(
+        (subscription, last, over),
+        |(mut subscription, mut last, over)| async move {
+            if over {
+                return None;
+            }
+            loop {
+                let update = match subscription.updates.recv().await {
+                    Ok(update) => update,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                };
+                let live = update.live.as_ref()?;
+                let view = SaleView::from(&live.sale);
+                let json = view.to_json_string();
+                if json == last {
+                    continue;
+                }
+                last = json;
+                let over = is_over(&live.sale);
+                let message = SaleStreamEvent {
+                    sequence: live.last_sequence,
+                    sale: view,
+                };
+                return Some((message, (subscription, last, over)));
+            }
+        },
+    ))
+}
+
+/// One buyer's stream: their entry as last known, and what they were last told.
+struct BuyerJourney {
+    live: LiveHub,
+    subscription: Subscription,
+    sale: Sale,
+    entry: QueueEntry,
+    /// The sale's event sequence the entry reflects.
+    seen: i64,
+    told: Option<QueueStatusView>,
+    position_told_at: Instant,
+    over: bool,
+}
+
+impl BuyerJourney {
+    fn new(
+        live: LiveHub,
+        subscription: Subscription,
+        sale: Sale,
+        entry: QueueEntry,
+        seen: i64,
+    ) -> Self {
+        Self {
+            live,
+            subscription,
+            sale,
+            entry,
+            seen,
+            told: None,
+            position_told_at: Instant::now(),
+            over: false,
+        }
+    }
+
+    fn into_stream(self) -> BoxStream<'static, QueueStreamEvent> {
+        stream::unfold(self, |mut journey| async move {
+            let message = journey.next_message().await?;
+            Some((message, journey))
+        })
+        .boxed()
+    }
+
+    /// The next thing the buyer must hear; `None` ends the stream.
+    async fn next_message(&mut self) -> Option<QueueStreamEvent> {
+        if self.over {
+            return None;
+        }
+        if self.told.is_none() {
+            return Some(self.tell("status"));
+        }
+        loop {
+            let received = match self.position_due() {
+                // A new position waits out the once-a-second limit, not the next update.
+                Some(due) => {
+                    match tokio::time::timeout_at(due, self.subscription.updates.recv()).await {
+                        Ok(received) => received,
+                        Err(_) => return Some(self.tell("position")),
+                    }
+                }
+                None => self.subscription.updates.recv().await,
+            };
+            let update = match received {
+                Ok(update) => update,
+                // Fell behind: the missed updates are gone, the entry is not.
+                Err(RecvError::Lagged(_)) => {
+                    if self.reread().await.is_err() {
+                        return None;
+                    }
+                    continue;
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            match self.apply(&update).await {
+                Ok(Some(message)) => return Some(message),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Folds an update into the entry; a message if the buyer must hear of it.
+    async fn apply(&mut self, update: &SaleUpdate) -> Result<Option<QueueStreamEvent>, ()> {
+        let Some(live) = &update.live else {
+            return Err(());
+        };
+        self.sale = live.sale.clone();
+        if update.from > self.seen {
+            // Changes between our read and this update's start are not in it.
+            self.reread().await?;
+        }
+        if update.through > self.seen {
+            if let Some(change) = update
+                .changes
+                .get(&self.entry.user_id)
+                .filter(|change| change.sequence > self.seen)
+            {
+                self.entry.status = match change.kind {
+                    EntryChangeKind::HoldGranted => EntryStatus::Held,
+                    EntryChangeKind::HoldExpired => EntryStatus::Expired,
+                    EntryChangeKind::HoldReleased => EntryStatus::Left,
+                    EntryChangeKind::Purchased => EntryStatus::Purchased,
+                };
+                if change.kind == EntryChangeKind::HoldGranted {
+                    self.entry.hold_expires_at = change.hold_expires_at;
+                    let delay = chrono::Utc::now() - change.occurred_at;
+                    self.live
+                        .metrics()
+                        .hold_push
+                        .observe(delay.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                }
+            }
+            self.seen = update.through;
+        }
+        if self.needs_reread(live) {
+            self.reread().await?;
+        }
+        self.take_counters(live);
+        Ok(self.message_if_news())
+    }
+
+    /// A waiting entry the front has passed without a grant in any update (the buyer left
+    /// elsewhere), or a pre-queue entry whose order was just drawn: only a read tells.
+    fn needs_reread(&self, live: &LiveSale) -> bool {
+        let Some(queue) = live.queue else {
+            return false;
+        };
+        self.entry.status == EntryStatus::Queued
+            && ((self.entry.prequeue && !self.entry.shuffled && queue.shuffled)
+                || (!self.entry.prequeue || self.entry.shuffled)
+                    && queue.admitted_upto >= self.entry.ticket)
+    }
+
+    fn take_counters(&mut self, live: &LiveSale) {
+        if let Some(queue) = live.queue {
+            // The front only moves forward; an older read must not move it back.
+            self.entry.admitted_upto = self.entry.admitted_upto.max(queue.admitted_upto);
+            self.entry.waiting = queue.waiting;
+            self.entry.shuffled |= queue.shuffled;
+            self.entry.admission_rate = queue.admission_rate;
+        }
+    }
+
+    /// When a position the buyer has not heard yet may be told.
+    fn position_due(&self) -> Option<tokio::time::Instant> {
+        let told = self.told.as_ref()?;
+        let view = QueueStatusView::new(&self.entry, Some(&self.sale));
+        (view.status == QueueStatusKind::Queued && view.position != told.position)
+            .then(|| tokio::time::Instant::from_std(self.position_told_at + POSITION_EVERY))
+    }
+
+    fn message_if_news(&mut self) -> Option<QueueStreamEvent> {
+        let view = QueueStatusView::new(&self.entry, Some(&self.sale));
+        let told = self.told.as_ref()?;
+        if view.status != told.status {
+            return Some(self.tell(view.status.as_str()));
+        }
+        let moved = view.status == QueueStatusKind::Queued && view.position != told.position;
+        (moved && self.position_told_at.elapsed() >= POSITION_EVERY).then(|| self.tell("position"))
+    }
+
+    /// The message `event` with the entry's status now, remembered as told.
+    fn tell(&mut self, event: &'static str) -> QueueStreamEvent {
+        let status = QueueStatusView::new(&self.entry, Some(&self.sale));
+        self.over = status.status.is_final();
+        self.position_told_at = Instant::now();
+        self.told = Some(status.clone());
+        QueueStreamEvent {
+            event,
+            sequence: self.seen,
+            status,
+        }
+    }
+
+    /// Reads the buyer's entry again (one query); an entry gone ends the stream.
+    async fn reread(&mut self) -> Result<(), ()> {
+        let read: Result<_, StoreError> = self
+            .live
+            .store()
+            .live_entry(self.sale.id, &self.entry.user_id)
+            .await;
+        match read {
+            Ok(Some((entry, seen))) => {
+                self.entry = entry;
+                self.seen = seen;
+                Ok(())
+            }
+            Ok(None) | Err(_) => Err(()),
+        }
+    }
+}
