@@ -8,6 +8,7 @@ mod admin;
 pub mod auth;
 mod buyer;
 pub mod buyer_auth;
+mod console;
 mod csv;
 pub mod edge;
 pub mod error;
@@ -243,6 +244,7 @@ pub fn app(state: ApiState) -> impl Endpoint<Output = poem::Response> {
     let counted = state.metrics.clone();
     Route::new()
         .nest("/docs", docs)
+        .nest("/console", console::routes())
         .at("/openapi.json", spec)
         .at(
             "/metrics",
