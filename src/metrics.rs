@@ -18,6 +18,8 @@ const LATENCY_BUCKETS: [f64; 13] = [
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Every metric's exposed name (histograms without the `_bucket`/`_sum`/`_count`).
+    names: Vec<String>,
     /// HTTP responses by status class (`2xx`, `4xx`, ...).
     pub http_responses: IntCounterVec,
     /// Time to answer a request, by operation (the OpenAPI `operationId`: a route template,
@@ -74,40 +76,49 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new_custom(Some("flashsale".into()), None)?;
+        let names = std::cell::RefCell::new(Vec::new());
+        let register = |collector: Box<dyn prometheus::core::Collector>| -> prometheus::Result<()> {
+            for desc in collector.desc() {
+                names
+                    .borrow_mut()
+                    .push(format!("flashsale_{}", desc.fq_name));
+            }
+            registry.register(collector)
+        };
         let counter =
             |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
                 let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(counter.clone()))?;
+                register(Box::new(counter.clone()))?;
                 Ok(counter)
             };
         let histogram =
             |name: &str, help: &str, buckets: &[f64]| -> prometheus::Result<Histogram> {
                 let histogram =
                     Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
-                registry.register(Box::new(histogram.clone()))?;
+                register(Box::new(histogram.clone()))?;
                 Ok(histogram)
             };
         let gauge_vec =
             |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
                 let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(gauge.clone()))?;
+                register(Box::new(gauge.clone()))?;
                 Ok(gauge)
             };
         let histogram_vec =
             |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<HistogramVec> {
                 let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
                 let histogram = HistogramVec::new(opts, labels)?;
-                registry.register(Box::new(histogram.clone()))?;
+                register(Box::new(histogram.clone()))?;
                 Ok(histogram)
             };
         let plain_counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
             let counter = IntCounter::new(name, help)?;
-            registry.register(Box::new(counter.clone()))?;
+            register(Box::new(counter.clone()))?;
             Ok(counter)
         };
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
             let gauge = IntGauge::new(name, help)?;
-            registry.register(Box::new(gauge.clone()))?;
+            register(Box::new(gauge.clone()))?;
             Ok(gauge)
         };
         Ok(Self {
@@ -209,8 +220,14 @@ impl Metrics {
                 "From a queue tick falling due to its admissions' commit",
                 &LATENCY_BUCKETS,
             )?,
+            names: names.take(),
             registry,
         })
+    }
+
+    /// The exposed name of every metric, whether it has samples yet or not.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition of every metric.
@@ -244,5 +261,70 @@ mod tests {
             text.contains("flashsale_jobs_total{kind=\"queue_tick\",result=\"ok\"} 1"),
             "{text}"
         );
+    }
+
+    /// The Grafana dashboard of `deploy/grafana/`: valid JSON, every panel queries through
+    /// the dashboard's data source variable (so it imports as is), and every metric it names
+    /// is one this service exports.
+    #[test]
+    fn the_grafana_dashboard_parses_and_names_only_exported_metrics() {
+        let text = include_str!("../deploy/grafana/dashboards/flashsale.json");
+        let dashboard: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+        let exported = Metrics::new().expect("metrics").names().to_vec();
+        let panels = dashboard["panels"].as_array().expect("panels");
+        let mut named = std::collections::BTreeSet::new();
+        for panel in panels.iter().filter(|panel| panel["type"] != "row") {
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{}",
+                panel["title"]
+            );
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{}", panel["title"]);
+            for target in targets {
+                let expr = target["expr"].as_str().expect("expr");
+                for name in metric_names(expr) {
+                    named.insert(name);
+                }
+            }
+        }
+        let base = |name: &str| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| exported.iter().any(|e| e == base))
+                .unwrap_or(name)
+                .to_string()
+        };
+        let unknown: Vec<&String> = named
+            .iter()
+            .filter(|name| !exported.contains(&base(name)))
+            .collect();
+        assert!(unknown.is_empty(), "not exported: {unknown:?}");
+        for wanted in [
+            "flashsale_http_request_duration_seconds_bucket",
+            "flashsale_db_pool_wait_seconds_bucket",
+            "flashsale_job_lag_seconds_bucket",
+            "flashsale_admission_lag_seconds_bucket",
+            "flashsale_queue_waiting",
+            "flashsale_purchases_total",
+        ] {
+            assert!(named.contains(wanted), "the dashboard shows {wanted}");
+        }
+    }
+
+    /// The `flashsale_...` identifiers in a PromQL expression.
+    fn metric_names(expr: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = expr;
+        while let Some(start) = rest.find("flashsale_") {
+            let tail = &rest[start..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.push(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        names
     }
 }

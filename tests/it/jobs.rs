@@ -204,3 +204,58 @@ async fn a_job_started_late_shows_its_lag_in_the_metrics() {
         .and_then(|n| n.parse::<f64>().ok());
     assert!(sum.is_some_and(|lag| (3.0..30.0).contains(&lag)), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_records_its_lag_and_statements_their_pool_wait() {
+    let app = spawn_app().await;
+    let sku = format!("lag-{}", uuid::Uuid::new_v4().simple());
+    let sale = app
+        .create_sale(serde_json::json!({
+            "sku": sku, "name": "Lag", "stock": 5, "checkout": "queued"
+        }))
+        .await;
+    let sale: uuid::Uuid = sale["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("id");
+    assert_eq!(
+        app.join_queue(&sku, "waiting-buyer").await.0,
+        poem::http::StatusCode::ACCEPTED
+    );
+    // The join's own tick, made due 2 s ago: the buyer has waited that long for the unit.
+    sqlx::query("UPDATE jobs SET run_at = now() - interval '2 seconds' WHERE sale_id = $1")
+        .bind(sale)
+        .execute(app.store.pool())
+        .await
+        .expect("backdate");
+    let metrics = flashsale::metrics::Metrics::new().expect("metrics");
+    let store = Store::new(app.store.pool().clone())
+        .with_pool_wait(metrics.pool_wait.with_label_values(&["main"]));
+    let runner = Runner::new(
+        store.clone(),
+        flashsale::worker::ServiceJobs::new(store, Duration::from_secs(3600))
+            .with_metrics(metrics.clone()),
+        RunnerConfig::default(),
+    );
+    assert!(runner.run_due_jobs().await.expect("run") >= 1);
+    let text = metrics.render();
+    let value = |prefix: &str| {
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+    };
+    assert_eq!(
+        value("flashsale_admission_lag_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        value("flashsale_admission_lag_seconds_sum").is_some_and(|lag| (2.0..30.0).contains(&lag)),
+        "{text}"
+    );
+    assert!(
+        value("flashsale_db_pool_wait_seconds_count{pool=\"main\"}").is_some_and(|n| n >= 2.0),
+        "every statement of the claim and the tick took a timed connection: {text}"
+    );
+}
