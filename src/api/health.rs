@@ -1,5 +1,6 @@
 //! `GET /health` (readiness): 200 while the database answers and the job runner makes
-//! progress, 503 otherwise. The probe uses the reserved pool, so a flood of buyers on the
+//! progress, 503 otherwise. `GET /health/live` (liveness): 200 while the process serves HTTP,
+//! touching nothing else; also the load generator's floor in the stress suite. The probe uses the reserved pool, so a flood of buyers on the
 //! main pool does not make a healthy instance look dead.
 
 use std::time::Duration;
@@ -58,5 +59,13 @@ impl HealthApi {
         HealthResponse::Ok(Json(HealthView {
             status: "ok".into(),
         }))
+    }
+
+    /// Liveness: the process answers HTTP (no database call)
+    #[oai(path = "/health/live", method = "get", operation_id = "liveness")]
+    async fn liveness(&self) -> Json<HealthView> {
+        Json(HealthView {
+            status: "ok".into(),
+        })
     }
 }

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use poem::web::sse::Event as SseEvent;
-use poem_openapi::param::{Header, Path};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::types::ToJSON;
-use poem_openapi::{ApiResponse, OpenApi};
+use poem_openapi::{ApiResponse, Enum, OpenApi};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiTags;
@@ -96,6 +96,15 @@ fn streams_full() -> Json<ErrorBody> {
     )
 }
 
+/// Where a buyer's stream may end early.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum StreamUntil {
+    /// End once the buyer holds a unit (or the journey ends first): for clients that read
+    /// the stream as one long request, then confirm.
+    Held,
+}
+
 /// `Last-Event-ID` is a sequence the client saw; anything else is a client error.
 fn valid_last_event_id(value: Option<&str>) -> bool {
     value.is_none_or(|id| id.parse::<u64>().is_ok())
@@ -109,7 +118,7 @@ impl StreamsApi {
     /// status`), then each change: `position` (at most about once a second), `held` (with
     /// `holdExpiresAt`), `expired`, `purchased`, `left`, `sold_out`, `closed`. Every
     /// message carries the whole status, like the poll route. The stream ends when the
-    /// journey does; keep-alive comments every 15 s. A reconnecting client (with or without
+    /// journey does (or at `held` with `until=held`); keep-alive comments every 15 s. A reconnecting client (with or without
     /// `Last-Event-ID`) gets the current status first, so nothing between is lost.
     #[oai(
         path = "/sales/:sale/queue/:user_id/events",
@@ -128,6 +137,9 @@ impl StreamsApi {
         /// The `id:` of the last message received, when reconnecting.
         #[oai(name = "Last-Event-ID", validator(max_length = 20))]
         last_event_id: Header<Option<String>>,
+        /// `held`: end the stream once the buyer holds a unit, not only when the journey
+        /// ends.
+        until: Query<Option<StreamUntil>>,
     ) -> Result<QueueStreamResponse, ServerError> {
         if let Err(err) = self.tokens.identify(&auth, Some(&user_id.0)) {
             return Ok(QueueStreamResponse::refuse(err));
@@ -164,7 +176,8 @@ impl StreamsApi {
                 "this user has no entry in this sale's queue",
             )));
         };
-        let journey = BuyerJourney::new(self.live.clone(), subscription, found, entry, seen);
+        let mut journey = BuyerJourney::new(self.live.clone(), subscription, found, entry, seen);
+        journey.end_when_held = until.0 == Some(StreamUntil::Held);
         Ok(QueueStreamResponse::Ok(
             EventStream::new(journey.into_stream())
                 .keep_alive(KEEP_ALIVE)
@@ -274,6 +287,8 @@ struct BuyerJourney {
     told: Option<QueueStatusView>,
     position_told_at: Instant,
     over: bool,
+    /// End at `held` too (`until=held`).
+    end_when_held: bool,
 }
 
 impl BuyerJourney {
@@ -293,6 +308,7 @@ impl BuyerJourney {
             told: None,
             position_told_at: Instant::now(),
             over: false,
+            end_when_held: false,
         }
     }
 
@@ -425,7 +441,8 @@ impl BuyerJourney {
     /// The message `event` with the entry's status now, remembered as told.
     fn tell(&mut self, event: &'static str) -> QueueStreamEvent {
         let status = QueueStatusView::new(&self.entry, Some(&self.sale));
-        self.over = status.status.is_final();
+        self.over = status.status.is_final()
+            || (self.end_when_held && status.status == QueueStatusKind::Held);
         self.position_told_at = Instant::now();
         self.told = Some(status.clone());
         QueueStreamEvent {

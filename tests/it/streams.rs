@@ -116,8 +116,14 @@ async fn an_expired_hold_is_told_and_the_next_buyer_is_held() {
     admit(&app, sale).await;
     let mut slow = buyer_stream(&app, &sku, "slow").await;
     let mut waiting = buyer_stream(&app, &sku, "next").await;
+    let mut until_held = open(
+        &app,
+        &format!("/api/v1/sales/{sku}/queue/next/events?until=held"),
+    )
+    .await;
     assert_eq!(status(&next(&mut slow).await), ("status", "held"));
     assert_eq!(status(&next(&mut waiting).await), ("status", "queued"));
+    assert_eq!(status(&next(&mut until_held).await), ("status", "queued"));
 
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     // One tick expires the hold and admits the next buyer.
@@ -125,6 +131,11 @@ async fn an_expired_hold_is_told_and_the_next_buyer_is_held() {
     assert_eq!(status(&next(&mut slow).await), ("expired", "expired"));
     assert!(slow.next(WAIT).await.is_none());
     assert_eq!(status(&next(&mut waiting).await), ("held", "held"));
+    assert_eq!(status(&next(&mut until_held).await), ("held", "held"));
+    assert!(
+        until_held.next(WAIT).await.is_none(),
+        "until=held ends at held"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
