@@ -13,6 +13,8 @@ scenario=${1:-purchase-load}
 export BASE_URL=${BASE_URL:-http://127.0.0.1:8080}
 export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
 all_scenarios=(purchase-load duplicate-user status-polling mixed-workload queue-journey)
+# k6's default system tags without `url`: raw URLs carry user ids and skus.
+system_tags=proto,subproto,status,method,name,group,check,error,error_code,tls_version,scenario,service,expected_response
 
 log() { printf '[stress] %s\n' "$*" >&2; }
 
@@ -116,10 +118,18 @@ run_scenario() {
   local sku=${TEST_SKU:-$name-$(date +%s)-$RANDOM}
   log "scenario $name (sku $sku) -> $out"
   local status=0
+  # Every run writes report.html, endpoints.json and summary.json (stress/lib/report.js);
+  # k6's own web dashboard (DASHBOARD=0 turns it off) adds dashboard.html for runs long
+  # enough to chart. The url system tag is left out: requests are grouped by their name tag.
+  local dashboard=()
+  if [ "${DASHBOARD:-1}" = 1 ]; then
+    dashboard=(K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 K6_WEB_DASHBOARD_PERIOD=2s
+               K6_WEB_DASHBOARD_EXPORT="$out/dashboard.html")
+  fi
   # shellcheck disable=SC2086
-  TEST_SKU=$sku K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
-    K6_WEB_DASHBOARD_EXPORT="$out/report.html" \
-    $k6 run --quiet --address 127.0.0.1:0 --summary-export "$out/summary.json" "$script" \
+  env "${dashboard[@]}" TEST_SKU="$sku" REPORT_DIR="$out" SCENARIO_NAME="$name" \
+    K6_SYSTEM_TAGS="$system_tags" \
+    $k6 run --quiet --address 127.0.0.1:0 "$script" \
     2>&1 | tee "$out/k6.txt" || status=$?
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   local ended

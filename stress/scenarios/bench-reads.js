@@ -3,7 +3,7 @@
 // arrival rate measures latency at that load instead of the load generator's ceiling.
 import http from 'k6/http';
 import { check } from 'k6';
-import { BASE_URL, createSale, envInt, runSku } from '../lib/common.js';
+import { BASE_URL, createSale, envInt, runSku, tags } from '../lib/common.js';
 
 const VUS = envInt('POLL_VUS', 1000);
 
@@ -32,6 +32,6 @@ export function setup() {
 }
 
 export default function (data) {
-  const res = http.get(`${BASE_URL}/api/v1/sales/${data.sku}`, { tags: { endpoint: 'sale_view' } });
+  const res = http.get(`${BASE_URL}/api/v1/sales/${data.sku}`, { tags: tags('sale_view') });
   check(res, { 'sale view is 200': (r) => r.status === 200 });
 }

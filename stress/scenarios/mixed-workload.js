@@ -3,7 +3,10 @@
 // correctness thresholds as purchase-load: exactly the stock sells, no error.
 import http from 'k6/http';
 import { check, sleep } from 'k6';
-import { BASE_URL, auditTeardown, buy, createSale, envInt, purchaseCounters, runSku } from '../lib/common.js';
+import { auditTeardown, BASE_URL, buy, createSale, envInt, purchaseCounters, runSku, tags } from '../lib/common.js';
+import { FLOOR, floor, floorBurst, handleSummary, withEndpoints } from '../lib/report.js';
+
+export { floor, handleSummary };
 
 const VUS = envInt('VUS', 1000);
 const POLL_VUS = envInt('POLL_VUS', 500);
@@ -13,17 +16,18 @@ const outcomes = purchaseCounters();
 
 export const options = {
   setupTimeout: '60s',
-  scenarios: {
-    pollers: { executor: 'constant-vus', vus: POLL_VUS, duration: '20s', exec: 'poll' },
-    buyers: { executor: 'per-vu-iterations', vus: VUS, iterations: 1, startTime: '5s', maxDuration: '60s', exec: 'buyer' },
-  },
-  thresholds: {
+  // The floor: the buyers' burst against /health/live first (FLOOR=0 skips it).
+  scenarios: Object.assign(FLOOR ? { floor: floorBurst(VUS) } : {}, {
+    pollers: { executor: 'constant-vus', vus: POLL_VUS, duration: '20s', exec: 'poll', startTime: FLOOR ? '5s' : '0s' },
+    buyers: { executor: 'per-vu-iterations', vus: VUS, iterations: 1, startTime: FLOOR ? '10s' : '5s', maxDuration: '60s', exec: 'buyer' },
+  }),
+  thresholds: withEndpoints({
     purchase_success: [`count==${Math.min(STOCK, VUS)}`],
     purchase_error: ['count==0'],
     'http_req_failed': ['rate<0.001'],
     'http_req_duration{endpoint:purchase}': ['p(50)<500', 'p(95)<1000', 'p(99)<2000'],
     'http_req_duration{endpoint:sale_view}': ['p(95)<500', 'p(99)<1000'],
-  },
+  }, ['purchase', 'sale_view', 'floor', 'admin_audit']),
   summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
 };
 
@@ -39,7 +43,7 @@ export function buyer(data) {
 }
 
 export function poll(data) {
-  const res = http.get(`${BASE_URL}/api/v1/sales/${data.sku}`, { tags: { endpoint: 'sale_view' } });
+  const res = http.get(`${BASE_URL}/api/v1/sales/${data.sku}`, { tags: tags('sale_view') });
   check(res, { 'sale view is 200': (r) => r.status === 200 });
   sleep(0.5);
 }

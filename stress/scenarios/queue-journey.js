@@ -5,11 +5,19 @@
 // with exponential back-off that honours pollAfterMs, confirm when held (ABANDON_RATE of
 // holders walk away instead), handle expiry, sold-out, 429 and 5xx, give up after
 // JOURNEY_TIMEOUT seconds, at most 5 attempts. Teardown checks the books.
+//
+// MODE=listen (the default) waits for the hold on the buyer's live stream (one long request,
+// GET .../queue/{userId}/events?until=held) instead of polling; a stream that cannot open or
+// breaks falls back to polling. MODE=poll polls only. Before the journey, the floor: the peak
+// number of VUs polling /health/live for FLOOR_DURATION (FLOOR=0 skips it).
 import http from 'k6/http';
 import { sleep } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { BASE_URL, audit, createSale, envInt, jsonParams, retryAfter, runSku, saleAdminView } from '../lib/common.js';
+import { audit, BASE_URL, createSale, envInt, jsonParams, retryAfter, runSku, saleAdminView, tags } from '../lib/common.js';
+import { FLOOR, floor, handleSummary, withEndpoints } from '../lib/report.js';
+
+export { handleSummary };
 
 const SCALE = parseFloat(__ENV.STAGE_SCALE || '1');
 const STOCK = envInt('INITIAL_STOCK', 100);
@@ -20,6 +28,8 @@ const JOURNEY_TIMEOUT = envInt('JOURNEY_TIMEOUT', 120);
 const DRAIN_WAIT = envInt('DRAIN_WAIT', HOLD_SECONDS + 10);
 const MAX_ATTEMPTS = 5;
 const MAX_POLL = 10;
+const LISTEN = (__ENV.MODE || 'listen') === 'listen';
+const FLOOR_SECONDS = Math.max(5, Math.round(envInt('FLOOR_DURATION', 15) * SCALE));
 
 function stage(seconds, target) {
   return {
@@ -45,27 +55,43 @@ const metrics = {
   queueFull: new Counter('journey_queue_full'),
   serverErrors: new Counter('journey_server_errors'),
   unexpected: new Counter('journey_unexpected'),
+  streamFallbacks: new Counter('journey_stream_fallbacks'),
 };
+
+const PEAK = Math.max(1, Math.round(5000 * SCALE));
+const ENDPOINT_LIMITS = ['p(95)<2000', 'p(99)<5000'];
 
 export const options = {
   setupTimeout: '60s',
   teardownTimeout: `${DRAIN_WAIT + 60}s`,
-  scenarios: {
+  scenarios: Object.assign(FLOOR ? {
+    floor: { executor: 'constant-vus', vus: PEAK, duration: `${FLOOR_SECONDS}s`, exec: 'floorPoll' },
+  } : {}, {
     journey: {
       executor: 'ramping-vus',
       startVUs: 0,
+      startTime: FLOOR ? `${FLOOR_SECONDS + 5}s` : '0s',
       stages: [stage(30, 1000), stage(60, 1000), stage(30, 3000), stage(30, 5000), stage(120, 5000), stage(30, 0)],
       gracefulRampDown: '30s',
       gracefulStop: '30s',
     },
-  },
-  thresholds: {
+  }),
+  // Latency limits per endpoint: the live stream is one long wait, not a latency.
+  thresholds: withEndpoints({
     http_req_failed: ['rate<0.01'],
-    http_req_duration: ['p(95)<2000', 'p(99)<5000'],
+    'http_req_duration{endpoint:queue_join}': ENDPOINT_LIMITS,
+    'http_req_duration{endpoint:queue_status}': ENDPOINT_LIMITS,
+    'http_req_duration{endpoint:queue_confirm}': ENDPOINT_LIMITS,
+    'http_req_duration{endpoint:sale_view}': ENDPOINT_LIMITS,
     journey_unexpected: ['count==0'],
-  },
+  }, ['queue_join', 'queue_events', 'queue_status', 'queue_confirm', 'sale_view', 'floor', 'admin_sale', 'admin_audit']),
   summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
 };
+
+export function floorPoll() {
+  floor();
+  sleep(0.5 + Math.random());
+}
 
 export function setup() {
   const sku = runSku('queue-journey');
@@ -76,7 +102,7 @@ export function setup() {
 const expect = (...statuses) => http.expectedStatuses(...statuses);
 
 function saleOver(data) {
-  const res = http.get(`${BASE_URL}/api/v1/sales/${data.sku}`, { tags: { endpoint: 'sale_view' } });
+  const res = http.get(`${BASE_URL}/api/v1/sales/${data.sku}`, { tags: tags('sale_view') });
   if (res.status !== 200) return false;
   if (res.json('soldOut')) return 'sold_out';
   const state = res.json('state');
@@ -124,10 +150,40 @@ function safeCode(res) {
   }
 }
 
-// Polls until held (returns the entry) or an outcome ends the attempt.
+// The last status a buyer's live stream sent (its body holds every message).
+function lastStatus(body) {
+  const lines = (body || '').split('\n').filter((line) => line.startsWith('data:'));
+  if (!lines.length) return null;
+  try {
+    return JSON.parse(lines[lines.length - 1].slice(5));
+  } catch (_) {
+    return null;
+  }
+}
+
+// Waits on the live stream until held or the journey ends; null when it could not tell
+// (the stream was refused, broke or outlived the deadline): then the caller polls.
+function listenForHold(data, userId, deadline) {
+  const seconds = Math.max(1, Math.round((deadline - Date.now()) / 1000));
+  const res = http.get(
+    `${BASE_URL}/api/v1/sales/${data.sku}/queue/${userId}/events?until=held`,
+    Object.assign(jsonParams('queue_events', userId), { timeout: `${seconds}s`, responseCallback: expect(200) }),
+  );
+  const last = res.status === 200 ? lastStatus(res.body) : null;
+  if (!last || last.status === 'queued') {
+    metrics.streamFallbacks.add(1);
+    return null;
+  }
+  return last;
+}
+
+// Listens (MODE=listen) or polls until held (returns the entry) or an outcome ends the attempt.
 function waitForHold(data, userId, entry, deadline) {
   let interval = POLL_START;
   let current = entry;
+  if (LISTEN && current.status === 'queued') {
+    current = listenForHold(data, userId, deadline) || current;
+  }
   while (Date.now() < deadline) {
     if (current.status === 'held') return { entry: current };
     if (current.status === 'sold_out') return { outcome: 'sold_out' };
