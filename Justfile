@@ -73,3 +73,11 @@ bench-outbox:
 # Webhooks through a kill -9 of one of two instances, a receiver failing 30% and down for 3 s.
 webhook-crash:
     stress/webhook-crash.sh
+
+# Live streams against polling on one instance: memory per stream, database load, admission -> held.
+stream-bench:
+    stress/stream-bench.sh
+
+# The console in headless Chromium (needs chromium, chromium-driver and selenium) against a running service.
+console-test base="http://127.0.0.1:8080" key="dev-admin-key":
+    .venv/bin/python tests/browser/console_test.py {{base}} {{key}}

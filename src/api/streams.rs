@@ -382,11 +382,6 @@ impl BuyerJourney {
                 };
                 if change.kind == EntryChangeKind::HoldGranted {
                     self.entry.hold_expires_at = change.hold_expires_at;
-                    let delay = chrono::Utc::now() - change.occurred_at;
-                    self.live
-                        .metrics()
-                        .hold_push
-                        .observe(delay.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
                 }
             }
             self.seen = update.through;
@@ -432,10 +427,29 @@ impl BuyerJourney {
         let view = QueueStatusView::new(&self.entry, Some(&self.sale));
         let told = self.told.as_ref()?;
         if view.status != told.status {
+            if view.status == QueueStatusKind::Held {
+                self.observe_hold_push();
+            }
             return Some(self.tell(view.status.as_str()));
         }
         let moved = view.status == QueueStatusKind::Queued && view.position != told.position;
         (moved && self.position_told_at.elapsed() >= POSITION_EVERY).then(|| self.tell("position"))
+    }
+
+    /// From the grant (its expiry less the hold's length, both the database's) to now,
+    /// however the stream learnt of it (an update or a re-read).
+    fn observe_hold_push(&self) {
+        let Some(expires) = self.entry.hold_expires_at else {
+            return;
+        };
+        let granted = expires - chrono::Duration::seconds(i64::from(self.sale.hold_seconds));
+        let delay = (chrono::Utc::now() - granted)
+            .num_microseconds()
+            .unwrap_or(0);
+        self.live
+            .metrics()
+            .hold_push
+            .observe(delay.max(0) as f64 / 1e6);
     }
 
     /// The message `event` with the entry's status now, remembered as told.

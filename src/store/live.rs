@@ -47,8 +47,6 @@ pub struct EntryChange {
     pub kind: EntryChangeKind,
     pub user_id: String,
     pub hold_expires_at: Option<DateTime<Utc>>,
-    /// When the change was written (database clock).
-    pub occurred_at: DateTime<Utc>,
 }
 
 /// A page of a sale's events read for the live streams.
@@ -79,7 +77,6 @@ struct ChangeRow {
     kind: String,
     user_id: Option<String>,
     hold_expires_at: Option<DateTime<Utc>>,
-    occurred_at: DateTime<Utc>,
 }
 
 #[derive(FromRow)]
@@ -148,7 +145,7 @@ impl Store {
     ) -> Result<ChangePage, StoreError> {
         let rows = sqlx::query_as::<_, ChangeRow>(
             "SELECT sequence, type, data->>'userId' AS user_id,
-                    (data->>'holdExpiresAt')::timestamptz AS hold_expires_at, occurred_at
+                    (data->>'holdExpiresAt')::timestamptz AS hold_expires_at
                FROM events WHERE sale_id = $1 AND sequence > $2
               ORDER BY sequence LIMIT $3",
         )
@@ -167,7 +164,6 @@ impl Store {
                     kind: change_kind(&row.kind)?,
                     user_id: row.user_id?,
                     hold_expires_at: row.hold_expires_at,
-                    occurred_at: row.occurred_at,
                 })
             })
             .collect();
