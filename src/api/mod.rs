@@ -14,6 +14,7 @@ pub mod edge;
 pub mod error;
 mod events;
 mod health;
+mod journey;
 pub mod models;
 mod queue;
 pub mod rate_limit;

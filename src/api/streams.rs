@@ -2,7 +2,7 @@
 //! and a sale's public view. Both ride the instance's [`LiveHub`], so an open stream costs no
 //! queries of its own; only a stream that fell behind re-reads its buyer's entry, once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
@@ -11,22 +11,19 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Enum, OpenApi};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiTags;
 use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityRefusal, identity_refusal};
 use super::error::{ErrorBody, ErrorCode, ServerError};
-use super::models::{
-    QueueStatusKind, QueueStatusView, QueueStreamEvent, SaleStreamEvent, SaleView,
-};
-use crate::domain::{Checkout, EntryStatus, QueueEntry, Sale, SaleState};
-use crate::store::{EntryChangeKind, LiveSale, StoreError};
-use crate::worker::{LiveHub, SaleUpdate, Subscription};
+use super::journey::BuyerJourney;
+use super::models::{QueueStreamEvent, SaleStreamEvent, SaleView};
+use crate::domain::{Checkout, Sale, SaleState};
+use crate::worker::{LiveHub, Subscription};
 
 /// Keep-alive comments on an idle stream, under common proxy idle timeouts.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// A waiting buyer hears of a new position at most this often.
-const POSITION_EVERY: Duration = Duration::from_secs(1);
+/// A public stream sends at most one view this often.
+const PUBLIC_EVERY: Duration = Duration::from_millis(200);
 /// Seconds a refused stream is told to wait.
 const STREAMS_FULL_RETRY_SECONDS: u64 = 5;
 
@@ -162,21 +159,22 @@ impl StreamsApi {
                 "this sale uses the instant checkout: it has no queue",
             )));
         }
-        // Subscribe before reading the entry: every change after the read is then in an
-        // update this stream receives (see `BuyerJourney::apply`).
+        // Follow the buyer before reading the entry: every change committed after the read
+        // then reaches the stream (see `Subscription::buyer`).
         let Ok(subscription) = self.live.subscribe(found.id) else {
             return Ok(QueueStreamResponse::Unavailable(
                 streams_full(),
                 STREAMS_FULL_RETRY_SECONDS,
             ));
         };
-        let Some((entry, seen)) = store.live_entry(found.id, &user_id.0).await? else {
+        let changes = subscription.buyer(&user_id.0);
+        let Some(read) = store.live_entry(found.id, &user_id.0).await? else {
             return Ok(QueueStreamResponse::NotFound(ErrorBody::json(
                 ErrorCode::NotInQueue,
                 "this user has no entry in this sale's queue",
             )));
         };
-        let mut journey = BuyerJourney::new(self.live.clone(), subscription, found, entry, seen);
+        let mut journey = BuyerJourney::new(self.live.clone(), subscription, changes, found, read);
         journey.end_when_held = until.0 == Some(StreamUntil::Held);
         Ok(QueueStreamResponse::Ok(
             EventStream::new(journey.into_stream())
@@ -235,7 +233,8 @@ fn is_over(sale: &Sale) -> bool {
     )
 }
 
-/// The sale's view now, then each different one, until the sale is over or gone.
+/// The sale's view now, then each different one (at most every `PUBLIC_EVERY`: a busy
+/// sale's counters change far more often than a page needs), until the sale is over or gone.
 fn sale_views(
     sale: Sale,
     subscription: Subscription,
@@ -252,13 +251,12 @@ fn sale_views(
             if over {
                 return None;
             }
+            // Whatever changes meanwhile is folded into the next view.
+            tokio::time::sleep(PUBLIC_EVERY).await;
             loop {
-                let update = match subscription.updates.recv().await {
-                    Ok(update) => update,
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => return None,
-                };
-                let live = update.live.as_ref()?;
+                subscription.updates.changed().await.ok()?;
+                let latest = subscription.updates.borrow_and_update().clone()?;
+                let live = latest.live.as_ref()?;
                 let view = SaleView::from(&live.sale);
                 let json = view.to_json_string();
                 if json == last {
@@ -274,212 +272,4 @@ fn sale_views(
             }
         },
     ))
-}
-
-/// One buyer's stream: their entry as last known, and what they were last told.
-struct BuyerJourney {
-    live: LiveHub,
-    subscription: Subscription,
-    sale: Sale,
-    entry: QueueEntry,
-    /// The sale's event sequence the entry reflects.
-    seen: i64,
-    told: Option<QueueStatusView>,
-    position_told_at: Instant,
-    over: bool,
-    /// End at `held` too (`until=held`).
-    end_when_held: bool,
-}
-
-impl BuyerJourney {
-    fn new(
-        live: LiveHub,
-        subscription: Subscription,
-        sale: Sale,
-        entry: QueueEntry,
-        seen: i64,
-    ) -> Self {
-        Self {
-            live,
-            subscription,
-            sale,
-            entry,
-            seen,
-            told: None,
-            position_told_at: Instant::now(),
-            over: false,
-            end_when_held: false,
-        }
-    }
-
-    fn into_stream(self) -> BoxStream<'static, QueueStreamEvent> {
-        stream::unfold(self, |mut journey| async move {
-            let message = journey.next_message().await?;
-            Some((message, journey))
-        })
-        .boxed()
-    }
-
-    /// The next thing the buyer must hear; `None` ends the stream.
-    async fn next_message(&mut self) -> Option<QueueStreamEvent> {
-        if self.over {
-            return None;
-        }
-        if self.told.is_none() {
-            return Some(self.tell("status"));
-        }
-        loop {
-            let received = match self.position_due() {
-                // A new position waits out the once-a-second limit, not the next update.
-                Some(due) => {
-                    match tokio::time::timeout_at(due, self.subscription.updates.recv()).await {
-                        Ok(received) => received,
-                        Err(_) => return Some(self.tell("position")),
-                    }
-                }
-                None => self.subscription.updates.recv().await,
-            };
-            let update = match received {
-                Ok(update) => update,
-                // Fell behind: the missed updates are gone, the entry is not.
-                Err(RecvError::Lagged(_)) => {
-                    if self.reread().await.is_err() {
-                        return None;
-                    }
-                    continue;
-                }
-                Err(RecvError::Closed) => return None,
-            };
-            match self.apply(&update).await {
-                Ok(Some(message)) => return Some(message),
-                Ok(None) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Folds an update into the entry; a message if the buyer must hear of it.
-    async fn apply(&mut self, update: &SaleUpdate) -> Result<Option<QueueStreamEvent>, ()> {
-        let Some(live) = &update.live else {
-            return Err(());
-        };
-        self.sale = live.sale.clone();
-        if update.from > self.seen {
-            // Changes between our read and this update's start are not in it.
-            self.reread().await?;
-        }
-        if update.through > self.seen {
-            if let Some(change) = update
-                .changes
-                .get(&self.entry.user_id)
-                .filter(|change| change.sequence > self.seen)
-            {
-                self.entry.status = match change.kind {
-                    EntryChangeKind::HoldGranted => EntryStatus::Held,
-                    EntryChangeKind::HoldExpired => EntryStatus::Expired,
-                    EntryChangeKind::HoldReleased => EntryStatus::Left,
-                    EntryChangeKind::Purchased => EntryStatus::Purchased,
-                };
-                if change.kind == EntryChangeKind::HoldGranted {
-                    self.entry.hold_expires_at = change.hold_expires_at;
-                }
-            }
-            self.seen = update.through;
-        }
-        if self.needs_reread(live) {
-            self.reread().await?;
-        }
-        self.take_counters(live);
-        Ok(self.message_if_news())
-    }
-
-    /// A waiting entry the front has passed without a grant in any update (the buyer left
-    /// elsewhere), or a pre-queue entry whose order was just drawn: only a read tells.
-    fn needs_reread(&self, live: &LiveSale) -> bool {
-        let Some(queue) = live.queue else {
-            return false;
-        };
-        self.entry.status == EntryStatus::Queued
-            && ((self.entry.prequeue && !self.entry.shuffled && queue.shuffled)
-                || (!self.entry.prequeue || self.entry.shuffled)
-                    && queue.admitted_upto >= self.entry.ticket)
-    }
-
-    fn take_counters(&mut self, live: &LiveSale) {
-        if let Some(queue) = live.queue {
-            // The front only moves forward; an older read must not move it back.
-            self.entry.admitted_upto = self.entry.admitted_upto.max(queue.admitted_upto);
-            self.entry.waiting = queue.waiting;
-            self.entry.shuffled |= queue.shuffled;
-            self.entry.admission_rate = queue.admission_rate;
-        }
-    }
-
-    /// When a position the buyer has not heard yet may be told.
-    fn position_due(&self) -> Option<tokio::time::Instant> {
-        let told = self.told.as_ref()?;
-        let view = QueueStatusView::new(&self.entry, Some(&self.sale));
-        (view.status == QueueStatusKind::Queued && view.position != told.position)
-            .then(|| tokio::time::Instant::from_std(self.position_told_at + POSITION_EVERY))
-    }
-
-    fn message_if_news(&mut self) -> Option<QueueStreamEvent> {
-        let view = QueueStatusView::new(&self.entry, Some(&self.sale));
-        let told = self.told.as_ref()?;
-        if view.status != told.status {
-            if view.status == QueueStatusKind::Held {
-                self.observe_hold_push();
-            }
-            return Some(self.tell(view.status.as_str()));
-        }
-        let moved = view.status == QueueStatusKind::Queued && view.position != told.position;
-        (moved && self.position_told_at.elapsed() >= POSITION_EVERY).then(|| self.tell("position"))
-    }
-
-    /// From the grant (its expiry less the hold's length, both the database's) to now,
-    /// however the stream learnt of it (an update or a re-read).
-    fn observe_hold_push(&self) {
-        let Some(expires) = self.entry.hold_expires_at else {
-            return;
-        };
-        let granted = expires - chrono::Duration::seconds(i64::from(self.sale.hold_seconds));
-        let delay = (chrono::Utc::now() - granted)
-            .num_microseconds()
-            .unwrap_or(0);
-        self.live
-            .metrics()
-            .hold_push
-            .observe(delay.max(0) as f64 / 1e6);
-    }
-
-    /// The message `event` with the entry's status now, remembered as told.
-    fn tell(&mut self, event: &'static str) -> QueueStreamEvent {
-        let status = QueueStatusView::new(&self.entry, Some(&self.sale));
-        self.over = status.status.is_final()
-            || (self.end_when_held && status.status == QueueStatusKind::Held);
-        self.position_told_at = Instant::now();
-        self.told = Some(status.clone());
-        QueueStreamEvent {
-            event,
-            sequence: self.seen,
-            status,
-        }
-    }
-
-    /// Reads the buyer's entry again (one query); an entry gone ends the stream.
-    async fn reread(&mut self) -> Result<(), ()> {
-        let read: Result<_, StoreError> = self
-            .live
-            .store()
-            .live_entry(self.sale.id, &self.entry.user_id)
-            .await;
-        match read {
-            Ok(Some((entry, seen))) => {
-                self.entry = entry;
-                self.seen = seen;
-                Ok(())
-            }
-            Ok(None) | Err(_) => Err(()),
-        }
-    }
 }

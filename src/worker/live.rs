@@ -3,16 +3,18 @@
 //! Each instance LISTENs for sale changes on one connection. A sale that has open streams
 //! here has one refresher task: on each notification (and at least every `refresh_every`,
 //! for what changes without an event: a sale ending by the clock, the queue length) it
-//! reads the sale once and the sale's new events once, and broadcasts the result to every
-//! stream of that sale. So an instance's queries grow with the sales it watches, never with
-//! the streams it serves. A stream decides on its own what of an update its client must hear.
+//! reads the sale once and the sale's new events once. The sale's counters go into one
+//! `watch` that every stream of the sale may look at; each buyer's own change goes only to
+//! that buyer's streams. So an instance's queries grow with the sales it watches, never with
+//! the streams it serves, and an admission of 500 buyers wakes those 500 streams, not every
+//! stream of the sale.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
@@ -25,21 +27,22 @@ pub const SALE_CHANGES_CHANNEL: &str = "flashsale_sale_changes";
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
 /// Events read per query while catching up.
 const CHANGE_PAGE: i64 = 5_000;
-/// Updates a slow stream may fall behind before it must re-read its own state.
-const UPDATE_BUFFER: usize = 256;
 /// How long a failing refresher waits before trying again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// One read of a sale, fanned out to its streams.
+/// The latest read of a sale, for every stream of it to look at.
 #[derive(Debug)]
 pub struct SaleUpdate {
     /// The sale now; `None` once it no longer exists.
     pub live: Option<LiveSale>,
-    /// The changes of buyers' entries with a sequence in `(from, through]`, the last one of
-    /// each buyer. A stream that has seen less than `from` missed some and must re-read.
-    pub changes: HashMap<String, EntryChange>,
-    pub from: i64,
-    pub through: i64,
+}
+
+/// One read: the sale, and the last change of each buyer among its new events.
+struct Read {
+    update: SaleUpdate,
+    changes: HashMap<String, EntryChange>,
+    /// The highest sequence read.
+    through: i64,
 }
 
 /// How the hub is tuned.
@@ -77,15 +80,69 @@ struct Inner {
 /// The updates of one sale, alive while a stream holds it.
 struct SaleFeed {
     wake: Arc<Notify>,
-    updates: broadcast::Sender<Arc<SaleUpdate>>,
+    latest: watch::Sender<Option<Arc<SaleUpdate>>>,
+    /// The sequence after which this feed hands out buyers' changes (set by its first
+    /// read): a buyer whose entry was read at a lower one may have missed some.
+    starts_after: OnceLock<i64>,
+    /// The buyers with a stream here, each with their last change.
+    buyers: Mutex<HashMap<String, watch::Sender<Option<EntryChange>>>>,
 }
 
-/// A stream's seat: its updates, and its share of the instance's stream limit.
+/// A stream's seat: the sale's updates, and its share of the instance's stream limit.
 pub struct Subscription {
-    pub updates: broadcast::Receiver<Arc<SaleUpdate>>,
-    _feed: Arc<SaleFeed>,
+    pub updates: watch::Receiver<Option<Arc<SaleUpdate>>>,
+    feed: Arc<SaleFeed>,
     _permit: OwnedSemaphorePermit,
     _open: OpenStream,
+}
+
+impl Subscription {
+    /// The changes of one buyer's entry from now on. Take it before reading the entry: every
+    /// change committed after that read then reaches it (see [`Subscription::starts_after`]).
+    pub fn buyer(&self, user_id: &str) -> BuyerChanges {
+        let mut buyers = lock(&self.feed.buyers);
+        let changes = buyers
+            .entry(user_id.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        BuyerChanges {
+            changes,
+            feed: self.feed.clone(),
+            user_id: user_id.to_string(),
+        }
+    }
+
+    /// The sequence after which the sale's feed hands out changes, once it has read the
+    /// sale: an entry read at a lower sequence must be read again.
+    pub fn starts_after(&self) -> Option<i64> {
+        self.feed.starts_after.get().copied()
+    }
+}
+
+/// One buyer's changes, pushed to their streams only.
+pub struct BuyerChanges {
+    pub changes: watch::Receiver<Option<EntryChange>>,
+    feed: Arc<SaleFeed>,
+    user_id: String,
+}
+
+impl Drop for BuyerChanges {
+    fn drop(&mut self) {
+        let mut buyers = lock(&self.feed.buyers);
+        // Our own receiver still counts here: one means nobody else follows this buyer.
+        if buyers
+            .get(&self.user_id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            buyers.remove(&self.user_id);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The instance already serves `max_streams` streams.
@@ -139,25 +196,23 @@ impl LiveHub {
             .map_err(|_| StreamsFull)?;
         let feed = self.feed(sale_id);
         Ok(Subscription {
-            updates: feed.updates.subscribe(),
-            _feed: feed,
+            updates: feed.latest.subscribe(),
+            feed,
             _permit: permit,
             _open: OpenStream::new(&self.inner.metrics.streams_open),
         })
     }
 
     fn feed(&self, sale_id: Uuid) -> Arc<SaleFeed> {
-        let mut feeds = self
-            .inner
-            .feeds
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut feeds = lock(&self.inner.feeds);
         if let Some(feed) = feeds.get(&sale_id).and_then(Weak::upgrade) {
             return feed;
         }
         let feed = Arc::new(SaleFeed {
             wake: Arc::new(Notify::new()),
-            updates: broadcast::channel(UPDATE_BUFFER).0,
+            latest: watch::channel(None).0,
+            starts_after: OnceLock::new(),
+            buyers: Mutex::default(),
         });
         feeds.insert(sale_id, Arc::downgrade(&feed));
         tokio::spawn(refresh_loop(
@@ -171,11 +226,7 @@ impl LiveHub {
 
     /// Wakes the refresher of the sale, if this instance watches it.
     fn wake(&self, sale_id: Uuid) {
-        let feeds = self
-            .inner
-            .feeds
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let feeds = lock(&self.inner.feeds);
         if let Some(feed) = feeds.get(&sale_id).and_then(Weak::upgrade) {
             feed.wake.notify_one();
         }
@@ -183,11 +234,7 @@ impl LiveHub {
 
     /// Wakes every refresher: notifications may have been lost.
     fn wake_all(&self) {
-        let feeds = self
-            .inner
-            .feeds
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let feeds = lock(&self.inner.feeds);
         for feed in feeds.values().filter_map(Weak::upgrade) {
             feed.wake.notify_one();
         }
@@ -219,7 +266,7 @@ impl LiveHub {
     }
 }
 
-/// Reads the sale on each wake-up and broadcasts it, until no stream holds the feed.
+/// Reads the sale on each wake-up and hands it out, until no stream holds the feed.
 async fn refresh_loop(inner: Arc<Inner>, sale_id: Uuid, feed: Weak<SaleFeed>, wake: Arc<Notify>) {
     let mut seen: Option<i64> = None;
     loop {
@@ -227,12 +274,11 @@ async fn refresh_loop(inner: Arc<Inner>, sale_id: Uuid, feed: Weak<SaleFeed>, wa
             break;
         };
         match read_update(&inner.store, sale_id, seen).await {
-            Ok(update) => {
+            Ok(read) => {
                 inner.metrics.live_refreshes.inc();
-                seen = Some(update.through);
-                let gone = update.live.is_none();
-                // No receivers is not an error: the last stream may just have gone.
-                let _ = live_feed.updates.send(Arc::new(update));
+                seen = Some(read.through);
+                let gone = read.update.live.is_none();
+                publish(&live_feed, read);
                 if gone {
                     break;
                 }
@@ -251,10 +297,7 @@ async fn refresh_loop(inner: Arc<Inner>, sale_id: Uuid, feed: Weak<SaleFeed>, wa
             _ = tokio::time::sleep(inner.config.refresh_every) => {}
         }
     }
-    let mut feeds = inner
-        .feeds
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut feeds = lock(&inner.feeds);
     if feeds
         .get(&sale_id)
         .is_some_and(|entry| entry.strong_count() == 0)
@@ -263,25 +306,37 @@ async fn refresh_loop(inner: Arc<Inner>, sale_id: Uuid, feed: Weak<SaleFeed>, wa
     }
 }
 
+/// Each buyer's change to that buyer's streams (only buyers with a stream here), then the
+/// sale to every stream.
+fn publish(feed: &SaleFeed, read: Read) {
+    feed.starts_after.get_or_init(|| read.through);
+    if !read.changes.is_empty() {
+        let buyers = lock(&feed.buyers);
+        for (user_id, change) in read.changes {
+            if let Some(sender) = buyers.get(&user_id) {
+                sender.send_replace(Some(change));
+            }
+        }
+    }
+    feed.latest.send_replace(Some(Arc::new(read.update)));
+}
+
 /// The sale now and its buyers' changes since `seen` (none on the first read, which only
 /// sets where the changes start).
 async fn read_update(
     store: &Store,
     sale_id: Uuid,
     seen: Option<i64>,
-) -> Result<SaleUpdate, crate::store::StoreError> {
+) -> Result<Read, crate::store::StoreError> {
     let Some(live) = store.live_sale(sale_id).await? else {
-        let through = seen.unwrap_or(0);
-        return Ok(SaleUpdate {
-            live: None,
+        return Ok(Read {
+            update: SaleUpdate { live: None },
             changes: HashMap::new(),
-            from: through,
-            through,
+            through: seen.unwrap_or(0),
         });
     };
     let mut changes = HashMap::new();
-    let from = seen.unwrap_or(live.last_sequence);
-    let mut through = from;
+    let mut through = seen.unwrap_or(live.last_sequence);
     // Only a waiting room's buyers follow their own entries; an instant sale's streams
     // need the counters alone.
     if seen.is_some() && live.queue.is_some() {
@@ -298,10 +353,9 @@ async fn read_update(
     } else {
         through = through.max(live.last_sequence);
     }
-    Ok(SaleUpdate {
-        live: Some(live),
+    Ok(Read {
+        update: SaleUpdate { live: Some(live) },
         changes,
-        from,
         through,
     })
 }

@@ -30,7 +30,8 @@ use crate::metrics::Metrics;
 use crate::store::{JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, Store};
 
 pub use live::{
-    LiveConfig, LiveHub, OpenStream, SALE_CHANGES_CHANNEL, SaleUpdate, StreamsFull, Subscription,
+    BuyerChanges, LiveConfig, LiveHub, OpenStream, SALE_CHANGES_CHANNEL, SaleUpdate, StreamsFull,
+    Subscription,
 };
 pub use service_jobs::{ADMIT_BATCH, ServiceJobs};
 pub use webhooks::{WebhookConfig, WebhookSender, retry_delay};
