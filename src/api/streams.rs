@@ -1,6 +1,7 @@
 //! Live streams for buyers and shop pages (Server-Sent Events): a buyer's place in a queue,
 //! and a sale's public view. Both ride the instance's [`LiveHub`], so an open stream costs no
-//! queries of its own; only a stream that fell behind re-reads its buyer's entry, once.
+//! queries of its own (a buyer's stream re-reads its entry only when the hub cannot tell,
+//! see `journey.rs`).
 
 use std::time::Duration;
 
