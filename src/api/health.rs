@@ -1,7 +1,7 @@
 //! `GET /health` (readiness): 200 while the database answers and the job runner makes
-//! progress, 503 otherwise. `GET /health/live` (liveness): 200 while the process serves HTTP,
-//! touching nothing else; also the load generator's floor in the stress suite. The probe uses the reserved pool, so a flood of buyers on the
-//! main pool does not make a healthy instance look dead.
+//! progress, 503 otherwise. The probe uses the reserved pool, so a flood of buyers on the
+//! main pool does not make a healthy instance look dead. `GET /health/live` (liveness): 200
+//! while the process serves HTTP, touching nothing else; also the stress suite's floor.
 
 use std::time::Duration;
 

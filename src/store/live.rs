@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use super::queue::{ENTRY_SQL, EntryRow};
+use super::queue::{ENTRY_SQL, EntryRow, queue_counters_sql};
 use super::sales::SaleRow;
 use super::{Store, StoreError};
 use crate::domain::{QueueEntry, Sale};
@@ -101,13 +101,11 @@ impl Store {
     /// snapshot), or `None` if it no longer exists.
     pub async fn live_sale(&self, sale_id: Uuid) -> Result<Option<LiveSale>, StoreError> {
         let sql = format!(
-            "SELECT s.*, q.admitted_upto, q.waiting, q.shuffled_at IS NOT NULL AS shuffled,
-                    CASE WHEN q.admitted > 0 AND now() > q.first_admitted_at
-                         THEN q.admitted / EXTRACT(EPOCH FROM now() - q.first_admitted_at)::float8
-                    END AS admission_rate
+            "SELECT s.*, {QUEUE_COUNTERS}
                FROM (SELECT {SALE_COLUMNS}, last_event_sequence FROM sales WHERE id = $1) s
                LEFT JOIN sale_queues q ON q.sale_id = s.id",
-            SALE_COLUMNS = super::sales::SALE_COLUMNS
+            SALE_COLUMNS = super::sales::SALE_COLUMNS,
+            QUEUE_COUNTERS = queue_counters_sql!()
         );
         // Built from constant text only.
         let row = sqlx::query_as::<_, LiveSaleRow>(sqlx::AssertSqlSafe(sql))

@@ -105,15 +105,26 @@ impl From<EntryRow> for QueueEntry {
     }
 }
 
+/// The counters of a queue row `q` that a buyer's view derives from: the front, the
+/// waiting buyers, whether the pre-queue was drawn, and the admission rate since the first
+/// admission (holds per second).
+macro_rules! queue_counters_sql {
+    () => {
+        "q.admitted_upto, q.waiting, q.shuffled_at IS NOT NULL AS shuffled,
+         CASE WHEN q.admitted > 0 AND now() > q.first_admitted_at
+              THEN q.admitted / EXTRACT(EPOCH FROM now() - q.first_admitted_at)::float8
+         END AS admission_rate"
+    };
+}
+pub(super) use queue_counters_sql;
+
 /// An entry with its queue's counters: one row, one index probe each, no count.
-pub(super) const ENTRY_SQL: &str = "
-    SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at,
-           q.admitted_upto, q.waiting, q.shuffled_at IS NOT NULL AS shuffled,
-           CASE WHEN q.admitted > 0 AND now() > q.first_admitted_at
-                THEN q.admitted / EXTRACT(EPOCH FROM now() - q.first_admitted_at)::float8
-           END AS admission_rate
-      FROM queue_entries e JOIN sale_queues q ON q.sale_id = e.sale_id
-     WHERE e.sale_id = $1 AND e.user_id = $2";
+pub(super) const ENTRY_SQL: &str = concat!(
+    "SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at, ",
+    queue_counters_sql!(),
+    " FROM queue_entries e JOIN sale_queues q ON q.sale_id = e.sale_id
+     WHERE e.sale_id = $1 AND e.user_id = $2"
+);
 
 /// Creates the queue row of a new queued sale, with the seed of its pre-queue shuffle.
 pub(super) async fn create_queue(conn: &mut PgConnection, sale_id: Uuid) -> Result<(), StoreError> {
@@ -239,12 +250,10 @@ impl Store {
                  RETURNING user_id, ticket, prequeue, status, joined_at, hold_expires_at
              )
              SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at,
-                    q.admitted_upto, q.waiting, q.shuffled_at IS NOT NULL AS shuffled,
-                    CASE WHEN q.admitted > 0 AND now() > q.first_admitted_at
-                         THEN q.admitted / EXTRACT(EPOCH FROM now() - q.first_admitted_at)::float8
-                    END AS admission_rate
+                    {QUEUE_COUNTERS}
                FROM q JOIN entry e ON true",
-            ENTRY_SQL = entry_sql
+            ENTRY_SQL = entry_sql,
+            QUEUE_COUNTERS = queue_counters_sql!()
         );
         // Built from the two constant statements above.
         let row = sqlx::query_as::<_, EntryRow>(sqlx::AssertSqlSafe(sql))
