@@ -19,6 +19,7 @@ import uuid
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -101,7 +102,10 @@ def main():
         step(f"sold changed on the page {seen * 1000:.0f} ms after the purchase answered")
 
         step("opens the sale, buys a few more, runs the audit")
-        driver.find_element(By.CSS_SELECTOR, f'#sales-body tr[data-sale="{sku}"]').click()
+        # Rows are updated in place; should the list be rebuilt (a sale added elsewhere)
+        # between finding the row and clicking it, find it again.
+        WebDriverWait(driver, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, f'#sales-body tr[data-sale="{sku}"]').click() or True)
         wait.until(ec.visibility_of_element_located((By.ID, "detail")))
         # A few seconds of buying, so the chart has something to show.
         for n in range(2, 21):

@@ -198,35 +198,55 @@ async function loadSales() {
   }
 }
 
-function cell(text, field, numeric) {
+function cell(field, numeric) {
   const td = document.createElement('td');
-  td.textContent = text;
-  if (field) td.dataset.field = field;
+  td.dataset.field = field;
   if (numeric) td.className = 'num';
   return td;
 }
 
+// A sale's row, made once and then updated in place: a reload changes the numbers, not the
+// elements (a click or a test holding a row keeps it).
+function newRow(sale) {
+  const row = document.createElement('tr');
+  row.dataset.sale = sale.sku;
+  row.dataset.id = sale.id;
+  const state = document.createElement('td');
+  const pill = document.createElement('span');
+  pill.dataset.field = 'state';
+  state.append(pill);
+  row.append(cell('sku'), state, cell('checkout'), cell('stock', true), cell('sold', true),
+    cell('held', true), cell('available', true), cell('waiting', true));
+  row.addEventListener('click', () => openDetail(row.dataset.id));
+  return row;
+}
+
+function fillRow(row, sale) {
+  const text = {
+    sku: sale.sku, state: sale.state, checkout: sale.checkout, stock: sale.stock,
+    sold: sale.sold, held: sale.held, available: sale.available,
+    waiting: sale.checkout === 'queued' ? sale.queueLength : '–',
+  };
+  for (const [field, value] of Object.entries(text)) {
+    const element = row.querySelector(`[data-field="${field}"]`);
+    if (element.textContent !== String(value)) element.textContent = value;
+  }
+  row.querySelector('[data-field="state"]').className = `pill ${sale.state}`;
+  row.className = app.detail && app.detail.id === sale.id ? 'selected' : '';
+}
+
 function renderSales() {
   const body = $('sales-body');
-  body.replaceChildren(...app.sales.map((sale) => {
-    const row = document.createElement('tr');
-    row.dataset.sale = sale.sku;
-    if (app.detail && app.detail.id === sale.id) row.className = 'selected';
-    const state = document.createElement('td');
-    const pill = document.createElement('span');
-    pill.className = `pill ${sale.state}`;
-    pill.textContent = sale.state;
-    pill.dataset.field = 'state';
-    state.append(pill);
-    row.append(
-      cell(sale.sku, 'sku'), state, cell(sale.checkout, 'checkout'),
-      cell(sale.stock, 'stock', true), cell(sale.sold, 'sold', true),
-      cell(sale.held, 'held', true), cell(sale.available, 'available', true),
-      cell(sale.checkout === 'queued' ? sale.queueLength : '–', 'waiting', true),
-    );
-    row.addEventListener('click', () => openDetail(sale.id));
+  const existing = new Map([...body.children].map((row) => [row.dataset.id, row]));
+  const rows = app.sales.map((sale) => {
+    const row = existing.get(sale.id) || newRow(sale);
+    fillRow(row, sale);
     return row;
-  }));
+  });
+  // Only a new, gone or reordered sale rebuilds the list.
+  const unchanged = rows.length === body.children.length &&
+    rows.every((row, i) => body.children[i] === row);
+  if (!unchanged) body.replaceChildren(...rows);
   $('sales-empty').hidden = app.sales.length > 0;
 }
 
