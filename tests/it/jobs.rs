@@ -9,7 +9,7 @@ use flashsale::store::{Job, JobKind, Store};
 use flashsale::worker::{JobHandler, Runner, RunnerConfig};
 use tokio::sync::{Barrier, watch};
 
-use crate::support::{TestApp, spawn_app};
+use crate::support::{TestApp, id_of, spawn_app};
 
 /// Records every run and fails a job's first attempt when asked.
 #[derive(Clone, Default)]
@@ -44,10 +44,7 @@ async fn enqueue_jobs(store: &Store, sale_id: uuid::Uuid, count: usize) {
 async fn app_with_empty_queue() -> (TestApp, uuid::Uuid) {
     let app = spawn_app().await;
     let sale = app.active_sale(1).await;
-    let sale_id = sale["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
+    let sale_id = id_of(&sale);
     sqlx::query("DELETE FROM jobs")
         .execute(app.store.pool())
         .await
@@ -171,16 +168,7 @@ async fn a_notify_wakes_a_sleeping_runner_long_before_its_poll_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_started_late_shows_its_lag_in_the_metrics() {
-    let app = spawn_app().await;
-    let sale = app.active_sale(1).await;
-    let sale: uuid::Uuid = sale["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
-    sqlx::query("DELETE FROM jobs")
-        .execute(app.store.pool())
-        .await
-        .expect("clear");
+    let (app, sale) = app_with_empty_queue().await;
     sqlx::query(
         "INSERT INTO jobs (kind, sale_id, run_at) VALUES ('sync_sale_state', $1, now() - interval '3 seconds')",
     )
@@ -214,10 +202,7 @@ async fn an_admission_records_its_lag_and_statements_their_pool_wait() {
             "sku": sku, "name": "Lag", "stock": 5, "checkout": "queued"
         }))
         .await;
-    let sale: uuid::Uuid = sale["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
+    let sale: uuid::Uuid = id_of(&sale);
     assert_eq!(
         app.join_queue(&sku, "waiting-buyer").await.0,
         poem::http::StatusCode::ACCEPTED

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::{
-    ADMIN_KEY, TestApp, live_sale_id, metric, read_messages, spawn_app, status_and_json,
+    ADMIN_KEY, TestApp, id_of, live_sale_id, metric, read_messages, spawn_app, status_and_json,
 };
 
 /// Makes every queued job due now and runs them (state changes are recorded by jobs).
@@ -102,13 +102,6 @@ async fn audit_passes(store: &Store, sale: Uuid) {
     );
 }
 
-async fn sale_id(sale: &Value) -> Uuid {
-    sale["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instant_buys_a_sell_out_and_a_cancel_each_emit_exactly_their_events_in_sequence() {
     let app = spawn_app().await;
@@ -130,7 +123,7 @@ async fn instant_buys_a_sell_out_and_a_cancel_each_emit_exactly_their_events_in_
     assert_eq!(status, StatusCode::OK);
     run_jobs_now(&app.store).await;
 
-    let events = feed_of(&app, sale_id(&sold_out).await).await;
+    let events = feed_of(&app, id_of(&sold_out)).await;
     assert_eq!(
         summary(&events),
         expected(&[
@@ -153,7 +146,7 @@ async fn instant_buys_a_sell_out_and_a_cancel_each_emit_exactly_their_events_in_
         events.iter().filter_map(|e| e["id"].as_str()).collect();
     assert_eq!(ids.len(), events.len(), "event ids are unique");
 
-    let events = feed_of(&app, sale_id(&cancelled).await).await;
+    let events = feed_of(&app, id_of(&cancelled)).await;
     assert_eq!(
         summary(&events),
         expected(&[
@@ -163,8 +156,8 @@ async fn instant_buys_a_sell_out_and_a_cancel_each_emit_exactly_their_events_in_
         ])
     );
     assert_eq!(events[2]["data"]["sold"], 1);
-    audit_passes(&app.store, sale_id(&sold_out).await).await;
-    audit_passes(&app.store, sale_id(&cancelled).await).await;
+    audit_passes(&app.store, id_of(&sold_out)).await;
+    audit_passes(&app.store, id_of(&cancelled)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +167,7 @@ async fn holds_granted_expired_released_confirmed_and_an_archive_emit_exactly_th
     let sale = app
         .create_sale(json!({"sku": sku, "name": "Q", "stock": 2, "checkout": "queued"}))
         .await;
-    let sale = sale_id(&sale).await;
+    let sale = id_of(&sale);
     run_jobs_now(&app.store).await;
     for user in ["a", "b", "c", "d"] {
         assert_eq!(app.join_queue(&sku, user).await.0, StatusCode::ACCEPTED);
@@ -250,7 +243,7 @@ async fn the_confirm_of_a_queued_sales_last_unit_emits_its_sold_out_at_once() {
     let sale = app
         .create_sale(json!({"sku": sku, "name": "Q", "stock": 1, "checkout": "queued"}))
         .await;
-    let sale = sale_id(&sale).await;
+    let sale = id_of(&sale);
     run_jobs_now(&app.store).await;
     let joined = app
         .client
@@ -291,7 +284,7 @@ async fn paging_the_feed_while_a_thousand_buyers_buy_returns_each_purchase_exact
     let app = spawn_app().await;
     let sale = app.active_sale(1000).await;
     let sku = sale["sku"].as_str().expect("sku").to_string();
-    let sale = sale_id(&sale).await;
+    let sale = id_of(&sale);
     let buyers: Vec<_> = (0..1000)
         .map(|n| {
             let client = app.client.clone();
@@ -401,7 +394,7 @@ async fn the_stream_sends_new_events_as_they_commit_and_resumes_after_last_event
 async fn the_csv_export_of_a_hundred_thousand_purchases_matches_the_table() {
     let app = spawn_app().await;
     let sale = app.active_sale(100_000).await;
-    let sale = sale_id(&sale).await;
+    let sale = id_of(&sale);
     let pool = app.store.pool();
     let mut tx = pool.begin().await.expect("tx");
     sqlx::query(
@@ -507,10 +500,7 @@ async fn retention_prunes_old_events_but_keeps_those_a_pending_delivery_needs_an
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{hook}");
-    let hook: Uuid = hook["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
+    let hook: Uuid = id_of(&hook);
     sqlx::query(
         "INSERT INTO webhook_deliveries (endpoint_id, event_tx, sale_id, sequence, retry_until)
          SELECT $1, feed_tx, sale_id, sequence, now() + interval '1 hour'

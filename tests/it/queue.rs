@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
-use crate::support::{TestApp, code, counters, live_sale_id, spawn_app, status_and_json};
+use crate::support::{TestApp, code, counters, id_of, live_sale_id, spawn_app, status_and_json};
 
 async fn queued_sale(app: &TestApp, stock: i64, extra: Value) -> (String, Uuid) {
     let sku = format!("q-{}", Uuid::new_v4().simple());
@@ -21,10 +21,7 @@ async fn queued_sale(app: &TestApp, stock: i64, extra: Value) -> (String, Uuid) 
         body.extend(extra.clone());
     }
     let sale = app.create_sale(body).await;
-    let id = sale["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
+    let id = id_of(&sale);
     (sku, id)
 }
 

@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::{
-    SseMessage, SseReader, TestApp, code, metric, spawn_app, spawn_notified_app, status_and_json,
+    SseMessage, SseReader, TestApp, code, id_of, metric, spawn_app, spawn_notified_app,
+    status_and_json,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -23,10 +24,7 @@ async fn queued_sale(app: &TestApp, stock: i64, hold_seconds: i64) -> (String, U
             "holdSeconds": hold_seconds,
         }))
         .await;
-    let id = sale["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
+    let id = id_of(&sale);
     (sku, id)
 }
 

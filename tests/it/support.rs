@@ -308,6 +308,14 @@ pub async fn counters(pool: &PgPool, sku: &str) -> (i32, i32, i32, i32) {
 }
 
 /// The id of the live sale with this sku.
+/// The `id` of a created resource's JSON, as a UUID.
+pub fn id_of(created: &Value) -> Uuid {
+    created["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("id")
+}
+
 pub async fn live_sale_id(store: &Store, sku: &str) -> Uuid {
     store
         .resolve_sale(sku)

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::receiver::{Receiver, fast_config, start_sender};
-use crate::support::{ADMIN_KEY, TestApp, spawn_app, status_and_json};
+use crate::support::{ADMIN_KEY, TestApp, id_of, spawn_app, status_and_json};
 
 async fn register(app: &TestApp, receiver: &Receiver, extra: Value) -> (Uuid, String) {
     let mut body = json!({ "url": receiver.url });
@@ -25,10 +25,7 @@ async fn register(app: &TestApp, receiver: &Receiver, extra: Value) -> (Uuid, St
     let secret = hook["secret"].as_str().expect("secret").to_string();
     assert!(secret.starts_with("whsec_"));
     *receiver.state.secret.lock().expect("lock") = Some(secret.clone());
-    let id = hook["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("id");
+    let id = id_of(&hook);
     (id, secret)
 }
 
