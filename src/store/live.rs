@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use super::queue::{ENTRY_SQL, EntryRow, queue_counters_sql};
+use super::queue_entry::{ENTRY_SQL, EntryRow, queue_counters_sql};
 use super::sales::SaleRow;
 use super::{Store, StoreError};
 use crate::domain::{QueueEntry, Sale};

@@ -12,6 +12,7 @@ mod jobs;
 mod live;
 mod purchases;
 mod queue;
+mod queue_entry;
 mod queue_tick;
 mod sales;
 mod webhooks;
