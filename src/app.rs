@@ -19,7 +19,7 @@ use crate::api::view_cache::SaleViewCache;
 use crate::config::Config;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use crate::metrics::Metrics;
-use crate::store::{self, PurchaseQueue, Store};
+use crate::store::{self, JoinBatcher, PurchaseQueue, Store};
 use crate::worker::{
     LiveConfig, LiveHub, Runner, RunnerConfig, RunnerHealth, ServiceJobs, WebhookConfig,
     WebhookSender, supervise,
@@ -194,6 +194,7 @@ impl Application {
                 self.edge.db_timeout,
             )
             .with_metrics(self.metrics.clone()),
+            joins: JoinBatcher::new(self.store.clone(), self.edge.db_timeout),
             views: Arc::new(SaleViewCache::new(self.view_cache)),
             metrics: self.metrics.clone(),
             edge: self.edge,

@@ -157,9 +157,11 @@ impl BuyerJourney {
             return false;
         };
         self.entry.status == EntryStatus::Queued
-            && ((self.entry.prequeue && !self.entry.shuffled && queue.shuffled)
-                || (!self.entry.prequeue || self.entry.shuffled)
-                    && queue.admitted_upto >= self.entry.ticket)
+            && match self.entry.ticket {
+                // The draw is complete, so the ticket has been dealt.
+                None => queue.shuffled,
+                Some(ticket) => queue.admitted_upto >= ticket,
+            }
     }
 
     fn take_counters(&mut self, live: &LiveSale) {

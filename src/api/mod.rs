@@ -31,7 +31,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, OperationId, Tags};
 
 use crate::metrics::Metrics;
-use crate::store::{PurchaseQueue, Store};
+use crate::store::{JoinBatcher, PurchaseQueue, Store};
 use crate::worker::{LiveConfig, LiveHub, RunnerHealth};
 use admin::AdminApi;
 use auth::AdminKey;
@@ -99,6 +99,8 @@ pub struct ApiState {
     pub tokens: Arc<BuyerTokens>,
     /// Instant purchases go through group commit.
     pub purchases: PurchaseQueue,
+    /// So do joins of a waiting room.
+    pub joins: JoinBatcher,
     /// The public sale view's short-lived cache.
     pub views: Arc<SaleViewCache>,
     pub metrics: Metrics,
@@ -125,6 +127,7 @@ impl ApiState {
             admin_key,
             tokens: Arc::new(BuyerTokens::disabled()),
             purchases: PurchaseQueue::new(store.clone(), true, EdgeLimits::default().db_timeout),
+            joins: JoinBatcher::new(store.clone(), EdgeLimits::default().db_timeout),
             views: Arc::new(SaleViewCache::new(std::time::Duration::ZERO)),
             metrics,
             webhook_retry_for: crate::worker::WebhookConfig::default().retry_for,
@@ -158,6 +161,7 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
             },
             QueueApi {
                 store: state.store.clone(),
+                joins: state.joins.clone(),
                 limits: state.limits.clone(),
                 tokens: state.tokens.clone(),
                 metrics: state.metrics.clone(),

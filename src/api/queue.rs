@@ -15,13 +15,15 @@ use super::rate_limit::RateLimits;
 use crate::domain::sale::valid_user_id;
 use crate::domain::{EntryStatus, Sale};
 use crate::metrics::Metrics;
-use crate::store::{ConfirmOutcome, JoinOutcome, LeaveOutcome, Store};
+use crate::store::{ConfirmOutcome, JoinBatcher, JoinOutcome, LeaveOutcome, Store};
 
 /// Seconds a buyer refused with `QUEUE_FULL` is told to wait.
 const QUEUE_FULL_RETRY_SECONDS: u64 = 5;
 
 pub struct QueueApi {
     pub store: Store,
+    /// Joins go through group commit.
+    pub joins: JoinBatcher,
     pub limits: Arc<RateLimits>,
     pub tokens: Arc<BuyerTokens>,
     pub metrics: Metrics,
@@ -240,7 +242,8 @@ impl QueueApi {
     /// Join a queued sale's waiting room
     ///
     /// Buyers who join before the opening are in a pre-queue whose order is drawn once, by a
-    /// seeded shuffle, at the opening; later buyers are served first come, first served.
+    /// seeded shuffle dealt from the opening on; later buyers are served first come, first
+    /// served. Joins are group-committed per sale: each buyer is answered after the commit.
     #[oai(
         path = "/sales/:sale/queue",
         method = "post",
@@ -272,7 +275,7 @@ impl QueueApi {
         let Some(found) = self.resolve(&sale.0).await? else {
             return Ok(JoinResponse::NotFound(ErrorBody::sale_not_found(&sale.0)));
         };
-        let outcome = self.store.join_queue(&found, &user_id).await?;
+        let outcome = self.joins.join(found.id, found.checkout, &user_id).await?;
         self.count("join", join_outcome_name(&outcome));
         Ok(match outcome {
             JoinOutcome::Queued(entry) | JoinOutcome::Held(entry) => {

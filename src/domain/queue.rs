@@ -47,7 +47,8 @@ impl EntryStatus {
 #[derive(Debug, Clone)]
 pub struct QueueEntry {
     pub user_id: String,
-    pub ticket: i64,
+    /// The place in line; `None` while a pre-queued buyer waits for the draw to reach them.
+    pub ticket: Option<i64>,
     pub prequeue: bool,
     pub status: EntryStatus,
     pub joined_at: DateTime<Utc>,
@@ -56,7 +57,8 @@ pub struct QueueEntry {
     pub admitted_upto: i64,
     /// Buyers waiting in this sale now.
     pub waiting: i32,
-    /// Whether the pre-queue has been shuffled (the sale has opened).
+    /// Whether the pre-queue's order is drawn: every pre-queued buyer has a ticket (the
+    /// sale has opened and the draw's last slice is dealt).
     pub shuffled: bool,
     /// Holds granted per second since the first admission, if any.
     pub admission_rate: Option<f64>,
@@ -65,13 +67,12 @@ pub struct QueueEntry {
 impl QueueEntry {
     /// How many tickets are ahead of this one and not yet admitted (it may count buyers who
     /// left and have not been passed yet, so it is an upper bound). `None` while the buyer
-    /// waits in the pre-queue, whose order is drawn only at the opening. It never grows
-    /// while the buyer waits: the ticket is fixed and `admitted_upto` only rises.
+    /// waits in the pre-queue for the draw, dealt only from the opening on. It never grows
+    /// while the buyer waits: the ticket, once dealt, is fixed and `admitted_upto` only
+    /// rises.
     pub fn position(&self) -> Option<i64> {
-        if self.status != EntryStatus::Queued || (self.prequeue && !self.shuffled) {
-            return None;
-        }
-        Some((self.ticket - self.admitted_upto - 1).max(0))
+        let ticket = self.ticket.filter(|_| self.status == EntryStatus::Queued)?;
+        Some((ticket - self.admitted_upto - 1).max(0))
     }
 
     /// Seconds until this buyer's turn at the recent admission rate.
@@ -107,7 +108,7 @@ mod tests {
     fn entry(ticket: i64, admitted_upto: i64) -> QueueEntry {
         QueueEntry {
             user_id: "u".into(),
-            ticket,
+            ticket: Some(ticket),
             prequeue: false,
             status: EntryStatus::Queued,
             joined_at: Utc::now(),
@@ -133,14 +134,15 @@ mod tests {
     }
 
     #[test]
-    fn a_prequeued_buyer_has_no_position_until_the_shuffle() {
+    fn a_prequeued_buyer_has_no_position_until_the_draw_deals_their_ticket() {
         let mut waiting = entry(3, 0);
         waiting.prequeue = true;
         waiting.shuffled = false;
+        waiting.ticket = None;
         assert_eq!(waiting.position(), None);
         assert_eq!(waiting.poll_after_ms(), 2_000);
-        waiting.shuffled = true;
-        assert_eq!(waiting.position(), Some(2));
+        waiting.ticket = Some(3);
+        assert_eq!(waiting.position(), Some(2), "dealt before the draw ends");
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub const MAX_ATTEMPTS: i32 = 25;
 pub enum JobKind {
     /// Record the state changes a sale has gone through (start, end, sell-out, cancel).
     SyncSaleState,
-    /// Run a queued sale's waiting room: shuffle the pre-queue at the opening, return
+    /// Run a queued sale's waiting room: draw the pre-queue from the opening, return
     /// expired holds to stock, admit the next buyers to holds.
     QueueTick,
     /// Remove events and finished webhook deliveries past their retention; runs every

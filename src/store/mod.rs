@@ -5,6 +5,7 @@
 //! (sold out, duplicate, ...) are ordinary values; [`StoreError`] is for what went wrong.
 
 mod audit;
+mod batcher;
 mod deliveries;
 mod events;
 mod group_commit;
@@ -13,6 +14,7 @@ mod live;
 mod purchases;
 mod queue;
 mod queue_entry;
+mod queue_join;
 mod queue_tick;
 mod sales;
 mod webhooks;
@@ -33,7 +35,8 @@ pub use jobs::{
 };
 pub use live::{ChangePage, EntryChange, EntryChangeKind, LiveQueue, LiveSale};
 pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
-pub use queue::{ConfirmOutcome, JoinOutcome, LeaveOutcome, QueueStats};
+pub use queue::{ConfirmOutcome, LeaveOutcome, QueueStats};
+pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
 pub use webhooks::{EndpointTarget, NewEndpoint};
@@ -66,9 +69,9 @@ pub enum StoreError {
     /// Too many purchases are already waiting for this sale on this instance.
     #[error("too many purchases are waiting")]
     Overloaded,
-    /// A group-commit batch failed; every request in it gets this (the cause is logged
-    /// once per request with the message).
-    #[error("purchase batch failed: {0}")]
+    /// A group-commit batch (purchases or joins) failed; every request in it gets this
+    /// (the cause is logged once per request with the message).
+    #[error("group-commit batch failed: {0}")]
     Batch(String),
 }
 
@@ -94,6 +97,18 @@ impl StoreError {
                 StoreError::OutcomeUnknown
             }
             _ => err.into(),
+        }
+    }
+
+    /// The same failure for one more caller of a failed batch (each waiting buyer gets
+    /// their own): unavailability stays unavailability (503, and "outcome unknown" where it
+    /// is), a fault becomes [`StoreError::Batch`] with the message.
+    pub fn copy_for_caller(&self) -> StoreError {
+        match self {
+            StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
+            StoreError::Overloaded => StoreError::Overloaded,
+            err if err.is_unavailable() => StoreError::Unavailable(None),
+            err => StoreError::Batch(err.to_string()),
         }
     }
 
@@ -194,9 +209,10 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Server-side limits on every connection, so that no statement, lock wait or forgotten
 /// transaction can hold a connection (and the locks behind it) for long:
-/// - `statement_timeout` 5 s: the slowest legitimate statement (the opening shuffle of
-///   10,000 pre-queued buyers, a 2,048-buyer batch on a loaded machine) takes well under
-///   a second; a statement past 5 s is stuck, and its buyer is answered 503 instead.
+/// - `statement_timeout` 5 s: the slowest legitimate statement (a 10,000-ticket slice of
+///   the pre-queue's draw, a 2,048-buyer batch on a loaded machine) takes well under a
+///   second; a statement past 5 s is stuck, and its buyer is answered 503 instead. Nothing
+///   on the request or tick paths grows with the size of a queue.
 /// - `lock_timeout` 3 s: purchases wait on one hot row lock, held for a statement at a
 ///   time (milliseconds); 3 s of waiting means something holds it that should not.
 /// - `idle_in_transaction_session_timeout` 10 s: our transactions never wait on a client

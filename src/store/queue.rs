@@ -1,11 +1,13 @@
-//! The waiting room of queued sales, as buyers use it: join, poll, confirm, leave. The
-//! queue tick that shuffles, expires and admits is in [`super::queue_tick`]; how an entry is
-//! read with its queue's counters is in [`super::queue_entry`].
+//! The waiting room of queued sales, as buyers use it: poll, confirm, leave. Joining is in
+//! [`super::queue_join`]; the queue tick that draws the pre-queue, expires and admits is in
+//! [`super::queue_tick`]; how an entry is read with its queue's counters is in
+//! [`super::queue_entry`].
 //!
 //! Lock order, which rules out deadlocks: a buyer's statements lock their queue entry, then
-//! the sale row (or the queue row). The tick either holds the sale row and takes entries
-//! only with SKIP LOCKED (admission, expiry), or locks entries first and the queue row after
-//! (the opening shuffle), the buyers' own order; the archive voids holds the same way.
+//! the sale row (or the queue row); a join batch locks its buyers' entries in user order,
+//! then the queue row. The tick either holds the sale row and takes entries only with SKIP
+//! LOCKED (admission, expiry), or locks entries first and the queue row after (a slice of
+//! the pre-queue's draw), the buyers' own order; the archive voids holds the same way.
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
@@ -13,26 +15,9 @@ use uuid::Uuid;
 
 use super::jobs::{self, JobKind, enqueue_queue_tick};
 use super::purchases::{PurchaseRow, find_purchase};
-use super::queue_entry::{EntryRow, find_entry, queue_counters_sql};
-use super::{Store, StoreError, violated_constraint};
+use super::queue_entry::find_entry;
+use super::{Store, StoreError};
 use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, Sale, SaleState};
-
-/// The result of joining a queue.
-#[derive(Debug)]
-pub enum JoinOutcome {
-    /// Waiting (new, rejoined, or already waiting: joining is idempotent).
-    Queued(QueueEntry),
-    /// Already holding a unit.
-    Held(QueueEntry),
-    AlreadyPurchased(Purchase),
-    /// No stock and no live holds: nothing can come back.
-    SoldOut,
-    NotActive(SaleState),
-    /// The queue holds `queue_capacity` buyers already.
-    QueueFull,
-    WrongCheckout,
-    SaleNotFound,
-}
 
 /// The result of confirming a hold.
 #[derive(Debug)]
@@ -87,130 +72,6 @@ pub(super) async fn create_queue(conn: &mut PgConnection, sale_id: Uuid) -> Resu
 }
 
 impl Store {
-    /// Joins the sale's queue, or returns the buyer's current entry.
-    ///
-    /// Race-free under READ COMMITTED: the buyer's entry row is locked first (FOR UPDATE),
-    /// so two joins of one buyer serialize; a first join of a buyer inserts under the
-    /// primary key (sale, user), and the loser of that race gets 23505, rolls back its
-    /// ticket and reads the winner's entry. The ticket and the `waiting` counter move in one
-    /// UPDATE of the queue row, guarded by the capacity, so tickets are unique per sale and
-    /// the capacity is never exceeded.
-    pub async fn join_queue(&self, sale: &Sale, user_id: &str) -> Result<JoinOutcome, StoreError> {
-        if sale.checkout != Checkout::Queued {
-            return Ok(JoinOutcome::WrongCheckout);
-        }
-        let mut conn = self.conn().await?;
-        for _ in 0..2 {
-            match self.try_join(&mut conn, sale, user_id).await {
-                Err(StoreError::Database(err))
-                    if violated_constraint(&err) == Some("queue_entries_pkey") => {}
-                other => return other,
-            }
-        }
-        // The second try saw the entry the first one collided with.
-        Ok(match find_entry(&mut conn, sale.id, user_id).await? {
-            Some(entry) if entry.status == EntryStatus::Held => JoinOutcome::Held(entry),
-            Some(entry) => JoinOutcome::Queued(entry),
-            None => JoinOutcome::QueueFull,
-        })
-    }
-
-    async fn try_join(
-        &self,
-        conn: &mut PgConnection,
-        sale: &Sale,
-        user_id: &str,
-    ) -> Result<JoinOutcome, StoreError> {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let existing: Option<(String,)> = sqlx::query_as(
-            "SELECT status FROM queue_entries WHERE sale_id = $1 AND user_id = $2 FOR UPDATE",
-        )
-        .bind(sale.id)
-        .bind(user_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let existing = existing.and_then(|(status,)| EntryStatus::parse(&status));
-        match existing {
-            Some(EntryStatus::Queued) | Some(EntryStatus::Held) => {
-                let entry = find_entry(&mut tx, sale.id, user_id).await?;
-                tx.commit().await?;
-                return Ok(match entry {
-                    Some(entry) if entry.status == EntryStatus::Held => JoinOutcome::Held(entry),
-                    Some(entry) => JoinOutcome::Queued(entry),
-                    None => JoinOutcome::SaleNotFound,
-                });
-            }
-            Some(EntryStatus::Purchased) => {
-                let purchase = find_purchase(&mut tx, sale.id, user_id).await?;
-                tx.commit().await?;
-                return Ok(
-                    purchase.map_or(JoinOutcome::SaleNotFound, JoinOutcome::AlreadyPurchased)
-                );
-            }
-            Some(EntryStatus::Expired) | Some(EntryStatus::Left) | None => {}
-        }
-        // A new wait: refused when the sale can sell nothing more.
-        match sale.state() {
-            SaleState::Scheduled | SaleState::Active => {}
-            SaleState::Ended if sale.is_sold_out() => return Ok(JoinOutcome::SoldOut),
-            state => return Ok(JoinOutcome::NotActive(state)),
-        }
-        // Ticket, counter and entry in one statement: the queue row's lock is held for it
-        // and the commit only. Before the opening (no shuffle yet) the entry joins the
-        // pre-queue; the shuffle happens under the queue row's lock, so it cannot miss it.
-        // A first join inserts (a concurrent first join of the same user fails with 23505,
-        // which rolls back the ticket too, and the caller retries and finds the entry); a
-        // rejoin updates the entry whose lock this transaction holds.
-        let entry_sql = if existing.is_none() {
-            "INSERT INTO queue_entries (sale_id, user_id, ticket, prequeue, status)
-                 SELECT $1, $2, q.last_ticket,
-                        q.shuffled_at IS NULL AND now() < (SELECT starts_at FROM sales WHERE id = $1),
-                        'queued'
-                   FROM q"
-        } else {
-            "UPDATE queue_entries e
-                    SET ticket = q.last_ticket, status = 'queued', joined_at = now(),
-                        prequeue = q.shuffled_at IS NULL
-                                   AND now() < (SELECT starts_at FROM sales WHERE id = $1),
-                        admitted_at = NULL, hold_expires_at = NULL, finished_at = NULL
-                   FROM q
-                  WHERE e.sale_id = $1 AND e.user_id = $2 AND e.status IN ('expired', 'left')"
-        };
-        let sql = format!(
-            "WITH q AS (
-                 UPDATE sale_queues SET last_ticket = last_ticket + 1, waiting = waiting + 1
-                  WHERE sale_id = $1 AND waiting < $3
-                 RETURNING last_ticket, admitted_upto, waiting, shuffled_at, admitted,
-                           first_admitted_at
-             ), entry AS ({ENTRY_SQL}
-                 RETURNING user_id, ticket, prequeue, status, joined_at, hold_expires_at
-             )
-             SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at,
-                    {QUEUE_COUNTERS}
-               FROM q JOIN entry e ON true",
-            ENTRY_SQL = entry_sql,
-            QUEUE_COUNTERS = queue_counters_sql!()
-        );
-        // Built from the two constant statements above.
-        let row = sqlx::query_as::<_, EntryRow>(sqlx::AssertSqlSafe(sql))
-            .bind(sale.id)
-            .bind(user_id)
-            .bind(sale.queue_capacity)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            return Ok(JoinOutcome::QueueFull);
-        };
-        // Wake the admission worker, always and in the join's own transaction: the tick
-        // this makes due becomes visible with the entry, so it cannot run without seeing
-        // it. (Deciding from the sale read before this transaction, as joins once did, lost
-        // the race with a release whose tick ran before the join committed.) The periodic
-        // tick bounds the wait should this wake-up ever be lost.
-        enqueue_queue_tick(&mut tx, sale.id, None).await?;
-        tx.commit().await?;
-        Ok(JoinOutcome::Queued(row.into()))
-    }
-
     /// The buyer's entry in the sale's queue.
     pub async fn queue_entry(
         &self,

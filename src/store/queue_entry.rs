@@ -11,7 +11,7 @@ use crate::domain::{EntryStatus, QueueEntry};
 #[derive(FromRow)]
 pub(super) struct EntryRow {
     user_id: String,
-    ticket: i64,
+    ticket: Option<i64>,
     prequeue: bool,
     status: String,
     joined_at: DateTime<Utc>,
@@ -41,11 +41,11 @@ impl From<EntryRow> for QueueEntry {
 }
 
 /// The counters of a queue row `q` that a buyer's view derives from: the front, the
-/// waiting buyers, whether the pre-queue was drawn, and the admission rate since the first
-/// admission (holds per second).
+/// waiting buyers, whether the pre-queue's draw is complete (its last slice dealt), and the
+/// admission rate since the first admission (holds per second).
 macro_rules! queue_counters_sql {
     () => {
-        "q.admitted_upto, q.waiting, q.shuffled_at IS NOT NULL AS shuffled,
+        "q.admitted_upto, q.waiting, q.prequeue_size IS NOT NULL AS shuffled,
          CASE WHEN q.admitted > 0 AND now() > q.first_admitted_at
               THEN q.admitted / EXTRACT(EPOCH FROM now() - q.first_admitted_at)::float8
          END AS admission_rate"
@@ -53,12 +53,27 @@ macro_rules! queue_counters_sql {
 }
 pub(super) use queue_counters_sql;
 
+/// What a buyer's view needs of an entry `e` and its queue row `q`.
+macro_rules! entry_columns_sql {
+    () => {
+        concat!(
+            "SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at, ",
+            queue_counters_sql!(),
+            " FROM queue_entries e JOIN sale_queues q ON q.sale_id = e.sale_id"
+        )
+    };
+}
+
 /// An entry with its queue's counters: one row, one index probe each, no count.
 pub(super) const ENTRY_SQL: &str = concat!(
-    "SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at, ",
-    queue_counters_sql!(),
-    " FROM queue_entries e JOIN sale_queues q ON q.sale_id = e.sale_id
-     WHERE e.sale_id = $1 AND e.user_id = $2"
+    entry_columns_sql!(),
+    " WHERE e.sale_id = $1 AND e.user_id = $2"
+);
+
+/// The entries of several buyers (`$2`, an array) of one sale, each with the counters.
+pub(super) const ENTRY_SQL_FOR_USERS: &str = concat!(
+    entry_columns_sql!(),
+    " WHERE e.sale_id = $1 AND e.user_id = ANY($2)"
 );
 
 pub(super) async fn find_entry(

@@ -1,4 +1,4 @@
-//! The queue tick of a queued sale: shuffle the pre-queue at the opening, return expired
+//! The queue tick of a queued sale: draw the pre-queue from the opening, return expired
 //! holds to stock, admit the head of the queue to holds, and schedule the next tick. Safe to
 //! run on several instances at once; each step says why.
 
@@ -17,16 +17,19 @@ use crate::domain::{Sale, SaleState};
 /// safety net for a wake-up lost to a race or a crash).
 pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How many times the opening shuffle starts again when a pre-queued buyer committed
-/// their join while it was locking the pre-queue (possible only in the milliseconds around
-/// the opening).
-const SHUFFLE_ATTEMPTS: usize = 5;
+/// Tickets the draw deals per statement. Bounded, so that no statement of the opening runs
+/// long, whatever the size of the pre-queue: the first slice is dealt (and admitted from)
+/// at once, the rest a slice per tick, ticked again at once while any is left.
+pub const DRAW_SLICE: i64 = 10_000;
 
 /// What one tick did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TickReport {
-    /// Buyers whose order the opening shuffle drew (only on the tick that shuffled).
+    /// Pre-queued buyers this tick dealt a ticket in the draw (only on ticks that drew a
+    /// slice or found the draw complete).
     pub shuffled: Option<i32>,
+    /// The draw has more of the pre-queue to deal: tick again at once.
+    pub drawing: bool,
     pub expired: i64,
     pub admitted: i64,
     /// Whether the queue still needs ticking (live sale or live holds).
@@ -101,15 +104,17 @@ pub(super) async fn return_holds(
 }
 
 impl Store {
-    /// One tick of a queued sale: shuffle the pre-queue once the sale is open, return
-    /// expired holds to stock, admit buyers to the units available. Safe to run on several
-    /// instances at once (see each step).
+    /// One tick of a queued sale: draw a slice of the pre-queue once the sale is open,
+    /// return expired holds to stock, admit buyers to the units available. Safe to run on
+    /// several instances at once (see each step).
     pub async fn queue_tick(&self, sale_id: Uuid, batch: i64) -> Result<TickReport, StoreError> {
         let Some(sale) = self.sale_by_id(sale_id).await? else {
             return Ok(TickReport::default());
         };
+        let (shuffled, drawing) = self.draw_prequeue(&sale).await?;
         let mut report = TickReport {
-            shuffled: self.shuffle_prequeue(&sale).await?,
+            shuffled,
+            drawing,
             expired: self.expire_holds(&sale, batch).await?,
             ..TickReport::default()
         };
@@ -124,103 +129,104 @@ impl Store {
         Ok(report)
     }
 
-    /// Draws the pre-queue's order once the sale is open: the tickets the pre-queued buyers
-    /// took are dealt out again in the order of `md5(seed || user_id)`, a permutation that
-    /// anyone holding the recorded seed can replay. Every waiting pre-queued buyer is drawn.
-    async fn shuffle_prequeue(&self, sale: &Sale) -> Result<Option<i32>, StoreError> {
+    /// Opens the pre-queue's draw once the sale has started, and deals the next slice of
+    /// it: tickets 1, 2, 3... to the pre-queued buyers in the order of
+    /// `md5(seed || user_id)`, then `user_id` (byte order), a permutation that anyone
+    /// holding the recorded seed can replay. Returns how many this call dealt (`None` when
+    /// it had nothing to do) and whether more are left to deal.
+    async fn draw_prequeue(&self, sale: &Sale) -> Result<(Option<i32>, bool), StoreError> {
         if sale.observed_at < sale.starts_at {
-            return Ok(None);
+            return Ok((None, false));
         }
-        for _ in 0..SHUFFLE_ATTEMPTS {
-            if let Some(shuffled) = self.try_shuffle(sale.id).await? {
-                return Ok(shuffled);
-            }
-        }
-        // Buyers kept joining the pre-queue around the opening; the next tick draws.
-        Ok(None)
+        // The opening, in a statement of its own (the queue row is locked after entries,
+        // never before, so it must not be held into the slice below). Under the queue row's
+        // lock, which every join holds while it decides, so every pre-queued entry is
+        // committed before this, and every later join takes a ticket above `last_ticket`,
+        // above all the draw can deal. A join at or after the start may have opened it
+        // first.
+        sqlx::query(
+            "UPDATE sale_queues q SET shuffled_at = now()
+               FROM sales s
+              WHERE q.sale_id = $1 AND s.id = q.sale_id AND q.shuffled_at IS NULL
+                AND s.starts_at <= now()",
+        )
+        .bind(sale.id)
+        .execute(&mut *self.conn().await?)
+        .await?;
+        self.draw_slice(sale.id).await
     }
 
-    /// One attempt at the draw; `None` when the pre-queue changed under it (start again).
+    /// Deals one slice of the draw (see [`Store::draw_prequeue`]).
     ///
-    /// Race-free under READ COMMITTED, and no entry is ever skipped:
-    /// 1. Lock every waiting pre-queued entry, in user order, *waiting* for one a buyer holds
-    ///    (a re-join or a leave in flight). A buyer's transaction locks its one entry and then
-    ///    at most the queue row, which is not held here yet, so each wait ends at its commit.
-    /// 2. Lock the queue row and re-check `shuffled_at IS NULL`, so the draw happens once.
-    /// 3. Every join and leave of a waiting buyer updates the queue row, so from here the set
-    ///    of waiting pre-queued entries is fixed. The locked ones cannot have left (their
-    ///    locks are ours); if a join added one between 1 and 2, the count differs and we
-    ///    start over rather than lock it now (that buyer may hold it while waiting for the
-    ///    queue row: a deadlock). New pre-queue joins end at the opening, so this settles.
-    async fn try_shuffle(&self, sale_id: Uuid) -> Result<Option<Option<i32>>, StoreError> {
+    /// Race-free under READ COMMITTED, and no entry is ever skipped or dealt twice:
+    /// 1. One drawer per sale at a time (a transaction-level advisory lock; a tick that
+    ///    finds it taken leaves the slice to the holder, which ticks again while any is
+    ///    left), so `drawn`, read next, is the count of tickets dealt, and the slice's
+    ///    tickets follow it.
+    /// 2. The pre-queue is closed (the opening committed before this transaction began), so
+    ///    the set of undrawn waiting entries only shrinks (a leave) from here.
+    /// 3. The slice locks the next entries in draw order, *waiting* for one a buyer holds (a
+    ///    leave in flight: a buyer's transaction locks its one entry and then at most the
+    ///    queue row, not held here yet, so each wait ends at its commit). An entry that left
+    ///    meanwhile fails the re-check and the scan goes on, so a short slice means the
+    ///    pre-queue is exhausted: the draw is complete.
+    /// 4. The queue row is locked last (entries first, the buyers' order) to record the
+    ///    count dealt, and `prequeue_size` when complete.
+    async fn draw_slice(&self, sale_id: Uuid) -> Result<(Option<i32>, bool), StoreError> {
         let mut conn = self.conn().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let seed: Option<i64> = sqlx::query_scalar(
-            "SELECT shuffle_seed FROM sale_queues WHERE sale_id = $1 AND shuffled_at IS NULL",
-        )
-        .bind(sale_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(seed) = seed else {
-            return Ok(Some(None));
-        };
-        let mut pre: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT user_id, ticket, md5($2 || user_id) FROM queue_entries
-              WHERE sale_id = $1 AND prequeue AND status = 'queued'
-              ORDER BY user_id
-                FOR UPDATE",
-        )
-        .bind(sale_id)
-        .bind(seed.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        let still_to_draw: Option<bool> = sqlx::query_scalar(
-            "SELECT true FROM sale_queues WHERE sale_id = $1 AND shuffled_at IS NULL FOR UPDATE",
-        )
-        .bind(sale_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if still_to_draw.is_none() {
-            return Ok(Some(None));
-        }
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM queue_entries
-              WHERE sale_id = $1 AND prequeue AND status = 'queued'",
+        let ours: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(hashtext('flashsale.prequeue_draw'), hashtext($1::text))",
         )
         .bind(sale_id)
         .fetch_one(&mut *tx)
         .await?;
-        if waiting != pre.len() as i64 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        // The draw: read, sort in Rust, one UPDATE by primary key (a single statement with
-        // two window CTEs joined on their row numbers was planned as a nested loop: 23 s for
-        // 10,000 buyers).
-        let mut tickets: Vec<i64> = pre.iter().map(|(_, ticket, _)| *ticket).collect();
-        tickets.sort_unstable();
-        pre.sort_by(|a, b| (&a.2, &a.0).cmp(&(&b.2, &b.0)));
-        let drawn: Vec<String> = pre.into_iter().map(|(user_id, _, _)| user_id).collect();
-        let shuffled = sqlx::query(
-            "UPDATE queue_entries e SET ticket = drawn.ticket
-               FROM unnest($2::text[], $3::bigint[]) AS drawn(user_id, ticket)
-              WHERE e.sale_id = $1 AND e.user_id = drawn.user_id",
+        let drawn: Option<i64> = sqlx::query_scalar(
+            "SELECT drawn FROM sale_queues
+              WHERE sale_id = $1 AND shuffled_at IS NOT NULL AND prequeue_size IS NULL",
         )
         .bind(sale_id)
-        .bind(&drawn)
-        .bind(&tickets)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (true, Some(drawn)) = (ours, drawn) else {
+            tx.commit().await?;
+            return Ok((None, false));
+        };
+        let dealt = sqlx::query(
+            "WITH next AS (
+                 SELECT user_id, draw_key FROM queue_entries
+                  WHERE sale_id = $1 AND prequeue AND status = 'queued' AND ticket IS NULL
+                  ORDER BY draw_key, user_id COLLATE \"C\"
+                  LIMIT $2
+                    FOR UPDATE
+             ), dealt AS (
+                 SELECT user_id,
+                        row_number() OVER (ORDER BY draw_key, user_id COLLATE \"C\") AS n
+                   FROM next
+             )
+             UPDATE queue_entries e SET ticket = $3 + dealt.n
+               FROM dealt WHERE e.sale_id = $1 AND e.user_id = dealt.user_id",
+        )
+        .bind(sale_id)
+        .bind(DRAW_SLICE)
+        .bind(drawn)
         .execute(&mut *tx)
         .await?
-        .rows_affected() as i32;
+        .rows_affected() as i64;
+        let complete = dealt < DRAW_SLICE;
         sqlx::query(
-            "UPDATE sale_queues SET shuffled_at = now(), prequeue_size = $2 WHERE sale_id = $1",
+            "UPDATE sale_queues
+                SET drawn = drawn + $2,
+                    prequeue_size = CASE WHEN $3 THEN (drawn + $2)::int END
+              WHERE sale_id = $1",
         )
         .bind(sale_id)
-        .bind(shuffled)
+        .bind(dealt)
+        .bind(complete)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(Some(shuffled)))
+        Ok((Some(dealt as i32), !complete))
     }
 
     /// Returns up to `batch` expired holds (all holds once the sale is cancelled or archived)
@@ -235,20 +241,24 @@ impl Store {
     /// Race-free under READ COMMITTED: the sale row is locked first (FOR NO KEY UPDATE, the
     /// lock the counter UPDATE takes anyway; FOR UPDATE would also block the foreign-key
     /// checks of joins inserting entries for this sale, which hold the queue row: measured as
-    /// deadlocks under load), so two admitters of one sale run one after the other and each reads the other's committed
-    /// counters; the head entries are taken in ticket order with SKIP LOCKED (an entry being
-    /// left right now is skipped, not waited on); the entries become `held` and their units
-    /// move from `available` to `held` in the same statement. `available` never goes below
-    /// zero because at most `available` entries are taken under the lock.
+    /// deadlocks under load), so two admitters of one sale run one after the other and each
+    /// reads the other's committed counters; the head entries are taken in ticket order with
+    /// SKIP LOCKED (an entry being left right now is skipped, not waited on); the entries
+    /// become `held` and their units move from `available` to `held` in the same statement.
+    /// `available` never goes below zero because at most `available` entries are taken under
+    /// the lock. While the draw is still dealing, only tickets already dealt (`<= drawn`)
+    /// are taken: every later join's ticket is above them, so nobody who joined after the
+    /// opening passes a pre-queued buyer not drawn yet (a stale `drawn` only admits fewer).
     async fn admit(&self, sale_id: Uuid, batch: i64) -> Result<i64, StoreError> {
         let mut conn = self.conn().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let room: Option<(i64, i32)> = sqlx::query_as(
+        let room: Option<(i64, i32, i64)> = sqlx::query_as(
             "SELECT LEAST(s.available::bigint, $2,
                           CASE WHEN s.max_active_holds > 0
                                THEN GREATEST(s.max_active_holds - s.held, 0)
                                ELSE s.available END),
-                    s.hold_seconds
+                    s.hold_seconds,
+                    CASE WHEN q.prequeue_size IS NULL THEN q.drawn ELSE 9223372036854775807 END
                FROM sales s JOIN sale_queues q ON q.sale_id = s.id
               WHERE s.id = $1 AND s.checkout = 'queued' AND s.cancelled_at IS NULL
                 AND s.archived_at IS NULL AND s.starts_at <= now() AND now() < s.ends_at AND q.shuffled_at IS NOT NULL
@@ -258,14 +268,14 @@ impl Store {
         .bind(batch)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((room, hold_seconds)) = room.filter(|(room, _)| *room > 0) else {
+        let Some((room, hold_seconds, front_limit)) = room.filter(|(room, _, _)| *room > 0) else {
             tx.commit().await?;
             return Ok(0);
         };
         let admitted: i64 = sqlx::query_scalar(
             "WITH head AS (
                  SELECT user_id FROM queue_entries
-                  WHERE sale_id = $1 AND status = 'queued'
+                  WHERE sale_id = $1 AND status = 'queued' AND ticket <= $4
                   ORDER BY ticket LIMIT $2
                   FOR UPDATE SKIP LOCKED
              ), admitted AS (
@@ -292,6 +302,7 @@ impl Store {
         .bind(sale_id)
         .bind(room)
         .bind(hold_seconds as f64)
+        .bind(front_limit)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -4,8 +4,8 @@
 //!   cancel). Queued at the start and end, on the last unit and on cancel; it records
 //!   whatever has happened by then, each change once, so running it twice or late is
 //!   harmless. The public state never waits for it: it is derived on every read.
-//! - `queue_tick`: runs a queued sale's waiting room (shuffle at the opening, expire holds,
-//!   admit buyers) and schedules the next tick while the queue is live: at the next hold
+//! - `queue_tick`: runs a queued sale's waiting room (draw the pre-queue from the opening,
+//!   a bounded slice per tick, expire holds, admit buyers) and schedules the next tick while the queue is live: at the next hold
 //!   expiry or after [`TICK_INTERVAL`], whichever is first. Joins and releases wake it
 //!   earlier.
 //! - `prune_events`: retention: removes events and finished webhook deliveries older than
@@ -95,7 +95,7 @@ impl ServiceJobs {
                 "queue tick"
             );
         }
-        if report.admitted >= ADMIT_BATCH || report.expired >= ADMIT_BATCH {
+        if report.admitted >= ADMIT_BATCH || report.expired >= ADMIT_BATCH || report.drawing {
             self.store.schedule_queue_tick(sale_id, None).await?;
         } else if report.live {
             self.store

@@ -17,6 +17,7 @@ mod openapi;
 mod outbox;
 mod purchase;
 mod queue;
+mod queue_door;
 mod races;
 mod rate_limits;
 mod receiver;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::support::{TestApp, code, counters, id_of, live_sale_id, spawn_app, status_and_json};
 
-async fn queued_sale(app: &TestApp, stock: i64, extra: Value) -> (String, Uuid) {
+pub(crate) async fn queued_sale(app: &TestApp, stock: i64, extra: Value) -> (String, Uuid) {
     let sku = format!("q-{}", Uuid::new_v4().simple());
     let mut body = json!({"sku": sku, "name": "Queued drop", "stock": stock, "checkout": "queued"});
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
@@ -58,7 +58,7 @@ async fn leave(app: &TestApp, sku: &str, user: &str) -> (StatusCode, Value) {
     .await
 }
 
-async fn tick(store: &Store, sale: Uuid) -> flashsale::store::TickReport {
+pub(crate) async fn tick(store: &Store, sale: Uuid) -> flashsale::store::TickReport {
     store.queue_tick(sale, 500).await.expect("tick")
 }
 
@@ -86,7 +86,7 @@ async fn held_users(store: &Store, sale: Uuid) -> Vec<String> {
 }
 
 /// The audit's failed checks (empty when every invariant holds).
-async fn broken_invariants(store: &Store, sku: &str) -> Vec<String> {
+pub(crate) async fn broken_invariants(store: &Store, sku: &str) -> Vec<String> {
     let id = live_sale_id(store, sku).await;
     let report = store.audit_sale(id).await.expect("audit");
     report

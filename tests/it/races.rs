@@ -119,7 +119,7 @@ async fn a_join_racing_the_last_release_and_its_tick_is_still_admitted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_opening_shuffle_waits_for_a_locked_entry_and_draws_every_buyer() {
+async fn the_opening_draw_waits_for_a_locked_entry_and_draws_every_buyer() {
     let app = spawn_app().await;
     let sale = app
         .create_sale(json!({"sku": "race-shuffle", "name": "Race", "stock": 50,
@@ -143,34 +143,35 @@ async fn the_opening_shuffle_waits_for_a_locked_entry_and_draws_every_buyer() {
         .execute(app.store.pool())
         .await
         .expect("open the sale");
-    // The draw anyone can replay: users by md5(seed || user), dealt the tickets in order.
-    let expected: Vec<(String, i64)> = sqlx::query_as(
-        "WITH drawn AS (
-             SELECT e.user_id, row_number() OVER (ORDER BY md5(q.shuffle_seed::text || e.user_id), e.user_id) AS n
-               FROM queue_entries e JOIN sale_queues q USING (sale_id) WHERE e.sale_id = $1
-         ), dealt AS (
-             SELECT ticket, row_number() OVER (ORDER BY ticket) AS n FROM queue_entries WHERE sale_id = $1
-         )
-         SELECT drawn.user_id, dealt.ticket FROM drawn JOIN dealt USING (n) ORDER BY 1",
+    // The draw anyone can replay: users by md5(seed || user), dealt tickets 1, 2, 3...
+    let expected: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT e.user_id,
+                row_number() OVER (ORDER BY md5(q.shuffle_seed::text || e.user_id), e.user_id)
+           FROM queue_entries e JOIN sale_queues q USING (sale_id) WHERE e.sale_id = $1
+          ORDER BY 1",
     )
     .bind(sale_id)
     .fetch_all(app.store.pool())
     .await
     .expect("replay");
-    let arrival: Vec<(String, i64)> =
-        sqlx::query_as("SELECT user_id, ticket FROM queue_entries WHERE sale_id = $1 ORDER BY 1")
-            .bind(sale_id)
-            .fetch_all(app.store.pool())
-            .await
-            .expect("arrival");
-    // Park on a buyer whose drawn ticket differs from their arrival ticket (as a re-join
-    // in flight would): skipping them would leave them in arrival order.
-    let (parked_user, _) = expected
+    let undealt: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM queue_entries WHERE sale_id = $1 AND ticket IS NULL",
+    )
+    .bind(sale_id)
+    .fetch_one(app.store.pool())
+    .await
+    .expect("undealt");
+    assert_eq!(
+        undealt, 12,
+        "pre-queued buyers wait for the draw without a ticket"
+    );
+    // Park on the buyer drawn first (as a leave in flight would): skipping them would deal
+    // their ticket to the next buyer and leave them out of the draw.
+    let parked_user = expected
         .iter()
-        .zip(&arrival)
-        .find(|(drawn, arrived)| drawn.1 != arrived.1)
-        .map(|(drawn, _)| drawn.clone())
-        .expect("the draw moves somebody");
+        .find(|(_, ticket)| *ticket == Some(1))
+        .map(|(user, _)| user.clone())
+        .expect("somebody is drawn first");
     let mut conn = app.store.pool().acquire().await.expect("conn");
     let mut parked = conn.begin().await.expect("begin");
     sqlx::query("SELECT 1 FROM queue_entries WHERE sale_id = $1 AND user_id = $2 FOR UPDATE")
@@ -188,10 +189,10 @@ async fn the_opening_shuffle_waits_for_a_locked_entry_and_draws_every_buyer() {
     let report = tick.await.expect("tick");
     assert!(
         waited,
-        "the shuffle waits for the locked entry instead of skipping it"
+        "the draw waits for the locked entry instead of skipping it"
     );
     assert_eq!(report.shuffled, Some(12), "every pre-queued buyer is drawn");
-    let dealt: Vec<(String, i64)> =
+    let dealt: Vec<(String, Option<i64>)> =
         sqlx::query_as("SELECT user_id, ticket FROM queue_entries WHERE sale_id = $1 ORDER BY 1")
             .bind(sale_id)
             .fetch_all(app.store.pool())

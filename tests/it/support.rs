@@ -9,7 +9,7 @@ use flashsale::api::rate_limit::{KeyedLimiter, RateLimits};
 use flashsale::api::view_cache::SaleViewCache;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use flashsale::metrics::Metrics;
-use flashsale::store::{self, PurchaseQueue, Store};
+use flashsale::store::{self, JoinBatcher, PurchaseQueue, Store};
 use flashsale::worker::{LiveConfig, LiveHub};
 use poem::endpoint::BoxEndpoint;
 use poem::http::StatusCode;
@@ -189,6 +189,7 @@ pub fn client_with_hub(
         tokens: Arc::new(tokens),
         purchases: PurchaseQueue::new(store.clone(), true, edge.db_timeout)
             .with_metrics(metrics.clone()),
+        joins: JoinBatcher::new(store.clone(), edge.db_timeout),
         views: Arc::new(SaleViewCache::new(Duration::ZERO)),
         metrics,
         webhook_retry_for: std::time::Duration::from_secs(3600),

@@ -27,9 +27,9 @@ pub struct QueueStatsView {
     pub last_ticket: i64,
     /// The seed of the pre-queue shuffle (decimal string), to replay its order.
     pub shuffle_seed: String,
-    /// When the pre-queue was shuffled (the opening).
+    /// When the pre-queue closed and its draw began (the opening).
     pub shuffled_at: Option<DateTime<Utc>>,
-    /// Buyers in the pre-queue at the shuffle.
+    /// Pre-queued buyers drawn; set once the draw's last slice is dealt.
     pub prequeue_size: Option<i32>,
 }
 

@@ -1,0 +1,346 @@
+//! The waiting room's door: joining a queued sale, group-committed like purchases.
+//!
+//! Every join must move the queue row (the next ticket, the count of waiting buyers that
+//! the capacity is checked against), so a join that locked that row and held it through its
+//! own commit made the row a hot spot: 352-455 joins a second, whatever the hardware. Here
+//! the joins of one sale that arrive while its previous batch is in the database are
+//! decided together ([`Store::join_batch`]): one lock of the queue row and one commit (one
+//! WAL flush) for up to [`MAX_JOIN_BATCH`] buyers, each told their own entry, ticket and
+//! position only after that commit. Several instances each batch their own joins; the
+//! statements are safe across them (see [`Store::join_batch`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::batcher::Batchers;
+use super::jobs::enqueue_queue_tick;
+use super::purchases::find_purchase;
+use super::queue_entry::{ENTRY_SQL_FOR_USERS, EntryRow};
+use super::sales::sale_by_id;
+use super::{Store, StoreError};
+use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, SaleState};
+
+/// Most joins decided by one batch.
+pub const MAX_JOIN_BATCH: usize = 2048;
+/// Most joins waiting for one sale's batcher on one instance (then 503 at once).
+const MAX_JOINS_WAITING: usize = 4 * MAX_JOIN_BATCH;
+
+/// The result of joining a queue.
+#[derive(Debug, Clone)]
+pub enum JoinOutcome {
+    /// Waiting (new, rejoined, or already waiting: joining is idempotent).
+    Queued(QueueEntry),
+    /// Already holding a unit.
+    Held(QueueEntry),
+    AlreadyPurchased(Purchase),
+    /// No stock and no live holds: nothing can come back.
+    SoldOut,
+    NotActive(SaleState),
+    /// The queue holds `queue_capacity` buyers already.
+    QueueFull,
+    WrongCheckout,
+    SaleNotFound,
+}
+
+impl JoinOutcome {
+    fn of_entry(entry: QueueEntry) -> Self {
+        if entry.status == EntryStatus::Held {
+            JoinOutcome::Held(entry)
+        } else {
+            JoinOutcome::Queued(entry)
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<JoinOutcome, StoreError>>;
+
+struct JoinRequest {
+    user_id: String,
+    reply: Reply,
+}
+
+/// The door of every queued sale: group commit of joins, per sale.
+#[derive(Clone)]
+pub struct JoinBatcher {
+    batchers: Batchers<JoinRequest>,
+    /// Longest wait for a join's answer; past it the outcome is unknown (a retry returns the
+    /// entry if the join committed: joining is idempotent).
+    answer_timeout: Duration,
+}
+
+impl JoinBatcher {
+    pub fn new(store: Store, answer_timeout: Duration) -> Self {
+        let batchers = Batchers::new(MAX_JOIN_BATCH, MAX_JOINS_WAITING, move |sale_id, batch| {
+            decide(store.clone(), answer_timeout, sale_id, batch)
+        });
+        Self {
+            batchers,
+            answer_timeout,
+        }
+    }
+
+    /// Joins the queue of the sale `sale_id` (checkout `checkout`, as the caller read it),
+    /// or returns the buyer's current entry.
+    pub async fn join(
+        &self,
+        sale_id: Uuid,
+        checkout: Checkout,
+        user_id: &str,
+    ) -> Result<JoinOutcome, StoreError> {
+        if checkout != Checkout::Queued {
+            return Ok(JoinOutcome::WrongCheckout);
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = JoinRequest {
+            user_id: user_id.to_string(),
+            reply,
+        };
+        self.batchers.send(sale_id, request)?;
+        match tokio::time::timeout(self.answer_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            // The batcher dropped the request (shutting down): it was never decided.
+            Ok(Err(_)) => Err(StoreError::Unavailable(None)),
+            Err(_) => Err(StoreError::OutcomeUnknown),
+        }
+    }
+}
+
+/// Decides one batch and answers every request in it, after the commit.
+async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<JoinRequest>) {
+    // One place per user: a user's extra requests in the batch are repeats of the first.
+    let mut by_user: HashMap<String, Vec<Reply>> = HashMap::new();
+    let mut users = Vec::new();
+    for request in batch {
+        let replies = by_user.entry(request.user_id.clone()).or_default();
+        if replies.is_empty() {
+            users.push(request.user_id);
+        }
+        replies.push(request.reply);
+    }
+    let decided = match tokio::time::timeout(timeout, store.join_batch(sale_id, &users)).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::OutcomeUnknown),
+    };
+    match decided {
+        Ok(mut outcomes) => {
+            for (user, replies) in by_user {
+                let outcome = outcomes.remove(&user).unwrap_or(JoinOutcome::SaleNotFound);
+                for reply in replies {
+                    let _ = reply.send(Ok(outcome.clone()));
+                }
+            }
+        }
+        Err(err) => {
+            for reply in by_user.into_values().flatten() {
+                let _ = reply.send(Err(err.copy_for_caller()));
+            }
+        }
+    }
+}
+
+/// What the locked queue row says about new waits.
+#[derive(sqlx::FromRow)]
+struct Door {
+    last_ticket: i64,
+    waiting: i32,
+    /// The pre-queue is closed: set by the first join or tick at or after the start.
+    opened: bool,
+    shuffle_seed: i64,
+    /// The database clock has reached the sale's start.
+    started: bool,
+}
+
+impl Store {
+    /// Joins the sale's queue for each of `users` (distinct), in their order, or returns
+    /// each one's current entry: one transaction, one lock of the queue row, one commit.
+    ///
+    /// Race-free under READ COMMITTED, with any number of batches on any number of
+    /// instances:
+    /// 1. The entries of this batch's buyers that will be rejoined (`expired`, `left`) are
+    ///    locked first, in user order (`COLLATE "C"`), so a leave or another batch cannot
+    ///    change them under us, and two batches lock in one order (no deadlock). A buyer's
+    ///    own statements lock their entry before the queue row too, and so does the draw.
+    /// 2. The queue row is locked (FOR UPDATE) and held to the commit. Every statement that
+    ///    inserts an entry or moves `last_ticket` or `waiting` holds it (joins, leaves,
+    ///    admission, the draw's opening), so from here no entry of this sale can be inserted
+    ///    by anyone else, and `waiting` is exact.
+    /// 3. The entries of the batch's buyers are read with a snapshot taken after that lock,
+    ///    so every earlier join is seen: the read tells exactly who waits, holds, bought, or
+    ///    may (re)join. No ON CONFLICT is needed, and none can burn a ticket.
+    /// 4. New waits are accepted in arrival order while `waiting < queue_capacity` on the
+    ///    locked row, so the capacity is never exceeded, and nobody is refused while there
+    ///    is room. Tickets `last_ticket + 1 ...` go to those who join after the opening; a
+    ///    buyer who joins before it takes no ticket, only a place in the seeded draw
+    ///    (`draw_key`). The first join at or after the start closes the pre-queue
+    ///    (`shuffled_at`), under the same lock, so every pre-queued entry is committed
+    ///    before the draw can see the pre-queue closed, and every later join's ticket is
+    ///    above `last_ticket` at the opening, above every ticket the draw deals.
+    /// 5. A tick is made due in the same transaction when someone joined an open queue, so
+    ///    it cannot run without seeing them.
+    pub async fn join_batch(
+        &self,
+        sale_id: Uuid,
+        users: &[String],
+    ) -> Result<HashMap<String, JoinOutcome>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "SELECT 1 FROM queue_entries
+              WHERE sale_id = $1 AND user_id = ANY($2) AND status IN ('expired', 'left')
+              ORDER BY user_id COLLATE \"C\"
+                FOR UPDATE",
+        )
+        .bind(sale_id)
+        .bind(users)
+        .execute(&mut *tx)
+        .await?;
+        let door: Option<Door> = sqlx::query_as(
+            "SELECT q.last_ticket, q.waiting, q.shuffled_at IS NOT NULL AS opened,
+                    q.shuffle_seed, now() >= s.starts_at AS started
+               FROM sale_queues q JOIN sales s ON s.id = q.sale_id
+              WHERE q.sale_id = $1
+                FOR UPDATE OF q",
+        )
+        .bind(sale_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (Some(door), Some(sale)) = (door, sale_by_id(&mut tx, sale_id).await?) else {
+            return Ok(users
+                .iter()
+                .map(|user| (user.clone(), JoinOutcome::SaleNotFound))
+                .collect());
+        };
+        let statuses: Vec<(String, String)> = sqlx::query_as(
+            "SELECT user_id, status FROM queue_entries WHERE sale_id = $1 AND user_id = ANY($2)",
+        )
+        .bind(sale_id)
+        .bind(users)
+        .fetch_all(&mut *tx)
+        .await?;
+        let statuses: HashMap<String, EntryStatus> = statuses
+            .into_iter()
+            .filter_map(|(user, status)| Some((user, EntryStatus::parse(&status)?)))
+            .collect();
+
+        let mut outcomes: HashMap<String, JoinOutcome> = HashMap::new();
+        let refusal = match sale.state() {
+            SaleState::Scheduled | SaleState::Active => None,
+            SaleState::Ended if sale.is_sold_out() => Some(JoinOutcome::SoldOut),
+            state => Some(JoinOutcome::NotActive(state)),
+        };
+        let mut room = i64::from(sale.queue_capacity) - i64::from(door.waiting);
+        let (mut joining, mut rejoining) = (Vec::new(), Vec::new());
+        for user in users {
+            match (statuses.get(user).copied(), &refusal) {
+                (Some(EntryStatus::Queued | EntryStatus::Held | EntryStatus::Purchased), _) => {}
+                (_, Some(refusal)) => {
+                    outcomes.insert(user.clone(), refusal.clone());
+                }
+                _ if room <= 0 => {
+                    outcomes.insert(user.clone(), JoinOutcome::QueueFull);
+                }
+                (None, None) => {
+                    room -= 1;
+                    joining.push(user.as_str());
+                }
+                (Some(_), None) => {
+                    room -= 1;
+                    rejoining.push(user.as_str());
+                }
+            }
+        }
+        let accepted = (joining.len() + rejoining.len()) as i64;
+        let prequeue = !door.opened && !door.started;
+        if accepted > 0 {
+            write_joins(&mut tx, sale_id, &door, prequeue, &joining, &rejoining).await?;
+        }
+        if accepted > 0 && !prequeue {
+            // The pre-queue needs no wake-up: the tick due at the opening draws it.
+            enqueue_queue_tick(&mut tx, sale_id, None).await?;
+        }
+        // Told only after the commit; an unanswered commit leaves the outcome unknown (a
+        // retry returns the entry: joining is idempotent).
+        tx.commit().await.map_err(StoreError::after_write)?;
+
+        let pending: Vec<&str> = users
+            .iter()
+            .filter(|user| !outcomes.contains_key(*user))
+            .map(String::as_str)
+            .collect();
+        let rows = sqlx::query_as::<_, EntryRow>(ENTRY_SQL_FOR_USERS)
+            .bind(sale_id)
+            .bind(&pending)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in rows {
+            let entry = QueueEntry::from(row);
+            let user = entry.user_id.clone();
+            let outcome = if entry.status == EntryStatus::Purchased {
+                match find_purchase(&mut conn, sale_id, &user).await? {
+                    Some(purchase) => JoinOutcome::AlreadyPurchased(purchase),
+                    None => JoinOutcome::SaleNotFound,
+                }
+            } else {
+                JoinOutcome::of_entry(entry)
+            };
+            outcomes.insert(user, outcome);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Inserts the new entries, rejoins the returning ones, and moves the queue row's counters
+/// (closing the pre-queue when the start has come), in one statement under the queue row's
+/// lock (see [`Store::join_batch`]). Tickets follow arrival order within the batch.
+async fn write_joins(
+    tx: &mut sqlx::PgConnection,
+    sale_id: Uuid,
+    door: &Door,
+    prequeue: bool,
+    joining: &[&str],
+    rejoining: &[&str],
+) -> Result<(), StoreError> {
+    let users: Vec<&str> = joining.iter().chain(rejoining).copied().collect();
+    let rejoin: Vec<bool> = (0..users.len()).map(|i| i >= joining.len()).collect();
+    sqlx::query(
+        "WITH req AS (
+             SELECT r.user_id, r.rejoin,
+                    CASE WHEN $4 THEN NULL ELSE $3 + r.ord END AS ticket,
+                    CASE WHEN $4 THEN decode(md5($5::bigint::text || r.user_id), 'hex') END AS draw_key
+               FROM unnest($2::text[], $6::bool[]) WITH ORDINALITY AS r(user_id, rejoin, ord)
+         ), joined AS (
+             INSERT INTO queue_entries (sale_id, user_id, ticket, draw_key, prequeue, status)
+             SELECT $1, user_id, ticket, draw_key, $4, 'queued' FROM req WHERE NOT rejoin
+             RETURNING 1
+         ), rejoined AS (
+             UPDATE queue_entries e
+                SET ticket = req.ticket, draw_key = req.draw_key, prequeue = $4,
+                    status = 'queued', joined_at = now(), admitted_at = NULL,
+                    hold_expires_at = NULL, finished_at = NULL
+               FROM req
+              WHERE req.rejoin AND e.sale_id = $1 AND e.user_id = req.user_id
+                AND e.status IN ('expired', 'left')
+             RETURNING 1
+         )
+         UPDATE sale_queues
+            SET last_ticket = last_ticket + $7,
+                waiting = waiting + (SELECT count(*) FROM joined) + (SELECT count(*) FROM rejoined),
+                shuffled_at = CASE WHEN shuffled_at IS NULL AND NOT $4 THEN now()
+                                   ELSE shuffled_at END
+          WHERE sale_id = $1",
+    )
+    .bind(sale_id)
+    .bind(&users)
+    .bind(door.last_ticket)
+    .bind(prequeue)
+    .bind(door.shuffle_seed)
+    .bind(&rejoin)
+    .bind(users.len() as i64)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
