@@ -4,14 +4,24 @@
 //! with their own exact outcome, and only after the commit.
 //!
 //! Batching is natural, not timed: a sale's batcher takes whatever has queued up while the
-//! last batch ran (at most [`MAX_BATCH`]), so a lone buyer waits for nobody. Once a batch
-//! sees an instant sale's stock at zero it cannot come back, so later buyers of that sale
-//! sell nothing: for stocks up to [`MAX_REMEMBERED_BUYERS`] the final buyer list is loaded
-//! once and tells a repeat buyer (`ALREADY_PURCHASED`) from the rest (`SOLD_OUT`); larger
-//! ones take one indexed read. A buyer who names the sale by id skips the batcher for that;
-//! one who names it by a cached sku goes through it, so that one primary-key read per batch
-//! confirms the sku still names that sale. Several instances each run their own batchers;
-//! the statement is safe across them (see [`Store::purchase_batch`]).
+//! last batch ran (at most [`MAX_BATCH`]), so a lone buyer waits for nobody.
+//!
+//! The buyers a statement refuses hear why the sale refuses them, read just after. If it
+//! turns out sellable, the refusal was a boundary moment: the statement's `now()` fell just
+//! before the opening (a crowd waiting for it), or its INSERT skipped a buyer who bought
+//! through another instance, leaving that unit unsold. Those buyers are decided again by the
+//! same statement, up to [`BATCH_ATTEMPTS`] in all, never one statement each: 2,000 single
+//! purchases in a row would keep the buyers queued behind past their answer timeout at the
+//! busiest moment. A retry is sent only if it can be answered before the batch's first buyer
+//! stops waiting; buyers still undecided then hear a retry-safe 503.
+//!
+//! Once a batch sees an instant sale's stock at zero it cannot come back, so later buyers of
+//! that sale sell nothing: for stocks up to [`MAX_REMEMBERED_BUYERS`] the final buyer list is
+//! loaded once and tells a repeat buyer (`ALREADY_PURCHASED`) from the rest (`SOLD_OUT`);
+//! larger ones take one indexed read. A buyer who names the sale by id skips the batcher for
+//! that; one who names it by a cached sku goes through it, so that one primary-key read per
+//! batch confirms the sku still names that sale. Several instances each run their own
+//! batchers; the statement is safe across them (see [`Store::purchase_batch`]).
 //!
 //! Memory is bounded: at most [`MAX_WAITING_PER_SALE`] requests wait per sale (then 503),
 //! and the sold-out memory and the reference cache are bounded caches (moka).
@@ -22,14 +32,19 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::purchases::{BatchBuyer, PurchaseOutcome};
+use super::purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 use super::{Store, StoreError};
 use crate::domain::{Checkout, Purchase, SaleState};
 
 /// Most buyers decided by one statement.
 pub const MAX_BATCH: usize = 2048;
+/// Most statements that decide one batch: the first, and retries for the buyers it refused
+/// while the sale was sellable right after. One retry settles the usual cases (the opening
+/// moment, one skipped duplicate); the bound keeps a batch's time predictable.
+const BATCH_ATTEMPTS: usize = 3;
 /// Most purchases waiting for one sale's batcher on one instance: two full batches behind
 /// the one in the database. Past it a buyer is told 503 at once (retry after a second)
 /// instead of waiting in a line that only grows.
@@ -52,6 +67,9 @@ type Reply = oneshot::Sender<Result<PurchaseOutcome, StoreError>>;
 struct Request {
     user_id: String,
     reply: Reply,
+    /// When the buyer stops waiting and hears `OutcomeUnknown`: a batch sends a retry only
+    /// if it can be answered before its earliest buyer's moment.
+    answer_by: Instant,
 }
 
 /// A `{sale}` reference resolved to a sale id.
@@ -176,14 +194,16 @@ impl PurchaseQueue {
             return Ok(sold_out_answer(owned));
         }
         let (reply, answer) = oneshot::channel();
+        let answer_by = Instant::now() + self.answer_timeout;
         self.enqueue(
             target.id,
             Request {
                 user_id: user_id.to_string(),
                 reply,
+                answer_by,
             },
         )?;
-        match tokio::time::timeout(self.answer_timeout, answer).await {
+        match tokio::time::timeout_at(answer_by, answer).await {
             Ok(Ok(result)) => result,
             // The batcher dropped the request (shutting down): it was never decided.
             Ok(Err(_)) => Err(StoreError::Unavailable(None)),
@@ -308,8 +328,13 @@ impl PurchaseQueue {
         }
     }
 
-    /// Decides one batch and answers every request in it.
+    /// Decides one batch and answers every request in it: one statement, and up to
+    /// [`BATCH_ATTEMPTS`] in all while it refuses buyers of a sale that is sellable right
+    /// after (see the module comment).
     async fn decide(&self, sale_id: Uuid, batch: Vec<Request>) {
+        let Some(answer_by) = batch.iter().map(|request| request.answer_by).min() else {
+            return;
+        };
         // One entry per user: a user's extra requests in the same batch are repeats.
         let mut by_user: HashMap<String, Vec<Reply>> = HashMap::new();
         let mut buyers = Vec::new();
@@ -326,47 +351,105 @@ impl PurchaseQueue {
         if let Some(remembered) = self.sold_out.get(&sale_id) {
             return self.answer_sold_out(sale_id, remembered, by_user).await;
         }
-        let started = std::time::Instant::now();
-        let batch = self.store.purchase_batch(sale_id, &buyers);
-        let decided = tokio::time::timeout(self.answer_timeout, batch).await;
+        // The first statement may take the whole answer timeout, as a lone purchase would.
+        let mut cut_off = Instant::now() + self.answer_timeout;
+        for attempt in 1..=BATCH_ATTEMPTS {
+            let started = Instant::now();
+            let result = match self.run_batch(sale_id, &buyers, cut_off).await {
+                Ok(result) => result,
+                Err(err) => return fail_all(by_user, &err),
+            };
+            let took = started.elapsed();
+            if !result.sale_live {
+                return self.answer_gone(sale_id, by_user).await;
+            }
+            for purchase in result.bought {
+                if let Some(replies) = by_user.remove(&purchase.user_id) {
+                    answer_owner(replies, purchase, true);
+                }
+            }
+            for purchase in result.owned {
+                if let Some(replies) = by_user.remove(&purchase.user_id) {
+                    answer_owner(replies, purchase, false);
+                }
+            }
+            if by_user.is_empty() {
+                return;
+            }
+            // The rest were refused: the stock ran out, or the sale is not sellable.
+            match self.store.refusal_now(sale_id).await {
+                Ok(Some(refusal)) => return self.answer_refused(sale_id, refusal, by_user).await,
+                Ok(None) => {}
+                Err(err) => return fail_all(by_user, &err),
+            }
+            // Sellable now, yet they were refused: the statement's now() fell just before the
+            // opening, or its INSERT skipped a buyer who bought through another instance
+            // (leaving that unit unsold). Decide them again, only if the statement can be
+            // answered before the first of them stops waiting (judged by what this one took):
+            // else nothing is sent, and they hear a retry-safe 503 now rather than
+            // `OutcomeUnknown` for a statement never sent.
+            if attempt == BATCH_ATTEMPTS || Instant::now() + took > answer_by {
+                break;
+            }
+            buyers.retain(|buyer| by_user.contains_key(&buyer.user_id));
+            cut_off = answer_by;
+        }
+        // Nothing was written for them: a retry is safe, and will be decided afresh.
+        fail_all(by_user, &StoreError::Overloaded);
+    }
+
+    /// Runs [`Store::purchase_batch`] cut off at `cut_off` (its outcome is then unknown), and
+    /// records the statement's size and time.
+    async fn run_batch(
+        &self,
+        sale_id: Uuid,
+        buyers: &[BatchBuyer],
+        cut_off: Instant,
+    ) -> Result<BatchResult, StoreError> {
+        let started = Instant::now();
+        let batch = self.store.purchase_batch(sale_id, buyers);
+        let decided = tokio::time::timeout_at(cut_off, batch).await;
         if let Some(metrics) = &self.metrics {
             metrics.batch_size.observe(buyers.len() as f64);
             metrics
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        let result = match decided {
-            Ok(Ok(result)) => result,
-            Ok(Err(err)) => return fail_all(by_user, &err),
-            Err(_) => return fail_all(by_user, &StoreError::OutcomeUnknown),
+        decided.unwrap_or(Err(StoreError::OutcomeUnknown))
+    }
+
+    /// Answers the buyers of a sale found archived or removed: nothing was decided about it.
+    async fn answer_gone(&self, sale_id: Uuid, by_user: HashMap<String, Vec<Reply>>) {
+        let gone = match self.store.refusal_now(sale_id).await {
+            Ok(Some(PurchaseOutcome::SaleNotFound)) => PurchaseOutcome::SaleNotFound,
+            Ok(_) => PurchaseOutcome::SaleArchived,
+            Err(err) => return fail_all(by_user, &err),
         };
-        if !result.sale_live {
-            // Archived or removed: nothing in this batch was decided about it.
-            let gone = match self.store.refusal_now(sale_id).await {
-                Ok(Some(PurchaseOutcome::SaleNotFound)) => PurchaseOutcome::SaleNotFound,
-                Ok(_) => PurchaseOutcome::SaleArchived,
-                Err(err) => return fail_all(by_user, &err),
-            };
-            for reply in by_user.into_values().flatten() {
-                let _ = reply.send(Ok(gone.clone()));
-            }
-            return;
+        answer_all(by_user, &gone);
+    }
+
+    /// Answers refused buyers when the sale refuses everyone now for `refusal`.
+    ///
+    /// Their purchases are read after the refusal, not before, so that nobody who bought
+    /// hears `SOLD_OUT`: an instant sale's stock never comes back, so every purchase of
+    /// theirs committed before the read that found it at zero, and this later read sees it
+    /// (one skipped by the batch's INSERT, or one taking the last unit on another
+    /// instance). An archived or removed sale's buyers are told nothing about it here.
+    async fn answer_refused(
+        &self,
+        sale_id: Uuid,
+        refusal: PurchaseOutcome,
+        mut by_user: HashMap<String, Vec<Reply>>,
+    ) {
+        if matches!(
+            refusal,
+            PurchaseOutcome::SaleArchived | PurchaseOutcome::SaleNotFound
+        ) {
+            return answer_all(by_user, &refusal);
         }
-        for purchase in result.bought {
-            if let Some(replies) = by_user.remove(&purchase.user_id) {
-                answer_owner(replies, purchase, true);
-            }
+        if matches!(refusal, PurchaseOutcome::SoldOut) && !self.sold_out.contains_key(&sale_id) {
+            self.mark_sold_out(sale_id).await;
         }
-        for purchase in result.owned {
-            if let Some(replies) = by_user.remove(&purchase.user_id) {
-                answer_owner(replies, purchase, false);
-            }
-        }
-        if by_user.is_empty() {
-            return;
-        }
-        // The rest were refused. One of them may have bought through another instance after
-        // this batch's snapshot: read again, so a repeat buyer never hears SOLD_OUT.
         let refused: Vec<&str> = by_user.keys().map(String::as_str).collect();
         match self.store.purchases_of(sale_id, &refused).await {
             Ok(owned) => {
@@ -378,27 +461,7 @@ impl PurchaseQueue {
             }
             Err(err) => return fail_all(by_user, &err),
         }
-        if by_user.is_empty() {
-            return;
-        }
-        // The stock ran out, or the sale is not sellable.
-        match self.store.refusal_now(sale_id).await {
-            Ok(Some(refusal)) => {
-                if matches!(refusal, PurchaseOutcome::SoldOut)
-                    && !self.sold_out.contains_key(&sale_id)
-                {
-                    self.mark_sold_out(sale_id).await;
-                }
-                for replies in by_user.into_values() {
-                    for reply in replies {
-                        let _ = reply.send(Ok(refusal.clone()));
-                    }
-                }
-            }
-            // Sellable again (a boundary moment): decide those one by one.
-            Ok(None) => self.one_by_one(sale_id, by_user).await,
-            Err(err) => fail_all(by_user, &err),
-        }
+        answer_all(by_user, &refusal);
     }
 
     /// Answers a batch of a sold-out sale without selling: one primary-key read says the
@@ -442,18 +505,6 @@ impl PurchaseQueue {
             }
         }
     }
-
-    async fn one_by_one(&self, sale_id: Uuid, by_user: HashMap<String, Vec<Reply>>) {
-        for (user_id, replies) in by_user {
-            let mut replies = replies.into_iter();
-            if let Some(first) = replies.next() {
-                let _ = first.send(self.timed(self.store.purchase(sale_id, &user_id)).await);
-            }
-            for reply in replies {
-                let _ = reply.send(self.timed(self.store.purchase(sale_id, &user_id)).await);
-            }
-        }
-    }
 }
 
 /// What a sold-out sale answers a buyer: their purchase, or `SOLD_OUT`.
@@ -461,6 +512,13 @@ fn sold_out_answer(owned: Option<Purchase>) -> PurchaseOutcome {
     match owned {
         Some(purchase) => PurchaseOutcome::AlreadyPurchased(purchase),
         None => PurchaseOutcome::SoldOut,
+    }
+}
+
+/// Gives every request the same answer.
+fn answer_all(by_user: HashMap<String, Vec<Reply>>, outcome: &PurchaseOutcome) {
+    for reply in by_user.into_values().flatten() {
+        let _ = reply.send(Ok(outcome.clone()));
     }
 }
 

@@ -201,8 +201,9 @@ pub struct BatchBuyer {
 /// - Sellability (checkout, window, cancel, archive) is decided on the locked row. Users
 ///   who own a purchase are reported only while the sale is not archived: an archived
 ///   sale's buyers are never told about it through a sku that now names another sale.
-/// - Refused users are left for the caller, who re-reads them: nobody hears `SOLD_OUT`
-///   while units remain or after they bought.
+/// - Refused users are left for the caller, who reads why the sale refuses now, runs this
+///   statement again for them while it is sellable, and reads their purchases after a
+///   final refusal: nobody hears `SOLD_OUT` while units remain or after they bought.
 const BATCH_SQL: &str = "
     WITH req AS (
         SELECT u.user_id, u.purchase_id, u.ord
