@@ -25,6 +25,11 @@
 //!
 //! Memory is bounded: at most [`MAX_WAITING_PER_SALE`] requests wait per sale (then 503),
 //! and the sold-out memory and the reference cache are bounded caches (moka).
+//!
+//! This file resolves references and runs the batchers; `decide` decides one batch (its
+//! statements and every answer).
+
+mod decide;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
+use super::purchases::PurchaseOutcome;
 use super::{Store, StoreError};
 use crate::domain::{Checkout, Purchase, SaleState};
 
@@ -237,25 +242,6 @@ impl PurchaseQueue {
             })
     }
 
-    /// Records that the sale sold out, loading its (final) buyers when there are few enough.
-    async fn mark_sold_out(&self, sale_id: Uuid) {
-        let buyers = match self
-            .store
-            .buyers_if_at_most(sale_id, MAX_REMEMBERED_BUYERS)
-            .await
-        {
-            Ok(Some(buyers)) => Some(Arc::new(
-                buyers
-                    .into_iter()
-                    .map(|purchase| (purchase.user_id.clone(), purchase))
-                    .collect(),
-            )),
-            // Too many to hold, or the read failed: answer from the database instead.
-            Ok(None) | Err(_) => None,
-        };
-        self.sold_out.insert(sale_id, buyers);
-    }
-
     /// The sale id and checkout for a reference: from the cache unless `fresh`, else read
     /// (and cached). `None` when no sale answers to it.
     async fn resolve(&self, sale_ref: &str, fresh: bool) -> Result<Option<Target>, StoreError> {
@@ -327,184 +313,6 @@ impl PurchaseQueue {
             self.decide(sale_id, batch).await;
         }
     }
-
-    /// Decides one batch and answers every request in it: one statement, and up to
-    /// [`BATCH_ATTEMPTS`] in all while it refuses buyers of a sale that is sellable right
-    /// after (see the module comment).
-    async fn decide(&self, sale_id: Uuid, batch: Vec<Request>) {
-        let Some(answer_by) = batch.iter().map(|request| request.answer_by).min() else {
-            return;
-        };
-        // One entry per user: a user's extra requests in the same batch are repeats.
-        let mut by_user: HashMap<String, Vec<Reply>> = HashMap::new();
-        let mut buyers = Vec::new();
-        for request in batch {
-            let replies = by_user.entry(request.user_id.clone()).or_default();
-            if replies.is_empty() {
-                buyers.push(BatchBuyer {
-                    user_id: request.user_id,
-                    purchase_id: Uuid::new_v4(),
-                });
-            }
-            replies.push(request.reply);
-        }
-        if let Some(remembered) = self.sold_out.get(&sale_id) {
-            return self.answer_sold_out(sale_id, remembered, by_user).await;
-        }
-        // The first statement may take the whole answer timeout, as a lone purchase would.
-        let mut cut_off = Instant::now() + self.answer_timeout;
-        for attempt in 1..=BATCH_ATTEMPTS {
-            let started = Instant::now();
-            let result = match self.run_batch(sale_id, &buyers, cut_off).await {
-                Ok(result) => result,
-                Err(err) => return fail_all(by_user, &err),
-            };
-            let took = started.elapsed();
-            if !result.sale_live {
-                return self.answer_gone(sale_id, by_user).await;
-            }
-            for purchase in result.bought {
-                if let Some(replies) = by_user.remove(&purchase.user_id) {
-                    answer_owner(replies, purchase, true);
-                }
-            }
-            for purchase in result.owned {
-                if let Some(replies) = by_user.remove(&purchase.user_id) {
-                    answer_owner(replies, purchase, false);
-                }
-            }
-            if by_user.is_empty() {
-                return;
-            }
-            // The rest were refused: the stock ran out, or the sale is not sellable.
-            match self.store.refusal_now(sale_id).await {
-                Ok(Some(refusal)) => return self.answer_refused(sale_id, refusal, by_user).await,
-                Ok(None) => {}
-                Err(err) => return fail_all(by_user, &err),
-            }
-            // Sellable now, yet they were refused: the statement's now() fell just before the
-            // opening, or its INSERT skipped a buyer who bought through another instance
-            // (leaving that unit unsold). Decide them again, only if the statement can be
-            // answered before the first of them stops waiting (judged by what this one took):
-            // else nothing is sent, and they hear a retry-safe 503 now rather than
-            // `OutcomeUnknown` for a statement never sent.
-            if attempt == BATCH_ATTEMPTS || Instant::now() + took > answer_by {
-                break;
-            }
-            buyers.retain(|buyer| by_user.contains_key(&buyer.user_id));
-            cut_off = answer_by;
-        }
-        // Nothing was written for them: a retry is safe, and will be decided afresh.
-        fail_all(by_user, &StoreError::Overloaded);
-    }
-
-    /// Runs [`Store::purchase_batch`] cut off at `cut_off` (its outcome is then unknown), and
-    /// records the statement's size and time.
-    async fn run_batch(
-        &self,
-        sale_id: Uuid,
-        buyers: &[BatchBuyer],
-        cut_off: Instant,
-    ) -> Result<BatchResult, StoreError> {
-        let started = Instant::now();
-        let batch = self.store.purchase_batch(sale_id, buyers);
-        let decided = tokio::time::timeout_at(cut_off, batch).await;
-        if let Some(metrics) = &self.metrics {
-            metrics.batch_size.observe(buyers.len() as f64);
-            metrics
-                .batch_seconds
-                .observe(started.elapsed().as_secs_f64());
-        }
-        decided.unwrap_or(Err(StoreError::OutcomeUnknown))
-    }
-
-    /// Answers the buyers of a sale found archived or removed: nothing was decided about it.
-    async fn answer_gone(&self, sale_id: Uuid, by_user: HashMap<String, Vec<Reply>>) {
-        let gone = match self.store.refusal_now(sale_id).await {
-            Ok(Some(PurchaseOutcome::SaleNotFound)) => PurchaseOutcome::SaleNotFound,
-            Ok(_) => PurchaseOutcome::SaleArchived,
-            Err(err) => return fail_all(by_user, &err),
-        };
-        answer_all(by_user, &gone);
-    }
-
-    /// Answers refused buyers when the sale refuses everyone now for `refusal`.
-    ///
-    /// Their purchases are read after the refusal, not before, so that nobody who bought
-    /// hears `SOLD_OUT`: an instant sale's stock never comes back, so every purchase of
-    /// theirs committed before the read that found it at zero, and this later read sees it
-    /// (one skipped by the batch's INSERT, or one taking the last unit on another
-    /// instance). An archived or removed sale's buyers are told nothing about it here.
-    async fn answer_refused(
-        &self,
-        sale_id: Uuid,
-        refusal: PurchaseOutcome,
-        mut by_user: HashMap<String, Vec<Reply>>,
-    ) {
-        if matches!(
-            refusal,
-            PurchaseOutcome::SaleArchived | PurchaseOutcome::SaleNotFound
-        ) {
-            return answer_all(by_user, &refusal);
-        }
-        if matches!(refusal, PurchaseOutcome::SoldOut) && !self.sold_out.contains_key(&sale_id) {
-            self.mark_sold_out(sale_id).await;
-        }
-        let refused: Vec<&str> = by_user.keys().map(String::as_str).collect();
-        match self.store.purchases_of(sale_id, &refused).await {
-            Ok(owned) => {
-                for purchase in owned {
-                    if let Some(replies) = by_user.remove(&purchase.user_id) {
-                        answer_owner(replies, purchase, false);
-                    }
-                }
-            }
-            Err(err) => return fail_all(by_user, &err),
-        }
-        answer_all(by_user, &refusal);
-    }
-
-    /// Answers a batch of a sold-out sale without selling: one primary-key read says the
-    /// sale is still live (it may have been archived, its sku given to a new sale, since
-    /// the sold-out memory was filled), then each buyer hears `ALREADY_PURCHASED` or
-    /// `SOLD_OUT` from memory (or from one read of their purchases, for a sale too large to
-    /// remember).
-    async fn answer_sold_out(
-        &self,
-        sale_id: Uuid,
-        remembered: SoldOutBuyers,
-        mut by_user: HashMap<String, Vec<Reply>>,
-    ) {
-        match self.store.is_live(sale_id).await {
-            Ok(true) => {}
-            Ok(false) => {
-                for reply in by_user.into_values().flatten() {
-                    let _ = reply.send(Ok(PurchaseOutcome::SaleArchived));
-                }
-                return;
-            }
-            Err(err) => return fail_all(by_user, &err),
-        }
-        let owned: HashMap<String, Purchase> = match remembered {
-            Some(buyers) => by_user
-                .keys()
-                .filter_map(|user| buyers.get(user).map(|p| (user.clone(), p.clone())))
-                .collect(),
-            None => {
-                let users: Vec<&str> = by_user.keys().map(String::as_str).collect();
-                match self.store.purchases_of(sale_id, &users).await {
-                    Ok(owned) => owned.into_iter().map(|p| (p.user_id.clone(), p)).collect(),
-                    Err(err) => return fail_all(by_user, &err),
-                }
-            }
-        };
-        for (user, replies) in by_user.drain() {
-            let answer = sold_out_answer(owned.get(&user).cloned());
-            for reply in replies {
-                let _ = reply.send(Ok(answer.clone()));
-            }
-        }
-    }
 }
 
 /// What a sold-out sale answers a buyer: their purchase, or `SOLD_OUT`.
@@ -512,42 +320,5 @@ fn sold_out_answer(owned: Option<Purchase>) -> PurchaseOutcome {
     match owned {
         Some(purchase) => PurchaseOutcome::AlreadyPurchased(purchase),
         None => PurchaseOutcome::SoldOut,
-    }
-}
-
-/// Gives every request the same answer.
-fn answer_all(by_user: HashMap<String, Vec<Reply>>, outcome: &PurchaseOutcome) {
-    for reply in by_user.into_values().flatten() {
-        let _ = reply.send(Ok(outcome.clone()));
-    }
-}
-
-/// Answers every request of a failed batch with the failure: the same unavailability for
-/// each (so each buyer hears 503, and "outcome unknown" where it is), else the message.
-fn fail_all(by_user: HashMap<String, Vec<Reply>>, err: &StoreError) {
-    let message = err.to_string();
-    for reply in by_user.into_values().flatten() {
-        let copy = match err {
-            StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
-            StoreError::Overloaded => StoreError::Overloaded,
-            err if err.is_unavailable() => StoreError::Unavailable(None),
-            _ => StoreError::Batch(message.clone()),
-        };
-        let _ = reply.send(Err(copy));
-    }
-}
-
-/// The first request of a user who owns `purchase` hears `Purchased` when it was bought in
-/// this batch; every other request of theirs hears `ALREADY_PURCHASED`.
-fn answer_owner(replies: Vec<Reply>, purchase: crate::domain::Purchase, bought_now: bool) {
-    let mut first = bought_now;
-    for reply in replies {
-        let outcome = if first {
-            PurchaseOutcome::Purchased(purchase.clone())
-        } else {
-            PurchaseOutcome::AlreadyPurchased(purchase.clone())
-        };
-        first = false;
-        let _ = reply.send(Ok(outcome));
     }
 }
