@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,13 +24,9 @@ use super::StoreError;
 /// A sale's batcher stops after this long without requests (and starts again on demand).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Decide<R> =
-    Arc<dyn Fn(Uuid, Vec<R>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-
 /// One batcher task per sale, each deciding its batches one after another.
 pub(super) struct Batchers<R> {
     senders: Arc<Mutex<HashMap<Uuid, mpsc::Sender<R>>>>,
-    decide: Decide<R>,
     max_batch: usize,
     max_waiting: usize,
 }
@@ -40,7 +35,6 @@ impl<R> Clone for Batchers<R> {
     fn clone(&self) -> Self {
         Self {
             senders: self.senders.clone(),
-            decide: self.decide.clone(),
             max_batch: self.max_batch,
             max_waiting: self.max_waiting,
         }
@@ -48,30 +42,36 @@ impl<R> Clone for Batchers<R> {
 }
 
 impl<R: Send + 'static> Batchers<R> {
-    /// Batchers that hand each batch (at most `max_batch`, in arrival order) to `decide`,
-    /// with at most `max_waiting` requests waiting per sale.
-    pub(super) fn new<F, Fut>(max_batch: usize, max_waiting: usize, decide: F) -> Self
-    where
-        F: Fn(Uuid, Vec<R>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    /// Batchers of at most `max_batch` requests (in arrival order), with at most
+    /// `max_waiting` requests waiting per sale.
+    pub(super) fn new(max_batch: usize, max_waiting: usize) -> Self {
         Self {
             senders: Arc::default(),
-            decide: Arc::new(move |sale, batch| Box::pin(decide(sale, batch))),
             max_batch,
             max_waiting,
         }
     }
 
     /// Hands a request to its sale's batcher; refuses at once when the sale's line is full.
-    pub(super) fn send(&self, sale_id: Uuid, request: R) -> Result<(), StoreError> {
-        let request = match self.sender(sale_id).try_send(request) {
+    /// A sale with no batcher running gets one, which hands each batch to the decider
+    /// `start` makes (called only then).
+    pub(super) fn send<D, Fut>(
+        &self,
+        sale_id: Uuid,
+        request: R,
+        start: impl Fn() -> D,
+    ) -> Result<(), StoreError>
+    where
+        D: Fn(Uuid, Vec<R>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let request = match self.sender(sale_id, &start).try_send(request) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => return Err(StoreError::Overloaded),
             // The batcher retired between the lookup and the send: start a new one.
             Err(mpsc::error::TrySendError::Closed(request)) => request,
         };
-        self.sender(sale_id)
+        self.sender(sale_id, &start)
             .try_send(request)
             .map_err(|err| match err {
                 mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
@@ -80,7 +80,11 @@ impl<R: Send + 'static> Batchers<R> {
     }
 
     /// The sender of the sale's batcher, starting one if none runs.
-    fn sender(&self, sale_id: Uuid) -> mpsc::Sender<R> {
+    fn sender<D, Fut>(&self, sale_id: Uuid, start: &impl Fn() -> D) -> mpsc::Sender<R>
+    where
+        D: Fn(Uuid, Vec<R>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let mut senders = match self.senders.lock() {
             Ok(senders) => senders,
             Err(poisoned) => poisoned.into_inner(),
@@ -92,11 +96,15 @@ impl<R: Send + 'static> Batchers<R> {
         }
         let (sender, receiver) = mpsc::channel(self.max_waiting);
         senders.insert(sale_id, sender.clone());
-        tokio::spawn(self.clone().run(sale_id, receiver));
+        tokio::spawn(self.clone().run(sale_id, receiver, start()));
         sender
     }
 
-    async fn run(self, sale_id: Uuid, mut receiver: mpsc::Receiver<R>) {
+    async fn run<D, Fut>(self, sale_id: Uuid, mut receiver: mpsc::Receiver<R>, decide: D)
+    where
+        D: Fn(Uuid, Vec<R>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         loop {
             let first = match tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()).await {
                 Ok(Some(request)) => request,
@@ -112,7 +120,7 @@ impl<R: Send + 'static> Batchers<R> {
                         rest.push(request);
                     }
                     for batch in batches(rest, self.max_batch) {
-                        (self.decide)(sale_id, batch).await;
+                        decide(sale_id, batch).await;
                     }
                     break;
                 }
@@ -124,7 +132,7 @@ impl<R: Send + 'static> Batchers<R> {
                     Err(_) => break,
                 }
             }
-            (self.decide)(sale_id, batch).await;
+            decide(sale_id, batch).await;
         }
     }
 }

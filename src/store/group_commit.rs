@@ -26,20 +26,22 @@
 //! Memory is bounded: at most [`MAX_WAITING_PER_SALE`] requests wait per sale (then 503),
 //! and the sold-out memory and the reference cache are bounded caches (moka).
 //!
-//! This file resolves references and runs the batchers; `decide` decides one batch (its
+//! This file resolves references and hands requests to the per-sale batchers (shared with
+//! joins, `store/batcher.rs`); `decide` decides one batch (its
 //! statements and every answer).
 
 mod decide;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::batcher::Batchers;
 use super::purchases::PurchaseOutcome;
 use super::{Store, StoreError};
 use crate::domain::{Checkout, Purchase, SaleState};
@@ -64,8 +66,6 @@ const MAX_REMEMBERED_TOTAL: u64 = 1_000_000;
 /// [`PurchaseQueue::purchase`]), so this bounds only how often the name is looked up.
 const REF_CACHE_TTL: Duration = Duration::from_secs(1);
 const REF_CACHE_ENTRIES: u64 = 10_000;
-/// A sale's batcher stops after this long without requests (and starts again on demand).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Reply = oneshot::Sender<Result<PurchaseOutcome, StoreError>>;
 
@@ -98,7 +98,7 @@ type SoldOutBuyers = Option<Arc<HashMap<String, Purchase>>>;
 #[derive(Clone)]
 pub struct PurchaseQueue {
     store: Store,
-    batchers: Arc<Mutex<HashMap<Uuid, mpsc::Sender<Request>>>>,
+    batchers: Batchers<Request>,
     /// Sold-out instant sales: a sold-out instant sale never sells again, so its buyer set is
     /// final and answers a repeat buyer (`ALREADY_PURCHASED`) and everyone else (`SOLD_OUT`)
     /// without a query. Bounded by the number of buyers it holds.
@@ -116,7 +116,7 @@ impl PurchaseQueue {
     pub fn new(store: Store, batching: bool, answer_timeout: Duration) -> Self {
         Self {
             store,
-            batchers: Arc::default(),
+            batchers: Batchers::new(MAX_BATCH, MAX_WAITING_PER_SALE),
             sold_out: Cache::builder()
                 .max_capacity(MAX_REMEMBERED_TOTAL)
                 .weigher(|_, buyers: &SoldOutBuyers| {
@@ -228,18 +228,13 @@ impl PurchaseQueue {
 
     /// Hands a request to its sale's batcher; refuses at once when the sale's line is full.
     fn enqueue(&self, sale_id: Uuid, request: Request) -> Result<(), StoreError> {
-        let request = match self.batcher(sale_id).try_send(request) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(StoreError::Overloaded),
-            // The batcher retired between the lookup and the send: start a new one.
-            Err(mpsc::error::TrySendError::Closed(request)) => request,
-        };
-        self.batcher(sale_id)
-            .try_send(request)
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable(None),
-            })
+        self.batchers.send(sale_id, request, || {
+            let this = self.clone();
+            move |sale_id, batch| {
+                let this = this.clone();
+                async move { this.decide(sale_id, batch).await }
+            }
+        })
     }
 
     /// The sale id and checkout for a reference: from the cache unless `fresh`, else read
@@ -266,52 +261,6 @@ impl PurchaseQueue {
             cached: false,
             via_sku,
         }))
-    }
-
-    /// The sender of the sale's batcher, starting one if none runs.
-    fn batcher(&self, sale_id: Uuid) -> mpsc::Sender<Request> {
-        let mut batchers = match self.batchers.lock() {
-            Ok(batchers) => batchers,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(sender) = batchers.get(&sale_id)
-            && !sender.is_closed()
-        {
-            return sender.clone();
-        }
-        let (sender, receiver) = mpsc::channel(MAX_WAITING_PER_SALE);
-        batchers.insert(sale_id, sender.clone());
-        let this = self.clone();
-        tokio::spawn(async move { this.run_batcher(sale_id, receiver).await });
-        sender
-    }
-
-    async fn run_batcher(self, sale_id: Uuid, mut receiver: mpsc::Receiver<Request>) {
-        loop {
-            let first = match tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()).await {
-                Ok(Some(request)) => request,
-                Ok(None) => break,
-                Err(_) => {
-                    // Idle: retire, unless a request slipped in meanwhile.
-                    if let Ok(mut batchers) = self.batchers.lock() {
-                        batchers.remove(&sale_id);
-                    }
-                    receiver.close();
-                    while let Ok(request) = receiver.try_recv() {
-                        self.decide(sale_id, vec![request]).await;
-                    }
-                    break;
-                }
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
-            self.decide(sale_id, batch).await;
-        }
     }
 }
 

@@ -66,6 +66,7 @@ struct JoinRequest {
 /// The door of every queued sale: group commit of joins, per sale.
 #[derive(Clone)]
 pub struct JoinBatcher {
+    store: Store,
     batchers: Batchers<JoinRequest>,
     /// Longest wait for a join's answer; past it the outcome is unknown (a retry returns the
     /// entry if the join committed: joining is idempotent).
@@ -74,11 +75,9 @@ pub struct JoinBatcher {
 
 impl JoinBatcher {
     pub fn new(store: Store, answer_timeout: Duration) -> Self {
-        let batchers = Batchers::new(MAX_JOIN_BATCH, MAX_JOINS_WAITING, move |sale_id, batch| {
-            decide(store.clone(), answer_timeout, sale_id, batch)
-        });
         Self {
-            batchers,
+            store,
+            batchers: Batchers::new(MAX_JOIN_BATCH, MAX_JOINS_WAITING),
             answer_timeout,
         }
     }
@@ -99,7 +98,10 @@ impl JoinBatcher {
             user_id: user_id.to_string(),
             reply,
         };
-        self.batchers.send(sale_id, request)?;
+        self.batchers.send(sale_id, request, || {
+            let (store, timeout) = (self.store.clone(), self.answer_timeout);
+            move |sale_id, batch| decide(store.clone(), timeout, sale_id, batch)
+        })?;
         match tokio::time::timeout(self.answer_timeout, answer).await {
             Ok(Ok(result)) => result,
             // The batcher dropped the request (shutting down): it was never decided.

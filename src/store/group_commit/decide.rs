@@ -226,15 +226,8 @@ fn answer_all(by_user: HashMap<String, Vec<Reply>>, outcome: &PurchaseOutcome) {
 /// Answers every request of a failed batch with the failure: the same unavailability for
 /// each (so each buyer hears 503, and "outcome unknown" where it is), else the message.
 fn fail_all(by_user: HashMap<String, Vec<Reply>>, err: &StoreError) {
-    let message = err.to_string();
     for reply in by_user.into_values().flatten() {
-        let copy = match err {
-            StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
-            StoreError::Overloaded => StoreError::Overloaded,
-            err if err.is_unavailable() => StoreError::Unavailable(None),
-            _ => StoreError::Batch(message.clone()),
-        };
-        let _ = reply.send(Err(copy));
+        let _ = reply.send(Err(err.copy_for_caller()));
     }
 }
 
