@@ -113,6 +113,21 @@ pub(super) async fn feed_horizon(conn: &mut PgConnection) -> Result<FeedCursor, 
 /// Events of retention's age are pruned in steps of this many, so each statement stays short.
 const PRUNE_STEP: i64 = 10_000;
 
+/// What one call of [`Store::prune_events`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: u64,
+    pub deliveries: u64,
+    /// The call stopped at its row budget: more may be left (or exactly nothing).
+    pub more: bool,
+}
+
+impl Pruned {
+    fn rows(&self) -> i64 {
+        i64::try_from(self.events + self.deliveries).unwrap_or(i64::MAX)
+    }
+}
+
 impl Store {
     /// A page of the event feed: see the module's note for why it never skips an event.
     pub async fn events_after(
@@ -151,13 +166,21 @@ impl Store {
         Ok(rows.into_iter().map(Purchase::from).collect())
     }
 
-    /// Prunes what retention allows: finished deliveries older than `keep`, then, sale by
-    /// sale, the prefix of its events older than `keep` that no pending delivery still
-    /// needs, recording what was removed in `events_pruned` in the same statement (the audit
-    /// counts it). Sales, purchases and holds are never touched. Returns the events removed.
-    pub async fn prune_events(&self, keep: Duration) -> Result<u64, StoreError> {
+    /// Prunes what retention allows, at most `max_rows` rows per call so that one run stays
+    /// short (the retention job calls again at once while `more` says so): finished
+    /// deliveries older than `keep`, then, sale by sale, the prefix of its events older than
+    /// `keep` that no pending delivery still needs, recording what was removed in
+    /// `events_pruned` in the same statement (the audit counts it). Sales, purchases and
+    /// holds are never touched.
+    pub async fn prune_events(&self, keep: Duration, max_rows: i64) -> Result<Pruned, StoreError> {
         let keep_secs = keep.as_secs_f64();
+        let mut pruned = Pruned::default();
         loop {
+            let limit = PRUNE_STEP.min(max_rows - pruned.rows());
+            if limit <= 0 {
+                pruned.more = true;
+                return Ok(pruned);
+            }
             let deleted = sqlx::query(
                 "DELETE FROM webhook_deliveries WHERE id IN (
                      SELECT id FROM webhook_deliveries
@@ -166,15 +189,20 @@ impl Store {
                       LIMIT $2)",
             )
             .bind(keep_secs)
-            .bind(PRUNE_STEP)
+            .bind(limit)
             .execute(&mut *self.conn().await?)
             .await?;
-            if deleted.rows_affected() < PRUNE_STEP as u64 {
+            pruned.deliveries += deleted.rows_affected();
+            if deleted.rows_affected() < limit as u64 {
                 break;
             }
         }
-        let mut removed = 0;
         loop {
+            let limit = PRUNE_STEP.min(max_rows - pruned.rows());
+            if limit <= 0 {
+                pruned.more = true;
+                return Ok(pruned);
+            }
             // The oldest events are the first in feed order (the primary key; there is no
             // index on the time, which would cost every purchase an insert). Per sale: the
             // highest sequence among them old enough, lowered below any event a pending
@@ -213,14 +241,13 @@ impl Store {
                  SELECT count(*) FROM removed",
             )
             .bind(keep_secs)
-            .bind(PRUNE_STEP)
+            .bind(limit)
             .fetch_one(&mut *self.conn().await?)
             .await?;
-            removed += step as u64;
+            pruned.events += step as u64;
             if step == 0 {
-                break;
+                return Ok(pruned);
             }
         }
-        Ok(removed)
     }
 }

@@ -31,7 +31,7 @@ pub use live::{
     Subscription,
 };
 pub use runner::{JobHandler, Runner, RunnerConfig, backoff};
-pub use service_jobs::{ADMIT_BATCH, ServiceJobs};
+pub use service_jobs::{ADMIT_BATCH, PRUNE_SLICE, ServiceJobs};
 pub use webhooks::{WebhookConfig, WebhookSender, retry_delay};
 
 /// How often the runner makes sure every live waiting room has a tick due and counts the

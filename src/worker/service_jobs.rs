@@ -9,7 +9,9 @@
 //!   expiry or after [`TICK_INTERVAL`], whichever is first. Joins and releases wake it
 //!   earlier.
 //! - `prune_events`: retention: removes events and finished webhook deliveries older than
-//!   the retention time, and queues itself again after [`PRUNE_INTERVAL`].
+//!   the retention time, at most [`PRUNE_SLICE`] rows a run so that no run holds a slot
+//!   for long; it queues itself again due at once while a slice came back full, else after
+//!   [`PRUNE_INTERVAL`].
 
 use anyhow::Context;
 
@@ -22,12 +24,18 @@ use crate::store::{Job, JobKind, PRUNE_INTERVAL, Store, TICK_INTERVAL};
 /// Holds granted (and holds expired) per tick at most; a full batch ticks again at once.
 pub const ADMIT_BATCH: i64 = 500;
 
+/// Rows one retention run removes at most (five statements of 10,000): a backlog of
+/// millions is worked off in runs of a few seconds, each a job of its own.
+pub const PRUNE_SLICE: i64 = 50_000;
+
 /// Handles the jobs the service itself queues.
 #[derive(Clone)]
 pub struct ServiceJobs {
     store: Store,
     /// How long events and finished deliveries are kept.
     retention: Duration,
+    /// Rows one retention run removes at most ([`PRUNE_SLICE`]; tests make it small).
+    prune_slice: i64,
     metrics: Option<Metrics>,
 }
 
@@ -36,8 +44,15 @@ impl ServiceJobs {
         Self {
             store,
             retention,
+            prune_slice: PRUNE_SLICE,
             metrics: None,
         }
+    }
+
+    /// Removes at most `rows` rows per retention run instead of [`PRUNE_SLICE`].
+    pub fn with_prune_slice(mut self, rows: i64) -> Self {
+        self.prune_slice = rows.max(1);
+        self
     }
 
     /// Records the admission lag in `metrics`.
@@ -47,16 +62,28 @@ impl ServiceJobs {
     }
 
     async fn prune_events(&self) -> anyhow::Result<()> {
-        let removed = self
+        let pruned = self
             .store
-            .prune_events(self.retention)
+            .prune_events(self.retention, self.prune_slice)
             .await
             .context("Failed to prune events")?;
-        if removed > 0 {
-            tracing::info!(removed, "retention: events pruned");
+        if pruned.events > 0 || pruned.deliveries > 0 {
+            tracing::info!(
+                events = pruned.events,
+                deliveries = pruned.deliveries,
+                more = pruned.more,
+                "retention: pruned"
+            );
         }
+        // A full slice may have left more: the next slice is a new job, due at once, so any
+        // runner's free slot takes it while this one's slot goes back to other work.
+        let next = if pruned.more {
+            Duration::ZERO
+        } else {
+            PRUNE_INTERVAL
+        };
         self.store
-            .schedule_prune_job(PRUNE_INTERVAL)
+            .schedule_prune_job(next)
             .await
             .context("Failed to schedule the next retention run")?;
         Ok(())

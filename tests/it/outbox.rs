@@ -522,12 +522,12 @@ async fn retention_prunes_old_events_but_keeps_those_a_pending_delivery_needs_an
         .await
         .expect("age the events");
 
-    let removed = app
+    let pruned = app
         .store
-        .prune_events(Duration::from_secs(7 * 24 * 3600))
+        .prune_events(Duration::from_secs(7 * 24 * 3600), 1_000)
         .await
         .expect("prune");
-    assert_eq!(removed, 4);
+    assert_eq!((pruned.events, pruned.more), (4, false));
     let left: Vec<i64> =
         sqlx::query_scalar("SELECT sequence FROM events WHERE sale_id = $1 ORDER BY sequence")
             .bind(sale)
