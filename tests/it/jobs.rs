@@ -1,12 +1,12 @@
 //! The job runner: several runners on one database never run one job twice, failures are
-//! retried with backoff, a NOTIFY wakes a sleeping runner, and retention works in slices.
+//! retried with backoff, and a NOTIFY wakes a sleeping runner.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flashsale::store::{Job, JobKind, Store};
-use flashsale::worker::{JobHandler, Runner, RunnerConfig, ServiceJobs};
+use flashsale::worker::{JobHandler, Runner, RunnerConfig};
 use tokio::sync::{Barrier, watch};
 
 use crate::support::{TestApp, id_of, spawn_app};
@@ -243,70 +243,4 @@ async fn an_admission_records_its_lag_and_statements_their_pool_wait() {
         value("flashsale_db_pool_wait_seconds_count{pool=\"main\"}").is_some_and(|n| n >= 2.0),
         "every statement of the claim and the tick took a timed connection: {text}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_removes_one_slice_per_run_and_queues_the_next_slice_due_at_once() {
-    let app = spawn_app().await;
-    let sale = app.active_sale(10).await;
-    let sku = sale["sku"].as_str().expect("sku").to_string();
-    for n in 0..5 {
-        app.purchase(&sku, &format!("buyer-{n}")).await;
-    }
-    sqlx::query("DELETE FROM jobs")
-        .execute(app.store.pool())
-        .await
-        .expect("clear");
-    sqlx::query("UPDATE events SET occurred_at = now() - interval '8 days'")
-        .execute(app.store.pool())
-        .await
-        .expect("age the events");
-    let events = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
-            .fetch_one(app.store.pool())
-            .await
-            .expect("count")
-    };
-    let before = events().await;
-    assert!(before >= 5, "a purchase.created each: {before}");
-    let jobs =
-        ServiceJobs::new(app.store.clone(), Duration::from_secs(7 * 24 * 3600)).with_prune_slice(2);
-
-    let run = Job {
-        id: 0,
-        kind: JobKind::PruneEvents.as_str().into(),
-        sale_id: None,
-        attempts: 1,
-        lock_token: uuid::Uuid::nil(),
-        lag_seconds: 0.0,
-    };
-    jobs.run(&run).await.expect("one run");
-    assert_eq!(events().await, before - 2, "one run removes one slice");
-    let (pending, due_now): (i64, Option<bool>) = sqlx::query_as(
-        "SELECT count(*), bool_and(run_at <= now()) FROM jobs WHERE kind = 'prune_events'",
-    )
-    .fetch_one(app.store.pool())
-    .await
-    .expect("read");
-    assert_eq!(
-        (pending, due_now),
-        (1, Some(true)),
-        "the next slice is due at once"
-    );
-
-    let runner = Runner::new(app.store.clone(), jobs, fast_config());
-    while runner.run_due_jobs().await.expect("run") > 0 {}
-    assert_eq!(
-        events().await,
-        0,
-        "the slices went on until nothing was left"
-    );
-    let next_in_an_hour: bool = sqlx::query_scalar(
-        "SELECT bool_and(run_at > now() + interval '50 minutes') AND count(*) = 1
-           FROM jobs WHERE kind = 'prune_events'",
-    )
-    .fetch_one(app.store.pool())
-    .await
-    .expect("read");
-    assert!(next_in_an_hour, "the last run queued the hourly one");
 }

@@ -21,6 +21,7 @@ mod queue_door;
 mod races;
 mod rate_limits;
 mod receiver;
+mod retention;
 mod sale_state;
 mod streams;
 mod support;
