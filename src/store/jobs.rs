@@ -1,7 +1,9 @@
-//! The job queue: enqueue, claim with `FOR UPDATE SKIP LOCKED`, complete, retry.
+//! The job queue: enqueue, claim with `FOR UPDATE SKIP LOCKED`, extend, complete, retry.
 //!
 //! A claim is a short transaction of its own that sets a lease and commits at once; the job
-//! runs outside any transaction. Times are the database's.
+//! runs outside any transaction and its runner extends the lease while it runs (a
+//! heartbeat), so the lease only has to outlast a missed beat, not the job. Times are the
+//! database's.
 
 use std::time::Duration;
 
@@ -86,6 +88,13 @@ pub struct Job {
     pub lag_seconds: f64,
 }
 
+/// How many jobs of each class a runner can start now (see [`Store::claim_jobs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeSlots {
+    pub queue_ticks: i64,
+    pub others: i64,
+}
+
 /// Queues a job due at `run_at` (now when `None`), inside the caller's transaction.
 pub async fn enqueue(
     conn: &mut PgConnection,
@@ -160,33 +169,67 @@ impl Store {
         enqueue(&mut *self.conn().await?, kind, sale_id, run_at).await
     }
 
-    /// Claims up to `limit` due jobs for `lease`.
+    /// Claims due jobs for `lease`: up to `free.queue_ticks` queue ticks and `free.others`
+    /// other jobs, each class picked on its own so a backlog of one never crowds out the other.
     ///
     /// Race-free with any number of runners: `FOR UPDATE SKIP LOCKED` gives each due row to
     /// exactly one claiming transaction (the others skip it), and the UPDATE sets a lease
     /// that makes the row invisible to the `locked_until` filter of later claims until it
     /// runs out. The statement commits on its own, so no lock is held while the job runs.
-    pub async fn claim_jobs(&self, limit: i64, lease: Duration) -> Result<Vec<Job>, StoreError> {
+    pub async fn claim_jobs(
+        &self,
+        free: FreeSlots,
+        lease: Duration,
+    ) -> Result<Vec<Job>, StoreError> {
         let jobs = sqlx::query_as::<_, Job>(
-            "WITH due AS (
+            "WITH ticks AS (
                  SELECT id FROM jobs
-                  WHERE dead_at IS NULL AND run_at <= now()
+                  WHERE kind = 'queue_tick' AND dead_at IS NULL AND run_at <= now()
                     AND (locked_until IS NULL OR locked_until < now())
                   ORDER BY run_at, id
                   LIMIT $1
                   FOR UPDATE SKIP LOCKED
+             ), others AS (
+                 SELECT id FROM jobs
+                  WHERE kind <> 'queue_tick' AND dead_at IS NULL AND run_at <= now()
+                    AND (locked_until IS NULL OR locked_until < now())
+                  ORDER BY run_at, id
+                  LIMIT $2
+                  FOR UPDATE SKIP LOCKED
              )
-             UPDATE jobs SET locked_until = now() + make_interval(secs => $2),
+             UPDATE jobs SET locked_until = now() + make_interval(secs => $3),
                              lock_token = gen_random_uuid(), attempts = attempts + 1
-               FROM due WHERE jobs.id = due.id
+               FROM (SELECT id FROM ticks UNION ALL SELECT id FROM others) due
+              WHERE jobs.id = due.id
              RETURNING jobs.id, jobs.kind, jobs.sale_id, jobs.attempts, jobs.lock_token,
                        GREATEST(EXTRACT(EPOCH FROM now() - jobs.run_at), 0)::float8 AS lag_seconds",
         )
-        .bind(limit)
+        .bind(free.queue_ticks)
+        .bind(free.others)
         .bind(seconds(lease))
         .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(jobs)
+    }
+
+    /// A running job's heartbeat: its lease runs `lease` from now again. False when the lease
+    /// is no longer ours. Only the holder of `lock_token` extends it: a claim after the lease
+    /// ran out wrote a new token, so this matches nothing. Should the two meet on the row,
+    /// one waits for the other's row lock and READ COMMITTED re-checks its WHERE on the
+    /// committed row: an extension after the claim sees the new token, a claim after the
+    /// extension sees a lease in the future (or skips the locked row). A lease that ran out
+    /// with nobody claiming it is simply ours again.
+    pub async fn extend_job_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {
+        let extended = sqlx::query(
+            "UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
+              WHERE id = $1 AND lock_token = $2",
+        )
+        .bind(job.id)
+        .bind(job.lock_token)
+        .bind(seconds(lease))
+        .execute(&mut *self.conn().await?)
+        .await?;
+        Ok(extended.rows_affected() > 0)
     }
 
     /// Removes a finished job. False when the lease was lost (another runner owns it now).
@@ -339,13 +382,17 @@ impl Store {
         Ok(())
     }
 
-    /// How long until the next job falls due (zero when one is due now), or `None` when the
-    /// queue holds nothing claimable.
-    pub async fn next_job_due_in(&self) -> Result<Option<Duration>, StoreError> {
+    /// How long until the next job of a class with a free slot (`free` above zero) falls due
+    /// (zero when one is due now), or `None` when there is none.
+    pub async fn next_job_due_in(&self, free: FreeSlots) -> Result<Option<Duration>, StoreError> {
         let secs: Option<f64> = sqlx::query_scalar(
             "SELECT EXTRACT(EPOCH FROM min(GREATEST(run_at, COALESCE(locked_until, run_at))) - now())::float8
-               FROM jobs WHERE dead_at IS NULL",
+               FROM jobs
+              WHERE dead_at IS NULL
+                AND CASE WHEN kind = 'queue_tick' THEN $1 > 0 ELSE $2 > 0 END",
         )
+        .bind(free.queue_ticks)
+        .bind(free.others)
         .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))

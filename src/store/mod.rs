@@ -31,7 +31,7 @@ pub use deliveries::{AttemptResult, AttemptTally, ClaimedDelivery, DeliveryView,
 pub use events::{FeedFilter, Pruned};
 pub use group_commit::{MAX_BATCH, PurchaseQueue};
 pub use jobs::{
-    FailedJob, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, PRUNE_INTERVAL, RequeueOutcome,
+    FailedJob, FreeSlots, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, PRUNE_INTERVAL, RequeueOutcome,
 };
 pub use live::{ChangePage, EntryChange, EntryChangeKind, LiveQueue, LiveSale};
 pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};

@@ -1,22 +1,31 @@
-//! Background work: a job runner that takes jobs from the `jobs` table and runs them, and
-//! the webhook sender ([`WebhookSender`], in `webhooks.rs`) that delivers the outbox.
+//! Background work: a job runner ([`Runner`], in `runner.rs`) that takes jobs from the
+//! `jobs` table and runs them, and the webhook sender ([`WebhookSender`], in `webhooks.rs`)
+//! that delivers the outbox.
 //!
 //! Every instance of the service runs one; correctness never depends on there being only one.
-//! A claim (see [`Store::claim_jobs`]) commits at once, the job runs outside any transaction,
-//! and a failure is retried with exponential backoff. The runner sleeps until the next job is
-//! due, a `NOTIFY` on the jobs channel wakes it early, and a poll interval bounds the sleep in
-//! case a notification is lost (the listener is registered before the first claim).
+//! A claim (see [`Store::claim_jobs`]) commits at once, each job runs in a task of its own
+//! outside any transaction, extending its own lease while it runs, and a failure is retried
+//! with exponential backoff. Queue ticks have slots of their own, so admission never waits
+//! behind another kind of job. The runner sleeps until the next job is due, a `NOTIFY` on
+//! the jobs channel wakes it early, and a poll interval bounds the sleep in case a
+//! notification is lost (the listener is registered before the first claim).
 //!
-//! The runner is supervised ([`supervise`]): if its task dies (a panic in a job, a bug), it
-//! is started again; it beats a [`RunnerHealth`] on every round so `/health` can tell a
-//! runner that stopped making progress. Every few seconds it also runs the backstop of the
-//! waiting rooms ([`Store::ensure_queue_ticks`]), makes sure a retention job is pending
+//! The runner is supervised ([`supervise`]): if its loop dies (a bug), it is started again
+//! (a job that panics ends only its own task). Its loop never waits for a job, and it beats
+//! a [`RunnerHealth`] on every round so `/health` can tell a runner that stopped making
+//! progress. Every few seconds it also runs the backstop of the waiting rooms
+//! ([`Store::ensure_queue_ticks`]), makes sure a retention job is pending
 //! ([`Store::ensure_prune_job`]) and counts the jobs that failed for good. The webhook sender
 //! is supervised the same way.
+//!
+//! [`Store::claim_jobs`]: crate::store::Store::claim_jobs
+//! [`Store::ensure_queue_ticks`]: crate::store::Store::ensure_queue_ticks
+//! [`Store::ensure_prune_job`]: crate::store::Store::ensure_prune_job
 
 mod live;
 mod runner;
 mod service_jobs;
+mod slots;
 mod webhooks;
 
 use std::future::Future;

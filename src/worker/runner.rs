@@ -1,35 +1,56 @@
 //! The job runner: claims due jobs from the `jobs` table ([`Store::claim_jobs`]) and runs
-//! them with a [`JobHandler`], retrying failures with exponential backoff. It must not hold
-//! a transaction while a job runs, and it never decides anything a job decides.
+//! each in a task of its own with a [`JobHandler`], retrying failures with exponential
+//! backoff. It never holds a transaction while a job runs.
+//!
+//! A slow job holds up nothing but its own slot. Every job has a lease of its own that its
+//! task extends every third of the lease while it runs (a heartbeat,
+//! [`Store::extend_job_lease`]), so a job may run longer than its lease without another
+//! runner taking it; a lease found lost is logged. Jobs run side by side in slots: queue
+//! ticks have [`RunnerConfig::tick_slots`] of their own and the other kinds
+//! [`RunnerConfig::other_slots`], so no other kind of job (a retention slice, say) can keep
+//! admission and expiry waiting. The loop itself never waits for a job: it claims as slots
+//! come free and beats the health and runs the backstop while jobs run; on shutdown it
+//! stops claiming and waits for the jobs in hand.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
+use super::slots::{InHand, reaped};
 use super::{BACKSTOP_INTERVAL, RunnerHealth};
 use crate::metrics::Metrics;
-use crate::store::{JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, Store};
+use crate::store::{FreeSlots, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, Store, StoreError};
 
 /// Longest wait before a failed queue tick runs again (other jobs back off up to
 /// `max_backoff`): admission and expiry must resume soon after the fault is gone.
 const QUEUE_TICK_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Runs one claimed job. Implementations must be idempotent: a job whose lease ran out while
-/// it was still running (an instance stalled longer than the lease) may run again.
+/// Runs one claimed job. Implementations must be idempotent: a job whose lease was lost
+/// while it still ran (its heartbeat could not reach the database for a whole lease) may
+/// run again, even at the same time.
 pub trait JobHandler: Send + Sync + 'static {
     fn run(&self, job: &Job) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// How a runner paces itself.
+/// How a runner paces itself. Every running job takes a connection of the runner's pool
+/// (the reserved pool, `DB_RESERVED_POOL_SIZE`, one of whose connections is the LISTEN)
+/// for each statement, so slots beyond its connections would only wait for the pool.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// Longest sleep between two polls when no notification arrives.
     pub poll_interval: Duration,
-    /// Jobs claimed per round trip.
-    pub batch_size: i64,
-    /// How long a claimed job stays ours; much longer than any job runs.
+    /// Queue ticks one runner runs at once (ticks of different sales side by side). Ticks
+    /// have slots of their own so that no other kind of job can delay admission or expiry.
+    pub tick_slots: usize,
+    /// Jobs of the other kinds (sale states, retention slices) one runner runs at once.
+    pub other_slots: usize,
+    /// How long a claim lasts unless extended. A running job extends its own every third
+    /// of this, so the lease bounds how long the jobs of a dead instance wait for another
+    /// runner, not how long a job may run.
     pub lease: Duration,
     /// First retry delay; doubles with each attempt up to `max_backoff`.
     pub base_backoff: Duration,
@@ -40,8 +61,9 @@ impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_secs(1),
-            batch_size: 16,
-            lease: Duration::from_secs(60),
+            tick_slots: 2,
+            other_slots: 1,
+            lease: Duration::from_secs(30),
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(300),
         }
@@ -58,27 +80,39 @@ pub fn backoff(config: &RunnerConfig, attempts: i32) -> Duration {
 }
 
 /// Takes jobs from the queue until `shutdown` turns true.
-#[derive(Clone)]
 pub struct Runner<H> {
     store: Store,
-    handler: H,
+    handler: Arc<H>,
     config: RunnerConfig,
     metrics: Option<Metrics>,
     health: RunnerHealth,
+}
+
+// By hand: a derive would ask for `H: Clone`, and the handler is shared, not copied.
+impl<H> Clone for Runner<H> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            handler: self.handler.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+        }
+    }
 }
 
 impl<H: JobHandler> Runner<H> {
     pub fn new(store: Store, handler: H, config: RunnerConfig) -> Self {
         Self {
             store,
-            handler,
+            handler: Arc::new(handler),
             config,
             metrics: None,
             health: RunnerHealth::default(),
         }
     }
 
-    /// Beats `health` on every round.
+    /// Beats `health` on every round of the loop.
     pub fn with_health(mut self, health: RunnerHealth) -> Self {
         self.health = health;
         self
@@ -108,28 +142,27 @@ impl<H: JobHandler> Runner<H> {
         }
     }
 
-    /// Runs until `shutdown` is set; returns after the job in hand (if any) has finished.
+    /// Runs until `shutdown` is set; returns after the jobs in hand have finished.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut listener = self.listen().await;
         tracing::info!("job runner started");
+        let mut in_hand = InHand::new(&self.config);
         let mut next_backstop = Instant::now();
         while !*shutdown.borrow() {
+            // The loop never waits for a job, so this beats while jobs run: `/health`
+            // reports a loop that stopped, not a job that takes long.
             self.health.beat();
+            while let Some(done) = in_hand.tasks.try_join_next() {
+                reaped(done);
+            }
             if Instant::now() >= next_backstop {
                 self.backstop().await;
                 next_backstop = Instant::now() + BACKSTOP_INTERVAL;
             }
-            let ran = match self.run_due_jobs().await {
-                Ok(ran) => ran,
-                Err(err) => {
-                    tracing::warn!(error = %err, "claiming jobs failed; will poll again");
-                    0
-                }
-            };
-            if ran as i64 >= self.config.batch_size {
-                continue;
+            if let Err(err) = self.start_due_jobs(&mut in_hand).await {
+                tracing::warn!(error = %err, "claiming jobs failed; will poll again");
             }
-            let sleep = self.sleep_time().await;
+            let sleep = self.sleep_time(in_hand.free()).await;
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = tokio::time::sleep(sleep) => {}
@@ -138,11 +171,20 @@ impl<H: JobHandler> Runner<H> {
                         listener = None;
                     }
                 }
+                // A slot came free (disabled while nothing runs).
+                Some(done) = in_hand.tasks.join_next() => reaped(done),
             }
             if listener.is_none() {
                 listener = self.listen().await;
             }
         }
+        if !in_hand.tasks.is_empty() {
+            tracing::info!(
+                jobs = in_hand.tasks.len(),
+                "job runner stopping after the jobs in hand"
+            );
+        }
+        in_hand.finish().await;
         tracing::info!("job runner stopped");
         Ok(())
     }
@@ -162,22 +204,52 @@ impl<H: JobHandler> Runner<H> {
         }
     }
 
-    /// Claims one batch and runs it; returns how many jobs ran.
+    /// Runs every job due now, as many at once as the slots allow, claiming again as each
+    /// ends, and returns how many ran once nothing is due or running (a job that queues a
+    /// successor due at once, a retention slice, is run too). For tests and tools: `run`
+    /// never waits for the jobs it starts.
     pub async fn run_due_jobs(&self) -> anyhow::Result<usize> {
-        let jobs = self
-            .store
-            .claim_jobs(self.config.batch_size, self.config.lease)
-            .await?;
-        for job in &jobs {
-            self.run_one(job).await;
+        let mut in_hand = InHand::new(&self.config);
+        let mut ran = 0;
+        loop {
+            match self.start_due_jobs(&mut in_hand).await {
+                Ok(started) => ran += started,
+                Err(err) => {
+                    in_hand.finish().await;
+                    return Err(err.into());
+                }
+            }
+            match in_hand.tasks.join_next().await {
+                Some(done) => reaped(done),
+                None => return Ok(ran),
+            }
         }
-        Ok(jobs.len())
+    }
+
+    /// Claims as many due jobs as there are free slots of each class and starts each in a
+    /// task of its own that holds its slot; returns how many started.
+    async fn start_due_jobs(&self, in_hand: &mut InHand) -> Result<usize, StoreError> {
+        let free = in_hand.free();
+        if free.queue_ticks == 0 && free.others == 0 {
+            return Ok(0);
+        }
+        let jobs = self.store.claim_jobs(free, self.config.lease).await?;
+        let started = jobs.len();
+        for job in jobs {
+            let queue_tick = job.kind == JobKind::QueueTick.as_str();
+            let runner = self.clone();
+            in_hand.start(queue_tick, async move { runner.run_one(&job).await });
+        }
+        Ok(started)
     }
 
     #[tracing::instrument(skip_all, fields(job = job.id, kind = %job.kind, sale = ?job.sale_id, attempt = job.attempts))]
     async fn run_one(&self, job: &Job) {
         self.observe_lag(job);
-        let outcome = self.handler.run(job).await;
+        let outcome = tokio::select! {
+            outcome = self.handler.run(job) => outcome,
+            never = self.keep_lease(job) => match never {},
+        };
         self.count(job, if outcome.is_ok() { "ok" } else { "failed" });
         match outcome {
             Ok(()) => match self.store.complete_job(job).await {
@@ -206,8 +278,38 @@ impl<H: JobHandler> Runner<H> {
         }
     }
 
-    async fn sleep_time(&self) -> Duration {
-        match self.store.next_job_due_in().await {
+    /// The job's heartbeat: extends its lease every third of the lease for as long as the
+    /// job runs (the caller drops it when the job ends). A lost lease is logged and no longer
+    /// extended; the job still finishes (jobs are idempotent), but another runner may have
+    /// taken it, and its completion will not count.
+    async fn keep_lease(&self, job: &Job) -> Infallible {
+        let every = (self.config.lease / 3).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(every).await;
+            match self.store.extend_job_lease(job, self.config.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        "lost the job's lease (it ran out and another runner took the job, or \
+                         the job is gone); it may run twice"
+                    );
+                    return std::future::pending().await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not extend the job's lease; trying again")
+                }
+            }
+        }
+    }
+
+    /// How long to sleep before the next claim: until the next job of a class with a free
+    /// slot is due, at most the poll interval. With every slot taken, the poll interval (a
+    /// job ending wakes the loop first).
+    async fn sleep_time(&self, free: FreeSlots) -> Duration {
+        if free.queue_ticks == 0 && free.others == 0 {
+            return self.config.poll_interval;
+        }
+        match self.store.next_job_due_in(free).await {
             Ok(Some(due_in)) => due_in.min(self.config.poll_interval),
             Ok(None) | Err(_) => self.config.poll_interval,
         }

@@ -1,12 +1,14 @@
 //! The job runner: several runners on one database never run one job twice, failures are
-//! retried with backoff, and a NOTIFY wakes a sleeping runner.
+//! retried with backoff, a NOTIFY wakes a sleeping runner, and a slow job neither holds up
+//! a queue tick claimed with it nor loses its lease while it runs.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flashsale::store::{Job, JobKind, Store};
-use flashsale::worker::{JobHandler, Runner, RunnerConfig};
+use flashsale::worker::{JobHandler, Runner, RunnerConfig, RunnerHealth};
 use tokio::sync::{Barrier, watch};
 
 use crate::support::{TestApp, id_of, spawn_app};
@@ -26,6 +28,50 @@ impl JobHandler for RecordingHandler {
         tokio::time::sleep(Duration::from_millis(2)).await;
         if self.fail_first_attempt && job.attempts == 1 {
             anyhow::bail!("first attempt fails on purpose");
+        }
+        Ok(())
+    }
+}
+
+/// Sleeps through one job (`slow`) and runs every other at once; records each job's runs
+/// and the order in which they finished.
+#[derive(Clone, Default)]
+struct SlowHandler {
+    slow: Arc<AtomicI64>,
+    runs: Arc<Mutex<HashMap<i64, usize>>>,
+    finished: Arc<Mutex<Vec<i64>>>,
+}
+
+impl SlowHandler {
+    const SLOW_FOR: Duration = Duration::from_secs(3);
+
+    fn runs_of(&self, job: i64) -> usize {
+        self.runs
+            .lock()
+            .map(|runs| runs.get(&job).copied())
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    fn finished(&self) -> Vec<i64> {
+        self.finished
+            .lock()
+            .map(|done| done.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl JobHandler for SlowHandler {
+    async fn run(&self, job: &Job) -> anyhow::Result<()> {
+        if let Ok(mut runs) = self.runs.lock() {
+            *runs.entry(job.id).or_default() += 1;
+        }
+        if job.id == self.slow.load(Ordering::Relaxed) {
+            tokio::time::sleep(Self::SLOW_FOR).await;
+        }
+        if let Ok(mut done) = self.finished.lock() {
+            done.push(job.id);
         }
         Ok(())
     }
@@ -55,7 +101,8 @@ async fn app_with_empty_queue() -> (TestApp, uuid::Uuid) {
 fn fast_config() -> RunnerConfig {
     RunnerConfig {
         poll_interval: Duration::from_millis(20),
-        batch_size: 4,
+        tick_slots: 4,
+        other_slots: 4,
         base_backoff: Duration::from_millis(10),
         ..RunnerConfig::default()
     }
@@ -242,5 +289,110 @@ async fn an_admission_records_its_lag_and_statements_their_pool_wait() {
     assert!(
         value("flashsale_db_pool_wait_seconds_count{pool=\"main\"}").is_some_and(|n| n >= 2.0),
         "every statement of the claim and the tick took a timed connection: {text}"
+    );
+}
+
+// Real time, not a paused clock: the leases are the database's `now()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_tick_claimed_with_a_slow_job_is_done_first_and_the_slow_job_keeps_its_lease() {
+    let (app, sale_id) = app_with_empty_queue().await;
+    // The slow job is the older, so one claim takes both and a queue of them runs it first.
+    let slow: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, run_at) VALUES ('prune_events', now() - interval '1 second')
+         RETURNING id",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .expect("the slow job");
+    let tick: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, sale_id) VALUES ('queue_tick', $1) RETURNING id",
+    )
+    .bind(sale_id)
+    .fetch_one(app.store.pool())
+    .await
+    .expect("a tick");
+    let handler = SlowHandler::default();
+    handler.slow.store(slow, Ordering::Relaxed);
+    // A lease a third of the slow job's run: without its heartbeat the lease runs out twice.
+    let config = RunnerConfig {
+        lease: Duration::from_secs(1),
+        tick_slots: 1,
+        other_slots: 1,
+        ..fast_config()
+    };
+    let health = RunnerHealth::default();
+    let first =
+        Runner::new(app.store.clone(), handler.clone(), config.clone()).with_health(health.clone());
+    let (stop_first, first_stopped) = watch::channel(false);
+    let started = Instant::now();
+    let first = tokio::spawn(first.run(first_stopped));
+
+    while !handler.finished().contains(&tick) && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let finished = handler.finished();
+    assert!(finished.contains(&tick), "the tick ran: {finished:?}");
+    assert!(
+        !finished.contains(&slow),
+        "the tick was done while the slow job still ran, not after it: {finished:?}"
+    );
+
+    let token: uuid::Uuid = sqlx::query_scalar("SELECT lock_token FROM jobs WHERE id = $1")
+        .bind(slow)
+        .fetch_one(app.store.pool())
+        .await
+        .expect("the first runner's claim");
+
+    // A second runner polls all through the slow job's run, long past its first lease.
+    let second = Runner::new(app.store.clone(), handler.clone(), config);
+    let (stop_second, second_stopped) = watch::channel(false);
+    let second = tokio::spawn(second.run(second_stopped));
+    tokio::time::sleep(
+        (started + Duration::from_secs(2)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    assert!(!handler.finished().contains(&slow), "still running");
+    let leased: Option<bool> = sqlx::query_scalar(
+        "SELECT locked_until > now() AND lock_token = $2 FROM jobs WHERE id = $1",
+    )
+    .bind(slow)
+    .bind(token)
+    .fetch_optional(app.store.pool())
+    .await
+    .expect("read the lease");
+    assert_eq!(
+        leased,
+        Some(true),
+        "the heartbeat kept the first claim's lease past its first second"
+    );
+    assert!(
+        health.since_last_beat() < Duration::from_secs(1),
+        "the runner's loop beat while the slow job ran: {:?}",
+        health.since_last_beat()
+    );
+
+    // Shutdown waits for the job in hand.
+    stop_first.send(true).expect("stop");
+    first.await.expect("task").expect("runner");
+    assert!(
+        handler.finished().contains(&slow),
+        "run returned after the slow job ended"
+    );
+    stop_second.send(true).expect("stop");
+    second.await.expect("task").expect("runner");
+    assert_eq!(
+        handler.runs_of(slow),
+        1,
+        "no runner took the slow job while it ran"
+    );
+    assert_eq!(handler.runs_of(tick), 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE id = ANY($1)")
+        .bind(vec![slow, tick])
+        .fetch_one(app.store.pool())
+        .await
+        .expect("count");
+    assert_eq!(
+        left, 0,
+        "both completed by the runner that held their leases"
     );
 }
