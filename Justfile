@@ -66,6 +66,13 @@ bench-two-instances binary="target/release/flashsale":
     cargo build --release --quiet
     stress/bench-two-instances.sh {{binary}}
 
+# Queue benchmark: joins before/after the opening, purchases, floor, a pre-queue's opening, the journey; two binaries: A B B A.
+bench-queue *binaries:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "{{binaries}}" ]; then cargo build --release --quiet; fi
+    exec stress/bench-queue.sh {{binaries}}
+
 # The outbox: purchase throughput with and without a webhook endpoint, delivery lag of a 20,000-unit sale.
 bench-outbox:
     stress/bench-outbox.sh
