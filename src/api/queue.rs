@@ -272,10 +272,7 @@ impl QueueApi {
                 ));
             }
         };
-        let Some(found) = self.resolve(&sale.0).await? else {
-            return Ok(JoinResponse::NotFound(ErrorBody::sale_not_found(&sale.0)));
-        };
-        let outcome = self.joins.join(found.id, found.checkout, &user_id).await?;
+        let outcome = self.joins.join(&sale.0, &user_id).await?;
         self.count("join", join_outcome_name(&outcome));
         Ok(match outcome {
             JoinOutcome::Queued(entry) | JoinOutcome::Held(entry) => {

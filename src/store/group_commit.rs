@@ -43,6 +43,7 @@ use uuid::Uuid;
 
 use super::batcher::Batchers;
 use super::purchases::PurchaseOutcome;
+use super::sale_refs::{SaleRefs, Target};
 use super::{Store, StoreError};
 use crate::domain::{Checkout, Purchase, SaleState};
 
@@ -61,11 +62,6 @@ const MAX_REMEMBERED_BUYERS: i64 = 100_000;
 /// Most buyers remembered across all sold-out sales (the cache evicts the least used sale
 /// past it; an evicted sale is answered from the database instead).
 const MAX_REMEMBERED_TOTAL: u64 = 1_000_000;
-/// How long a `{sale}` reference keeps resolving to the same sale id without asking the
-/// database. An answer that would depend on a stale entry is checked first (see
-/// [`PurchaseQueue::purchase`]), so this bounds only how often the name is looked up.
-const REF_CACHE_TTL: Duration = Duration::from_secs(1);
-const REF_CACHE_ENTRIES: u64 = 10_000;
 
 type Reply = oneshot::Sender<Result<PurchaseOutcome, StoreError>>;
 
@@ -75,18 +71,6 @@ struct Request {
     /// When the buyer stops waiting and hears `OutcomeUnknown`: a batch sends a retry only
     /// if it can be answered before its earliest buyer's moment.
     answer_by: Instant,
-}
-
-/// A `{sale}` reference resolved to a sale id.
-#[derive(Debug, Clone, Copy)]
-struct Target {
-    id: Uuid,
-    checkout: Checkout,
-    /// Taken from the cache rather than read for this request: the name may since have come
-    /// to mean another sale (a delete and re-create of its sku, on any instance).
-    cached: bool,
-    /// The reference named the sale by its sku (not by its id).
-    via_sku: bool,
 }
 
 /// The final buyers of a sold-out instant sale, or `None` when too many to hold.
@@ -103,7 +87,8 @@ pub struct PurchaseQueue {
     /// final and answers a repeat buyer (`ALREADY_PURCHASED`) and everyone else (`SOLD_OUT`)
     /// without a query. Bounded by the number of buyers it holds.
     sold_out: Cache<Uuid, SoldOutBuyers>,
-    refs: Cache<String, (Uuid, Checkout, bool)>,
+    /// `{sale}` references, resolved once a second at most.
+    refs: SaleRefs,
     /// Off: every purchase is its own statement ([`Store::purchase`]), for comparison.
     batching: bool,
     /// Longest wait for a purchase's answer; past it the outcome is unknown.
@@ -115,6 +100,7 @@ pub struct PurchaseQueue {
 impl PurchaseQueue {
     pub fn new(store: Store, batching: bool, answer_timeout: Duration) -> Self {
         Self {
+            refs: SaleRefs::new(store.clone()),
             store,
             batchers: Batchers::new(MAX_BATCH, MAX_WAITING_PER_SALE),
             sold_out: Cache::builder()
@@ -122,10 +108,6 @@ impl PurchaseQueue {
                 .weigher(|_, buyers: &SoldOutBuyers| {
                     buyers.as_ref().map_or(1, |b| b.len().saturating_add(1)) as u32
                 })
-                .build(),
-            refs: Cache::builder()
-                .max_capacity(REF_CACHE_ENTRIES)
-                .time_to_live(REF_CACHE_TTL)
                 .build(),
             batching,
             answer_timeout,
@@ -152,7 +134,7 @@ impl PurchaseQueue {
         sale_ref: &str,
         user_id: &str,
     ) -> Result<PurchaseOutcome, StoreError> {
-        let Some(mut target) = self.resolve(sale_ref, false).await? else {
+        let Some(mut target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(PurchaseOutcome::SaleNotFound);
         };
         let mut outcome = self.purchase_in(target, user_id).await?;
@@ -162,7 +144,7 @@ impl PurchaseQueue {
                 PurchaseOutcome::SaleArchived | PurchaseOutcome::SaleNotFound
             )
         {
-            let Some(fresh) = self.resolve(sale_ref, true).await? else {
+            let Some(fresh) = self.refs.resolve(sale_ref, true).await? else {
                 return Ok(PurchaseOutcome::SaleNotFound);
             };
             target = fresh;
@@ -235,32 +217,6 @@ impl PurchaseQueue {
                 async move { this.decide(sale_id, batch).await }
             }
         })
-    }
-
-    /// The sale id and checkout for a reference: from the cache unless `fresh`, else read
-    /// (and cached). `None` when no sale answers to it.
-    async fn resolve(&self, sale_ref: &str, fresh: bool) -> Result<Option<Target>, StoreError> {
-        if !fresh && let Some((id, checkout, via_sku)) = self.refs.get(sale_ref) {
-            return Ok(Some(Target {
-                id,
-                checkout,
-                cached: true,
-                via_sku,
-            }));
-        }
-        let Some(sale) = self.store.resolve_sale(sale_ref).await? else {
-            self.refs.invalidate(sale_ref);
-            return Ok(None);
-        };
-        let via_sku = sale.id.to_string() != sale_ref.to_ascii_lowercase();
-        self.refs
-            .insert(sale_ref.to_string(), (sale.id, sale.checkout, via_sku));
-        Ok(Some(Target {
-            id: sale.id,
-            checkout: sale.checkout,
-            cached: false,
-            via_sku,
-        }))
     }
 }
 

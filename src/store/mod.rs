@@ -16,6 +16,7 @@ mod queue;
 mod queue_entry;
 mod queue_join;
 mod queue_tick;
+mod sale_refs;
 mod sales;
 mod webhooks;
 
@@ -36,7 +37,7 @@ pub use jobs::{
 pub use live::{ChangePage, EntryChange, EntryChangeKind, LiveQueue, LiveSale};
 pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, LeaveOutcome, QueueStats};
-pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
+pub use queue_join::{JoinBatch, JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
 pub use webhooks::{EndpointTarget, NewEndpoint};

@@ -20,6 +20,7 @@ use super::batcher::Batchers;
 use super::jobs::enqueue_queue_tick;
 use super::purchases::find_purchase;
 use super::queue_entry::{ENTRY_SQL_FOR_USERS, EntryRow};
+use super::sale_refs::{SaleRefs, Target};
 use super::sales::sale_by_id;
 use super::{Store, StoreError};
 use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, SaleState};
@@ -56,7 +57,17 @@ impl JoinOutcome {
     }
 }
 
-type Reply = oneshot::Sender<Result<JoinOutcome, StoreError>>;
+/// A buyer's outcome, and whether the sale was live (not archived, not gone) when decided.
+type Reply = oneshot::Sender<Result<(JoinOutcome, bool), StoreError>>;
+
+/// What one batch decided.
+#[derive(Debug, Default)]
+pub struct JoinBatch {
+    pub outcomes: HashMap<String, JoinOutcome>,
+    /// False when the sale is archived or gone: a caller who reached it through a cached
+    /// reference asks again what the reference names now.
+    pub sale_live: bool,
+}
 
 struct JoinRequest {
     user_id: String,
@@ -68,6 +79,8 @@ struct JoinRequest {
 pub struct JoinBatcher {
     store: Store,
     batchers: Batchers<JoinRequest>,
+    /// `{sale}` references, resolved once a second at most.
+    refs: SaleRefs,
     /// Longest wait for a join's answer; past it the outcome is unknown (a retry returns the
     /// entry if the join committed: joining is idempotent).
     answer_timeout: Duration,
@@ -76,29 +89,45 @@ pub struct JoinBatcher {
 impl JoinBatcher {
     pub fn new(store: Store, answer_timeout: Duration) -> Self {
         Self {
+            refs: SaleRefs::new(store.clone()),
             store,
             batchers: Batchers::new(MAX_JOIN_BATCH, MAX_JOINS_WAITING),
             answer_timeout,
         }
     }
 
-    /// Joins the queue of the sale `sale_id` (checkout `checkout`, as the caller read it),
-    /// or returns the buyer's current entry.
-    pub async fn join(
+    /// Joins the queue of the sale `sale_ref` (its id or sku), or returns the buyer's
+    /// current entry. Every answer is about the sale the reference names when the request
+    /// arrives: one decided on a cached resolution that found the sale archived or gone is
+    /// thrown away, and the reference read again.
+    pub async fn join(&self, sale_ref: &str, user_id: &str) -> Result<JoinOutcome, StoreError> {
+        let Some(target) = self.refs.resolve(sale_ref, false).await? else {
+            return Ok(JoinOutcome::SaleNotFound);
+        };
+        let (outcome, sale_live) = self.join_in(target, user_id).await?;
+        if sale_live || !target.cached {
+            return Ok(outcome);
+        }
+        match self.refs.resolve(sale_ref, true).await? {
+            Some(fresh) => Ok(self.join_in(fresh, user_id).await?.0),
+            None => Ok(JoinOutcome::SaleNotFound),
+        }
+    }
+
+    async fn join_in(
         &self,
-        sale_id: Uuid,
-        checkout: Checkout,
+        target: Target,
         user_id: &str,
-    ) -> Result<JoinOutcome, StoreError> {
-        if checkout != Checkout::Queued {
-            return Ok(JoinOutcome::WrongCheckout);
+    ) -> Result<(JoinOutcome, bool), StoreError> {
+        if target.checkout != Checkout::Queued {
+            return Ok((JoinOutcome::WrongCheckout, true));
         }
         let (reply, answer) = oneshot::channel();
         let request = JoinRequest {
             user_id: user_id.to_string(),
             reply,
         };
-        self.batchers.send(sale_id, request, || {
+        self.batchers.send(target.id, request, || {
             let (store, timeout) = (self.store.clone(), self.answer_timeout);
             move |sale_id, batch| decide(store.clone(), timeout, sale_id, batch)
         })?;
@@ -128,11 +157,14 @@ async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<JoinR
         Err(_) => Err(StoreError::OutcomeUnknown),
     };
     match decided {
-        Ok(mut outcomes) => {
+        Ok(mut batch) => {
             for (user, replies) in by_user {
-                let outcome = outcomes.remove(&user).unwrap_or(JoinOutcome::SaleNotFound);
+                let outcome = batch
+                    .outcomes
+                    .remove(&user)
+                    .unwrap_or(JoinOutcome::SaleNotFound);
                 for reply in replies {
-                    let _ = reply.send(Ok(outcome.clone()));
+                    let _ = reply.send(Ok((outcome.clone(), batch.sale_live)));
                 }
             }
         }
@@ -187,7 +219,7 @@ impl Store {
         &self,
         sale_id: Uuid,
         users: &[String],
-    ) -> Result<HashMap<String, JoinOutcome>, StoreError> {
+    ) -> Result<JoinBatch, StoreError> {
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
         sqlx::query(
@@ -211,10 +243,14 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let (Some(door), Some(sale)) = (door, sale_by_id(&mut tx, sale_id).await?) else {
-            return Ok(users
+            let outcomes = users
                 .iter()
                 .map(|user| (user.clone(), JoinOutcome::SaleNotFound))
-                .collect());
+                .collect();
+            return Ok(JoinBatch {
+                outcomes,
+                sale_live: false,
+            });
         };
         let statuses: Vec<(String, String)> = sqlx::query_as(
             "SELECT user_id, status FROM queue_entries WHERE sale_id = $1 AND user_id = ANY($2)",
@@ -291,7 +327,10 @@ impl Store {
             };
             outcomes.insert(user, outcome);
         }
-        Ok(outcomes)
+        Ok(JoinBatch {
+            outcomes,
+            sale_live: sale.archived_at.is_none(),
+        })
     }
 }
 

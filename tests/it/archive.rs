@@ -230,3 +230,49 @@ async fn archiving_a_queued_sale_voids_its_live_holds_and_records_it() {
         .await;
     assert_eq!(audit["passed"], true, "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_through_a_cached_sku_hears_about_the_new_queued_sale_after_a_delete_and_recreate() {
+    let app = spawn_app().await;
+    // B is a second instance: its door caches `shared-q` for a second.
+    let other = client_for(app.store.clone(), Limits::off());
+    let join_on_b = |user: &'static str| {
+        let response = other
+            .post("/api/v1/sales/shared-q/queue")
+            .body_json(&json!({ "userId": user }))
+            .send();
+        async move { status_and_json(response.await).await }
+    };
+    app.create_sale(json!({"sku": "shared-q", "name": "First", "stock": 1,
+                           "checkout": "queued", "queueCapacity": 1}))
+        .await;
+    assert_eq!(join_on_b("u1").await.0, StatusCode::ACCEPTED);
+    let (status, body) = join_on_b("u2").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "QUEUE_FULL")
+    );
+
+    // Nothing sold or held: the delete removes the first sale; the sku names a new one.
+    assert!(delete_sale(&app, "shared-q").await.0.is_success());
+    app.create_sale(json!({"sku": "shared-q", "name": "Second", "stock": 5,
+                           "checkout": "queued"}))
+        .await;
+    // u2 was refused by the old queue, u1 waited in it: both now join the new one.
+    for (place, user) in ["u2", "u1"].into_iter().enumerate() {
+        let (status, body) = join_on_b(user).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{user} on B: {body}");
+        assert_eq!(
+            body["position"], place,
+            "{user} joined the new sale's queue: {body}"
+        );
+    }
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM queue_entries e JOIN sales s ON s.id = e.sale_id
+          WHERE s.sku = 'shared-q' AND s.name = 'Second'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .expect("entries");
+    assert_eq!(waiting, 2);
+}

@@ -1,0 +1,83 @@
+//! `{sale}` references (a sale's id, or a live sale's sku) resolved to sale ids for the
+//! group-commit doors (purchases and joins), cached for a second so a surge of buyers does
+//! not cost a read each.
+//!
+//! A name can be reused (a sale archived or deleted, its sku given to a new sale, on any
+//! instance), so nothing may be answered from a cached resolution alone: a caller whose
+//! answer from a cached target says the sale is gone or archived reads the reference again
+//! ([`SaleRefs::resolve`] with `fresh`) and asks what it names now. Ids are never reused.
+
+use std::time::Duration;
+
+use moka::sync::Cache;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::domain::Checkout;
+
+/// How long a reference keeps resolving to the same sale id without asking the database.
+/// An answer that would depend on a stale entry is checked first, so this bounds only how
+/// often the name is looked up.
+const REF_CACHE_TTL: Duration = Duration::from_secs(1);
+const REF_CACHE_ENTRIES: u64 = 10_000;
+
+/// A `{sale}` reference resolved to a sale id.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target {
+    pub id: Uuid,
+    pub checkout: Checkout,
+    /// Taken from the cache rather than read for this request: the name may since have come
+    /// to mean another sale (a delete and re-create of its sku, on any instance).
+    pub cached: bool,
+    /// The reference named the sale by its sku (not by its id).
+    pub via_sku: bool,
+}
+
+/// The reference cache of one door.
+#[derive(Clone)]
+pub(super) struct SaleRefs {
+    store: Store,
+    cache: Cache<String, (Uuid, Checkout, bool)>,
+}
+
+impl SaleRefs {
+    pub(super) fn new(store: Store) -> Self {
+        Self {
+            store,
+            cache: Cache::builder()
+                .max_capacity(REF_CACHE_ENTRIES)
+                .time_to_live(REF_CACHE_TTL)
+                .build(),
+        }
+    }
+
+    /// The sale id and checkout for a reference: from the cache unless `fresh`, else read
+    /// (and cached). `None` when no sale answers to it.
+    pub(super) async fn resolve(
+        &self,
+        sale_ref: &str,
+        fresh: bool,
+    ) -> Result<Option<Target>, StoreError> {
+        if !fresh && let Some((id, checkout, via_sku)) = self.cache.get(sale_ref) {
+            return Ok(Some(Target {
+                id,
+                checkout,
+                cached: true,
+                via_sku,
+            }));
+        }
+        let Some(sale) = self.store.resolve_sale(sale_ref).await? else {
+            self.cache.invalidate(sale_ref);
+            return Ok(None);
+        };
+        let via_sku = sale.id.to_string() != sale_ref.to_ascii_lowercase();
+        self.cache
+            .insert(sale_ref.to_string(), (sale.id, sale.checkout, via_sku));
+        Ok(Some(Target {
+            id: sale.id,
+            checkout: sale.checkout,
+            cached: false,
+            via_sku,
+        }))
+    }
+}
