@@ -26,7 +26,8 @@
 # Knobs: CONNECTIONS (1000), DURATION (15s), THREADS (2), WARMUP (3 s of purchases first, 0
 # skips), PREQUEUE (100000), FILL_SECONDS (120), FILL_CONNECTIONS (CONNECTIONS), OPEN_STOCK
 # (20000), HOLDS_MARK (10000), OPEN_WAIT (60), OPEN_LEAD (3), STAGE_SCALE (1), JOURNEY_STOCK
-# (20000), WEBHOOKS (0: no webhook receiver in the journey), PARTS ("1 2 3"), K6_CMD,
+# (20000), POST_STOCK (10000000: every post-opening joiner is admitted as they join, the
+# dearest case; a real drop's stock is far below its crowd), WEBHOOKS (0: no webhook receiver in the journey), PARTS ("1 2 3"), K6_CMD,
 # ADMIN_API_KEY.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -52,6 +53,7 @@ open_wait=${OPEN_WAIT:-60}
 open_lead=${OPEN_LEAD:-3}
 stage_scale=${STAGE_SCALE:-1}
 journey_stock=${JOURNEY_STOCK:-20000}
+post_stock=${POST_STOCK:-10000000}
 parts=" ${PARTS:-1 2 3} "
 export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
 lua="$here/wrk-bench-queue.lua"
@@ -181,7 +183,7 @@ part1() {
 
   log "round $round ($label): post-opening joins (an open sale: everyone is admitted)"
   sku=open-joins-$round
-  id=$(create_sale "{\"sku\":\"$sku\",\"name\":\"post-opening joins\",\"stock\":10000000,\"checkout\":\"queued\",\"queueCapacity\":10000000,\"holdSeconds\":86400}")
+  id=$(create_sale "{\"sku\":\"$sku\",\"name\":\"post-opening joins\",\"stock\":$post_stock,\"checkout\":\"queued\",\"queueCapacity\":10000000,\"holdSeconds\":86400}")
   sleep 1
   r=$(load "$out/$round-postopen.txt" join "$sku" "$seconds")
   sleep 1

@@ -21,9 +21,9 @@ use super::jobs::enqueue_queue_tick;
 use super::purchases::find_purchase;
 use super::queue_entry::{ENTRY_SQL_FOR_USERS, EntryRow};
 use super::sale_refs::{SaleRefs, Target};
-use super::sales::sale_by_id;
+use super::sales::{SALE_COLUMNS, SaleRow};
 use super::{Store, StoreError};
-use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, SaleState};
+use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, Sale, SaleState};
 
 /// Most joins decided by one batch.
 pub const MAX_JOIN_BATCH: usize = 2048;
@@ -176,6 +176,15 @@ async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<JoinR
     }
 }
 
+/// The sale and its locked queue row.
+#[derive(sqlx::FromRow)]
+struct DoorRow {
+    #[sqlx(flatten)]
+    sale: SaleRow,
+    #[sqlx(flatten)]
+    door: Door,
+}
+
 /// What the locked queue row says about new waits.
 #[derive(sqlx::FromRow)]
 struct Door {
@@ -232,17 +241,20 @@ impl Store {
         .bind(users)
         .execute(&mut *tx)
         .await?;
-        let door: Option<Door> = sqlx::query_as(
-            "SELECT q.last_ticket, q.waiting, q.shuffled_at IS NOT NULL AS opened,
-                    q.shuffle_seed, now() >= s.starts_at AS started
-               FROM sale_queues q JOIN sales s ON s.id = q.sale_id
-              WHERE q.sale_id = $1
-                FOR UPDATE OF q",
-        )
-        .bind(sale_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (Some(door), Some(sale)) = (door, sale_by_id(&mut tx, sale_id).await?) else {
+        // 2, with the sale as this statement found it.
+        let sql = format!(
+            "SELECT s.*, d.*, now() >= s.starts_at AS started
+               FROM (SELECT {SALE_COLUMNS} FROM sales WHERE id = $1) s,
+                    (SELECT last_ticket, waiting, shuffled_at IS NOT NULL AS opened, shuffle_seed
+                       FROM sale_queues WHERE sale_id = $1
+                        FOR UPDATE) d"
+        );
+        // Built from constant text only.
+        let row: Option<DoorRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(sale_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(DoorRow { sale, door }) = row else {
             let outcomes = users
                 .iter()
                 .map(|user| (user.clone(), JoinOutcome::SaleNotFound))
@@ -252,6 +264,7 @@ impl Store {
                 sale_live: false,
             });
         };
+        let sale = Sale::from(sale);
         let statuses: Vec<(String, String)> = sqlx::query_as(
             "SELECT user_id, status FROM queue_entries WHERE sale_id = $1 AND user_id = ANY($2)",
         )
@@ -297,7 +310,9 @@ impl Store {
             write_joins(&mut tx, sale_id, &door, prequeue, &joining, &rejoining).await?;
         }
         if accepted > 0 && !prequeue {
-            // The pre-queue needs no wake-up: the tick due at the opening draws it.
+            // The pre-queue needs no wake-up: the tick due at the opening draws it. (Not
+            // before the queue row's lock either: the pending tick's slot would then be held
+            // while waiting for it, and every release's wake-up would queue behind.)
             enqueue_queue_tick(&mut tx, sale_id, None).await?;
         }
         // Told only after the commit; an unanswered commit leaves the outcome unknown (a

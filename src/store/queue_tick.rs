@@ -272,7 +272,7 @@ impl Store {
             tx.commit().await?;
             return Ok(0);
         };
-        let admitted: i64 = sqlx::query_scalar(
+        let (admitted, front): (i64, Option<i64>) = sqlx::query_as(
             "WITH head AS (
                  SELECT user_id FROM queue_entries
                   WHERE sale_id = $1 AND status = 'queued' AND ticket <= $4
@@ -288,16 +288,8 @@ impl Store {
                  UPDATE sales SET available = available - (SELECT count(*) FROM admitted),
                                   held = held + (SELECT count(*) FROM admitted)
                   WHERE id = $1
-             ), marked AS (
-                 UPDATE sale_queues
-                    SET waiting = waiting - (SELECT count(*) FROM admitted),
-                        admitted = admitted + (SELECT count(*) FROM admitted),
-                        admitted_upto = GREATEST(admitted_upto,
-                                                 COALESCE((SELECT max(ticket) FROM admitted), 0)),
-                        first_admitted_at = COALESCE(first_admitted_at, now())
-                  WHERE sale_id = $1 AND (SELECT count(*) FROM admitted) > 0
              )
-             SELECT count(*) FROM admitted",
+             SELECT count(*), max(ticket) FROM admitted",
         )
         .bind(sale_id)
         .bind(room)
@@ -305,6 +297,23 @@ impl Store {
         .bind(front_limit)
         .fetch_one(&mut *tx)
         .await?;
+        if admitted > 0 {
+            // The queue row last, in a statement of its own: joins wait on it, so it is held
+            // for this short UPDATE and the commit only, not while the grants and their events
+            // are written above. Same transaction, so the counters move with the grants.
+            sqlx::query(
+                "UPDATE sale_queues
+                    SET waiting = waiting - $2, admitted = admitted + $2,
+                        admitted_upto = GREATEST(admitted_upto, $3),
+                        first_admitted_at = COALESCE(first_admitted_at, now())
+                  WHERE sale_id = $1",
+            )
+            .bind(sale_id)
+            .bind(admitted as i32)
+            .bind(front.unwrap_or(0))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(admitted)
     }
