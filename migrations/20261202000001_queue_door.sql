@@ -13,7 +13,11 @@
 -- while the rest are drawn. `prequeue_size` is set when the last slice is dealt.
 ALTER TABLE queue_entries ALTER COLUMN ticket DROP NOT NULL,
                           ADD COLUMN draw_key bytea;
-ALTER TABLE sale_queues ADD COLUMN drawn bigint NOT NULL DEFAULT 0;
+-- Where the draw has reached: the last entry dealt, in draw order (before any: the empty
+-- key, below every md5).
+ALTER TABLE sale_queues ADD COLUMN drawn bigint NOT NULL DEFAULT 0,
+                        ADD COLUMN draw_after_key bytea NOT NULL DEFAULT '\x',
+                        ADD COLUMN draw_after_user text NOT NULL DEFAULT '';
 
 -- Pre-queued buyers of queues not yet opened give back their arrival tickets and take
 -- their place in the draw (the draw ignored the arrival order before too).
