@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::batcher::Batchers;
 use super::jobs::enqueue_queue_tick;
 use super::purchases::find_purchase;
-use super::queue_entry::{ENTRY_SQL_FOR_USERS, EntryRow};
+use super::queue_entry::{ENTRY_SQL_FOR_USERS, EntryRow, queue_counters_sql};
 use super::sale_refs::{SaleRefs, Target};
 use super::sales::{SALE_COLUMNS, SaleRow};
 use super::{Store, StoreError};
@@ -265,17 +265,19 @@ impl Store {
             });
         };
         let sale = Sale::from(sale);
-        let statuses: Vec<(String, String)> = sqlx::query_as(
-            "SELECT user_id, status FROM queue_entries WHERE sale_id = $1 AND user_id = ANY($2)",
-        )
-        .bind(sale_id)
-        .bind(users)
-        .fetch_all(&mut *tx)
-        .await?;
-        let statuses: HashMap<String, EntryStatus> = statuses
-            .into_iter()
-            .filter_map(|(user, status)| Some((user, EntryStatus::parse(&status)?)))
-            .collect();
+        // 3: whoever already has an entry is answered with it (as of this commit).
+        let existing: HashMap<String, QueueEntry> =
+            sqlx::query_as::<_, EntryRow>(ENTRY_SQL_FOR_USERS)
+                .bind(sale_id)
+                .bind(users)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|row| {
+                    let entry = QueueEntry::from(row);
+                    (entry.user_id.clone(), entry)
+                })
+                .collect();
 
         let mut outcomes: HashMap<String, JoinOutcome> = HashMap::new();
         let refusal = match sale.state() {
@@ -284,10 +286,16 @@ impl Store {
             state => Some(JoinOutcome::NotActive(state)),
         };
         let mut room = i64::from(sale.queue_capacity) - i64::from(door.waiting);
-        let (mut joining, mut rejoining) = (Vec::new(), Vec::new());
+        let (mut joining, mut rejoining, mut bought) = (Vec::new(), Vec::new(), Vec::new());
         for user in users {
-            match (statuses.get(user).copied(), &refusal) {
-                (Some(EntryStatus::Queued | EntryStatus::Held | EntryStatus::Purchased), _) => {}
+            let entry = existing.get(user);
+            match (entry.map(|entry| entry.status), &refusal) {
+                (Some(EntryStatus::Queued | EntryStatus::Held), _) => {
+                    if let Some(entry) = entry {
+                        outcomes.insert(user.clone(), JoinOutcome::of_entry(entry.clone()));
+                    }
+                }
+                (Some(EntryStatus::Purchased), _) => bought.push(user.as_str()),
                 (_, Some(refusal)) => {
                     outcomes.insert(user.clone(), refusal.clone());
                 }
@@ -306,9 +314,11 @@ impl Store {
         }
         let accepted = (joining.len() + rejoining.len()) as i64;
         let prequeue = !door.opened && !door.started;
-        if accepted > 0 {
-            write_joins(&mut tx, sale_id, &door, prequeue, &joining, &rejoining).await?;
-        }
+        let joined = if accepted > 0 {
+            write_joins(&mut tx, sale_id, &door, prequeue, &joining, &rejoining).await?
+        } else {
+            Vec::new()
+        };
         if accepted > 0 && !prequeue {
             // The pre-queue needs no wake-up: the tick due at the opening draws it. (Not
             // before the queue row's lock either: the pending tick's slot would then be held
@@ -319,28 +329,16 @@ impl Store {
         // retry returns the entry: joining is idempotent).
         tx.commit().await.map_err(StoreError::after_write)?;
 
-        let pending: Vec<&str> = users
-            .iter()
-            .filter(|user| !outcomes.contains_key(*user))
-            .map(String::as_str)
-            .collect();
-        let rows = sqlx::query_as::<_, EntryRow>(ENTRY_SQL_FOR_USERS)
-            .bind(sale_id)
-            .bind(&pending)
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in rows {
+        for row in joined {
             let entry = QueueEntry::from(row);
-            let user = entry.user_id.clone();
-            let outcome = if entry.status == EntryStatus::Purchased {
-                match find_purchase(&mut conn, sale_id, &user).await? {
-                    Some(purchase) => JoinOutcome::AlreadyPurchased(purchase),
-                    None => JoinOutcome::SaleNotFound,
-                }
-            } else {
-                JoinOutcome::of_entry(entry)
+            outcomes.insert(entry.user_id.clone(), JoinOutcome::of_entry(entry));
+        }
+        for user in bought {
+            let outcome = match find_purchase(&mut conn, sale_id, user).await? {
+                Some(purchase) => JoinOutcome::AlreadyPurchased(purchase),
+                None => JoinOutcome::SaleNotFound,
             };
-            outcomes.insert(user, outcome);
+            outcomes.insert(user.to_string(), outcome);
         }
         Ok(JoinBatch {
             outcomes,
@@ -351,7 +349,8 @@ impl Store {
 
 /// Inserts the new entries, rejoins the returning ones, and moves the queue row's counters
 /// (closing the pre-queue when the start has come), in one statement under the queue row's
-/// lock (see [`Store::join_batch`]). Tickets follow arrival order within the batch.
+/// lock (see [`Store::join_batch`]); returns the entries with the queue's counters as this
+/// statement left them. Tickets follow arrival order within the batch.
 async fn write_joins(
     tx: &mut sqlx::PgConnection,
     sale_id: Uuid,
@@ -359,19 +358,19 @@ async fn write_joins(
     prequeue: bool,
     joining: &[&str],
     rejoining: &[&str],
-) -> Result<(), StoreError> {
+) -> Result<Vec<EntryRow>, StoreError> {
     let users: Vec<&str> = joining.iter().chain(rejoining).copied().collect();
     let rejoin: Vec<bool> = (0..users.len()).map(|i| i >= joining.len()).collect();
-    sqlx::query(
+    let sql = format!(
         "WITH req AS (
              SELECT r.user_id, r.rejoin,
                     CASE WHEN $4 THEN NULL ELSE $3 + r.ord END AS ticket,
                     CASE WHEN $4 THEN decode(md5($5::bigint::text || r.user_id), 'hex') END AS draw_key
                FROM unnest($2::text[], $6::bool[]) WITH ORDINALITY AS r(user_id, rejoin, ord)
          ), joined AS (
-             INSERT INTO queue_entries (sale_id, user_id, ticket, draw_key, prequeue, status)
+             INSERT INTO queue_entries AS e (sale_id, user_id, ticket, draw_key, prequeue, status)
              SELECT $1, user_id, ticket, draw_key, $4, 'queued' FROM req WHERE NOT rejoin
-             RETURNING 1
+             RETURNING {ENTRY}
          ), rejoined AS (
              UPDATE queue_entries e
                 SET ticket = req.ticket, draw_key = req.draw_key, prequeue = $4,
@@ -380,23 +379,31 @@ async fn write_joins(
                FROM req
               WHERE req.rejoin AND e.sale_id = $1 AND e.user_id = req.user_id
                 AND e.status IN ('expired', 'left')
-             RETURNING 1
+             RETURNING {ENTRY}
+         ), q AS (
+             UPDATE sale_queues
+                SET last_ticket = last_ticket + $7,
+                    waiting = waiting + (SELECT count(*) FROM joined)
+                                      + (SELECT count(*) FROM rejoined),
+                    shuffled_at = CASE WHEN shuffled_at IS NULL AND NOT $4 THEN now()
+                                       ELSE shuffled_at END
+              WHERE sale_id = $1
+             RETURNING *
          )
-         UPDATE sale_queues
-            SET last_ticket = last_ticket + $7,
-                waiting = waiting + (SELECT count(*) FROM joined) + (SELECT count(*) FROM rejoined),
-                shuffled_at = CASE WHEN shuffled_at IS NULL AND NOT $4 THEN now()
-                                   ELSE shuffled_at END
-          WHERE sale_id = $1",
-    )
-    .bind(sale_id)
-    .bind(&users)
-    .bind(door.last_ticket)
-    .bind(prequeue)
-    .bind(door.shuffle_seed)
-    .bind(&rejoin)
-    .bind(users.len() as i64)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+         SELECT e.*, {QUEUE_COUNTERS}
+           FROM (SELECT * FROM joined UNION ALL SELECT * FROM rejoined) e, q",
+        ENTRY = "e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at",
+        QUEUE_COUNTERS = queue_counters_sql!()
+    );
+    // Built from constant text only.
+    Ok(sqlx::query_as::<_, EntryRow>(sqlx::AssertSqlSafe(sql))
+        .bind(sale_id)
+        .bind(&users)
+        .bind(door.last_ticket)
+        .bind(prequeue)
+        .bind(door.shuffle_seed)
+        .bind(&rejoin)
+        .bind(users.len() as i64)
+        .fetch_all(&mut *tx)
+        .await?)
 }
