@@ -7,7 +7,7 @@
 //! started it exits, however it exits, so no server is left behind.
 
 use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -103,6 +103,30 @@ impl EmbeddedPostgres {
         }
     }
 
+    /// Copies this running cluster into `data_dir` (new or empty) as its hot standby:
+    /// `pg_basebackup -R`, streaming from this one. [`start`](Self::start) on that folder
+    /// then runs the standby (failover tests).
+    pub fn base_backup(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let data_dir = absolute(data_dir)?;
+        prepare_data_dir(&data_dir)?;
+        let output = self
+            .server_command("pg_basebackup")
+            .arg("-D")
+            .arg(&data_dir)
+            .args(["-h", "127.0.0.1", "-U", SERVER_USER, "-p"])
+            .arg(self.port.to_string())
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .output()
+            .context("Failed to run pg_basebackup")?;
+        if !output.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// `pg_ctl stop -m fast`, waiting until the server is down.
     fn stop_server(&self) {
         let status = self
@@ -144,34 +168,7 @@ impl EmbeddedPostgres {
         if self.data_dir.join("PG_VERSION").exists() {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("Failed to create {}", self.data_dir.display()))?;
-        if running_as_root() {
-            let status = Command::new("chown")
-                .arg("-R")
-                .arg(format!("{SERVER_USER}:"))
-                .arg(&self.data_dir)
-                .status()
-                .context("Failed to run chown")?;
-            if !status.success() {
-                bail!(
-                    "chown of {} to {SERVER_USER} failed",
-                    self.data_dir.display()
-                );
-            }
-            let reachable = Command::new("runuser")
-                .args(["-u", SERVER_USER, "--", "test", "-w"])
-                .arg(&self.data_dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !reachable {
-                bail!(
-                    "the {SERVER_USER} user cannot reach {}: every parent folder must be \
-                     searchable by others (chmod o+x), or set DATA_DIR elsewhere",
-                    self.data_dir.display()
-                );
-            }
-        }
+        prepare_data_dir(&self.data_dir)?;
         let output = self
             .server_command("initdb")
             .arg("-D")
@@ -297,6 +294,40 @@ impl EmbeddedPostgres {
             Command::new(path)
         }
     }
+}
+
+/// Creates a data folder the server user owns (when we are root) and can reach, private
+/// to it as the server demands (0700).
+fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("Failed to create {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("Failed to make {} private", data_dir.display()))?;
+    if !running_as_root() {
+        return Ok(());
+    }
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{SERVER_USER}:"))
+        .arg(data_dir)
+        .status()
+        .context("Failed to run chown")?;
+    if !status.success() {
+        bail!("chown of {} to {SERVER_USER} failed", data_dir.display());
+    }
+    let reachable = Command::new("runuser")
+        .args(["-u", SERVER_USER, "--", "test", "-w"])
+        .arg(data_dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !reachable {
+        bail!(
+            "the {SERVER_USER} user cannot reach {}: every parent folder must be searchable \
+             by others (chmod o+x), or set DATA_DIR elsewhere",
+            data_dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn running_as_root() -> bool {

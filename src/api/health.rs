@@ -1,5 +1,5 @@
-//! `GET /health` (readiness): 200 while the database answers and the job runner makes
-//! progress, 503 otherwise. The probe uses the reserved pool, so a flood of buyers on the
+//! `GET /health` (readiness): 200 while the database answers, takes writes (a primary, not
+//! a standby the route moved to) and the job runner makes progress, 503 otherwise. The probe uses the reserved pool, so a flood of buyers on the
 //! main pool does not make a healthy instance look dead. `GET /health/live` (liveness): 200
 //! while the process serves HTTP, touching nothing else; also the stress suite's floor.
 
@@ -11,7 +11,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use super::ApiTags;
 use super::error::{ErrorBody, ErrorCode};
 use super::models::HealthView;
-use crate::store::Store;
+use crate::store::{Ping, Store};
 use crate::worker::RunnerHealth;
 
 /// How long the database gets to answer before the service reports itself unhealthy.
@@ -27,21 +27,26 @@ pub enum HealthResponse {
     /// The service and its database answer.
     #[oai(status = 200)]
     Ok(Json<HealthView>),
-    /// `UNAVAILABLE`: the database does not answer, or the job runner (admission, expiry,
-    /// sale states) has not finished a round for 30 s.
+    /// `UNAVAILABLE`: the database does not answer or is read-only, or the job runner
+    /// (admission, expiry, sale states) has not finished a round for 30 s.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
 }
 
 #[OpenApi(tag = "ApiTags::Health")]
 impl HealthApi {
-    /// Readiness: the database answers and the job runner makes progress
+    /// Readiness: the database answers and takes writes, and the job runner makes progress
     #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> HealthResponse {
-        if !self.store.ping(DB_TIMEOUT).await {
-            tracing::warn!("health check: database does not answer");
+        let problem = match self.store.ping(DB_TIMEOUT).await {
+            Ping::Writable => None,
+            Ping::ReadOnly => Some("the database is read-only (a standby?)"),
+            Ping::Unreachable => Some("the database does not answer"),
+        };
+        if let Some(problem) = problem {
+            tracing::warn!("health check: {problem}");
             return HealthResponse::Unavailable(
-                ErrorBody::json(ErrorCode::Unavailable, "the database does not answer"),
+                ErrorBody::json(ErrorCode::Unavailable, problem),
                 1,
             );
         }

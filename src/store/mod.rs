@@ -16,6 +16,7 @@ mod queue;
 mod queue_entry;
 mod queue_join;
 mod queue_tick;
+mod route;
 mod sale_refs;
 mod sales;
 mod webhooks;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use prometheus::Histogram;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Postgres};
 
 pub use audit::{AuditCheck, AuditReport};
@@ -80,6 +81,7 @@ impl From<sqlx::Error> for StoreError {
     /// A failure before or without a write: unreachable, timed out and exhausted are
     /// [`StoreError::Unavailable`]; everything else is a fault.
     fn from(err: sqlx::Error) -> Self {
+        route::note(&err);
         if is_unavailability(&err) {
             StoreError::Unavailable(Some(err))
         } else {
@@ -123,9 +125,13 @@ impl StoreError {
     }
 }
 
-/// Unreachable, timed out, exhausted, shutting down, or cancelled by one of the server-side
-/// timeouts set in [`connect`]: a retry later may succeed.
+/// Unreachable, timed out, exhausted, shutting down, read-only (a route that leads to a
+/// standby: see `route`), or cancelled by one of the server-side timeouts set in
+/// [`connect`]: a retry later may succeed.
 fn is_unavailability(err: &sqlx::Error) -> bool {
+    if route::is_read_only(err) {
+        return true;
+    }
     match err {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
@@ -153,6 +159,15 @@ fn is_unavailability(err: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// What [`Store::ping`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ping {
+    Writable,
+    /// The database answers but refuses writes (the route leads to a standby).
+    ReadOnly,
+    Unreachable,
 }
 
 /// A handle on the database; cheap to clone.
@@ -192,14 +207,15 @@ impl Store {
         &self.pool
     }
 
-    /// True when the database answers a trivial query within `timeout`.
-    pub async fn ping(&self, timeout: Duration) -> bool {
-        let query = async {
-            sqlx::query("SELECT 1")
-                .execute(&mut *self.conn().await?)
-                .await
-        };
-        matches!(tokio::time::timeout(timeout, query).await, Ok(Ok(_)))
+    /// Whether the database answers within `timeout` and takes writes (a primary, not a
+    /// standby or a read-only database): what readiness means for this service.
+    pub async fn ping(&self, timeout: Duration) -> Ping {
+        let query = async { route::is_writable(&mut *self.conn().await?).await };
+        match tokio::time::timeout(timeout, query).await {
+            Ok(Ok(true)) => Ping::Writable,
+            Ok(Ok(false)) => Ping::ReadOnly,
+            Ok(Err(_)) | Err(_) => Ping::Unreachable,
+        }
     }
 }
 
@@ -225,16 +241,29 @@ pub const SERVER_TIMEOUTS: [(&str, &str); 3] = [
     ("idle_in_transaction_session_timeout", "10s"),
 ];
 
+/// The server's TCP keepalives on every connection (probes after 10 s idle, every 5 s, 3
+/// lost = dead): a server whose client vanished (a partitioned or killed instance) ends the
+/// session in about 25 s instead of the kernel's two hours, freeing its connection slot
+/// and anything it held. This is the server's half only; sqlx cannot set keepalives on
+/// our side (see `route`).
+const SERVER_KEEPALIVES: [(&str, &str); 3] = [
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+];
+
 /// Opens a pool on `url`. Plans are made for each execution (`force_custom_plan`): a generic
 /// plan cached while a table is nearly empty can pick a sequential scan and keep it after the
 /// table grows (measured: 900 instead of 13,000 purchases/s). Every connection carries
-/// [`SERVER_TIMEOUTS`].
+/// [`SERVER_TIMEOUTS`] and [`SERVER_KEEPALIVES`], and is checked to be writable before
+/// use (see `route`).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
     let mut settings = vec![("plan_cache_mode", "force_custom_plan")];
     settings.extend(SERVER_TIMEOUTS);
+    settings.extend(SERVER_KEEPALIVES);
     let options = options.application_name("flashsale").options(settings);
-    PgPoolOptions::new()
+    route::pool_options()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
