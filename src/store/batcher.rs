@@ -9,14 +9,17 @@
 //! retires after [`IDLE_TIMEOUT`] without requests and starts again on demand.
 //!
 //! What a batch means, and how it is answered, is the decider's business: this module only
-//! groups.
+//! groups, and carries each answer back ([`Reply`], [`Answer`]) with the one fact a caller
+//! who stops waiting needs: whether its statement was sent.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -137,6 +140,92 @@ impl<R: Send + 'static> Batchers<R> {
     }
 }
 
+const WAITING: u8 = 0;
+const SENT: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// The race between a request's statement and its caller's deadline, settled once: either
+/// the decider marks it sent before the statement goes out, or the caller gives up first
+/// and the decider leaves it out. So a caller told "nothing was written" is never written
+/// for, and only a caller whose statement went out hears "outcome unknown".
+#[derive(Clone, Default)]
+struct Handoff(Arc<AtomicU8>);
+
+/// The decider's end of one request: where its answer goes.
+pub(super) struct Reply<T> {
+    sender: oneshot::Sender<Result<T, StoreError>>,
+    handoff: Handoff,
+}
+
+/// The caller's end of one request.
+pub(super) struct Answer<T> {
+    receiver: oneshot::Receiver<Result<T, StoreError>>,
+    handoff: Handoff,
+}
+
+/// A request's two ends.
+pub(super) fn reply_channel<T>() -> (Reply<T>, Answer<T>) {
+    let (sender, receiver) = oneshot::channel();
+    let handoff = Handoff::default();
+    (
+        Reply {
+            sender,
+            handoff: handoff.clone(),
+        },
+        Answer { receiver, handoff },
+    )
+}
+
+impl<T> Reply<T> {
+    /// Answers the caller (an `Err` back when they stopped waiting).
+    pub(super) fn send(self, result: Result<T, StoreError>) -> Result<(), Result<T, StoreError>> {
+        self.sender.send(result)
+    }
+}
+
+impl<T> Answer<T> {
+    /// The answer, waited for until `answer_by`. Past it, or when the decider dropped the
+    /// request, the outcome is unknown only if the statement was sent; a request still in
+    /// line is withdrawn and hears the plain, retry-safe [`StoreError::Unavailable`].
+    pub(super) async fn wait_until(self, answer_by: Instant) -> Result<T, StoreError> {
+        match tokio::time::timeout_at(answer_by, self.receiver).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) if self.handoff.abandon() => Err(StoreError::Unavailable(None)),
+            Ok(Err(_)) | Err(_) => Err(StoreError::OutcomeUnknown),
+        }
+    }
+}
+
+impl Handoff {
+    /// The decider, just before the statement: false when the caller already gave up.
+    fn send(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(WAITING, SENT, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            // A retry of the batch sends it again: still sent.
+            Err(state) => state == SENT,
+        }
+    }
+
+    /// The caller, at its deadline: true when the statement was not sent and never will be.
+    fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// Marks the requests of a batch sent, just before its statement goes out, and leaves out
+/// those whose callers already gave up (and users left with none).
+pub(super) fn claim<T>(by_user: &mut HashMap<String, Vec<Reply<T>>>) {
+    by_user.retain(|_, replies| {
+        replies.retain(|reply| reply.handoff.send());
+        !replies.is_empty()
+    });
+}
+
 /// `requests` cut into batches of at most `size`, in order.
 fn batches<R>(requests: Vec<R>, size: usize) -> Vec<Vec<R>> {
     let mut out: Vec<Vec<R>> = Vec::new();
@@ -152,6 +241,17 @@ fn batches<R>(requests: Vec<R>, size: usize) -> Vec<Vec<R>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_either_sent_or_abandoned_never_both() {
+        let sent = Handoff::default();
+        assert!(sent.send());
+        assert!(sent.send(), "a retry of a sent request is still sent");
+        assert!(!sent.abandon());
+        let abandoned = Handoff::default();
+        assert!(abandoned.abandon());
+        assert!(!abandoned.send());
+    }
 
     #[test]
     fn leftovers_are_cut_into_batches_in_order() {

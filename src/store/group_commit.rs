@@ -1,6 +1,6 @@
 //! Group commit for instant purchases: the requests for one sale that arrive while the
 //! previous batch is in the database are decided together by one statement
-//! ([`Store::purchase_batch`]): one row lock and one WAL flush for many buyers, each answered
+//! (`purchase_batch`, in `purchases.rs`): one row lock and one WAL flush for many buyers, each answered
 //! with their own exact outcome, and only after the commit.
 //!
 //! Batching is natural, not timed: a sale's batcher takes whatever has queued up while the
@@ -15,13 +15,18 @@
 //! busiest moment. A retry is sent only if it can be answered before the batch's first buyer
 //! stops waiting; buyers still undecided then hear a retry-safe 503.
 //!
+//! A buyer hears "outcome unknown" only when their statement was sent: the wait for a
+//! connection is cut off apart from the statement (a pool that times out is a plain 503),
+//! and a buyer whose deadline passes while still in line is withdrawn from the batch (see
+//! `batcher::Answer`).
+//!
 //! Once a batch sees an instant sale's stock at zero it cannot come back, so later buyers of
 //! that sale sell nothing: for stocks up to [`MAX_REMEMBERED_BUYERS`] the final buyer list is
 //! loaded once and tells a repeat buyer (`ALREADY_PURCHASED`) from the rest (`SOLD_OUT`);
 //! larger ones take one indexed read. A buyer who names the sale by id skips the batcher for
 //! that; one who names it by a cached sku goes through it, so that one primary-key read per
 //! batch confirms the sku still names that sale. Several instances each run their own
-//! batchers; the statement is safe across them (see [`Store::purchase_batch`]).
+//! batchers; the statement is safe across them (see `BATCH_SQL`).
 //!
 //! Memory is bounded: at most [`MAX_WAITING_PER_SALE`] requests wait per sale (then 503),
 //! and the sold-out memory and the reference cache are bounded caches (moka).
@@ -37,11 +42,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::batcher::Batchers;
+use super::batcher::{self, Batchers};
 use super::purchases::PurchaseOutcome;
 use super::sale_refs::{SaleRefs, Target};
 use super::{Store, StoreError};
@@ -63,13 +67,14 @@ const MAX_REMEMBERED_BUYERS: i64 = 100_000;
 /// past it; an evicted sale is answered from the database instead).
 const MAX_REMEMBERED_TOTAL: u64 = 1_000_000;
 
-type Reply = oneshot::Sender<Result<PurchaseOutcome, StoreError>>;
+type Reply = batcher::Reply<PurchaseOutcome>;
 
 struct Request {
     user_id: String,
     reply: Reply,
-    /// When the buyer stops waiting and hears `OutcomeUnknown`: a batch sends a retry only
-    /// if it can be answered before its earliest buyer's moment.
+    /// When the buyer stops waiting (and hears `OutcomeUnknown` if their statement was
+    /// sent): a batch sends a retry only if it can be answered before its earliest buyer's
+    /// moment.
     answer_by: Instant,
 }
 
@@ -165,8 +170,9 @@ impl PurchaseQueue {
         target: Target,
         user_id: &str,
     ) -> Result<PurchaseOutcome, StoreError> {
+        let answer_by = Instant::now() + self.answer_timeout;
         if !self.batching || target.checkout == Checkout::Queued {
-            return self.timed(self.store.purchase(target.id, user_id)).await;
+            return self.store.purchase(target.id, user_id, answer_by).await;
         }
         // Reached by id or by a sku read just now, a sold-out sale is answered from memory at
         // once. Through a cached sku it goes to the batcher, which checks once per batch that
@@ -180,8 +186,7 @@ impl PurchaseQueue {
             };
             return Ok(sold_out_answer(owned));
         }
-        let (reply, answer) = oneshot::channel();
-        let answer_by = Instant::now() + self.answer_timeout;
+        let (reply, answer) = batcher::reply_channel();
         self.enqueue(
             target.id,
             Request {
@@ -190,22 +195,7 @@ impl PurchaseQueue {
                 answer_by,
             },
         )?;
-        match tokio::time::timeout_at(answer_by, answer).await {
-            Ok(Ok(result)) => result,
-            // The batcher dropped the request (shutting down): it was never decided.
-            Ok(Err(_)) => Err(StoreError::Unavailable(None)),
-            Err(_) => Err(StoreError::OutcomeUnknown),
-        }
-    }
-
-    /// Runs a single-statement purchase with the answer timeout.
-    async fn timed(
-        &self,
-        purchase: impl Future<Output = Result<PurchaseOutcome, StoreError>>,
-    ) -> Result<PurchaseOutcome, StoreError> {
-        tokio::time::timeout(self.answer_timeout, purchase)
-            .await
-            .unwrap_or(Err(StoreError::OutcomeUnknown))
+        answer.wait_until(answer_by).await
     }
 
     /// Hands a request to its sale's batcher; refuses at once when the sale's line is full.

@@ -38,7 +38,7 @@ pub use jobs::{
 pub use live::{ChangePage, EntryChange, EntryChangeKind, LiveQueue, LiveSale};
 pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, LeaveOutcome, QueueStats};
-pub use queue_join::{JoinBatch, JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
+pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
 pub use webhooks::{EndpointTarget, NewEndpoint};
@@ -203,6 +203,19 @@ impl Store {
         conn
     }
 
+    /// A pooled connection, waited for at most until `cut_off`. Past it the caller hears
+    /// plain [`StoreError::Unavailable`]: nothing was sent, so the outcome is known (nothing
+    /// happened). Only the statement after it may leave an outcome unknown.
+    async fn conn_until(
+        &self,
+        cut_off: tokio::time::Instant,
+    ) -> Result<PoolConnection<Postgres>, StoreError> {
+        match tokio::time::timeout_at(cut_off, self.conn()).await {
+            Ok(conn) => Ok(conn?),
+            Err(_) => Err(StoreError::Unavailable(Some(sqlx::Error::PoolTimedOut))),
+        }
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -268,6 +281,16 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
+}
+
+/// The failure of a write `what` sent on `conn` and not answered by its deadline: its
+/// outcome is unknown. The connection is closed, not pooled: its answer may still be on the
+/// way, or never come (a half-open socket, which sqlx has no keepalive to find; see
+/// `route`).
+fn unanswered(conn: &mut PoolConnection<Postgres>, what: &str) -> StoreError {
+    conn.close_on_drop();
+    tracing::warn!("{what}: sent, but not answered by its deadline; outcome unknown");
+    StoreError::OutcomeUnknown
 }
 
 /// The name of the constraint a database error violated, if any.

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::jobs::JobKind;
 use super::sales::sale_by_id;
-use super::{Store, StoreError, violated_constraint};
+use super::{Store, StoreError, unanswered, violated_constraint};
 use crate::domain::{Checkout, Purchase, Sale, SaleState};
 
 /// The result of an instant purchase attempt. Refusals are values, not errors.
@@ -82,36 +82,18 @@ const PURCHASE_SQL: &str = "
 const PURCHASE_ATTEMPTS: usize = 3;
 
 impl Store {
-    /// Tries to buy one unit of the sale `sale_id` for `user_id`.
+    /// Tries to buy one unit of the sale `sale_id` for `user_id`, answered by `cut_off`: a
+    /// connection not had by then is [`StoreError::Unavailable`] (nothing was sent), a
+    /// statement not answered by then [`StoreError::OutcomeUnknown`].
     pub async fn purchase(
         &self,
         sale_id: Uuid,
         user_id: &str,
+        cut_off: tokio::time::Instant,
     ) -> Result<PurchaseOutcome, StoreError> {
-        let mut conn = self.conn().await?;
-        let mut refusal = PurchaseOutcome::SaleNotFound;
-        for _ in 0..PURCHASE_ATTEMPTS {
-            let attempt = sqlx::query_as::<_, PurchaseRow>(PURCHASE_SQL)
-                .bind(sale_id)
-                .bind(user_id)
-                .bind(Uuid::new_v4())
-                .bind(JobKind::SyncSaleState.as_str())
-                .fetch_optional(&mut *conn)
-                .await;
-            match attempt {
-                Ok(Some(row)) => return Ok(PurchaseOutcome::Purchased(row.into())),
-                Ok(None) => {}
-                Err(err) if violated_constraint(&err) == Some("purchases_one_per_user") => {}
-                Err(err) => return Err(StoreError::after_write(err)),
-            }
-            match classify_refusal(&mut conn, sale_id, user_id).await? {
-                Some(outcome) => refusal = outcome,
-                // The sale is sellable now: the refusal was a boundary moment; try again.
-                None => continue,
-            }
-            return Ok(refusal);
-        }
-        Ok(refusal)
+        let mut conn = self.conn_until(cut_off).await?;
+        let bought = tokio::time::timeout_at(cut_off, purchase(&mut conn, sale_id, user_id)).await;
+        bought.unwrap_or_else(|_| Err(unanswered(&mut conn, "purchase")))
     }
 
     /// The user's purchase in the sale `sale_id`, if any. `None` for an unknown sale too;
@@ -123,6 +105,38 @@ impl Store {
     ) -> Result<Option<Purchase>, StoreError> {
         find_purchase(&mut *self.conn().await?, sale_id, user_id).await
     }
+}
+
+/// [`Store::purchase`] on `conn`: the statement, and retries while the sale turns out
+/// sellable right after a refusal (a boundary moment).
+async fn purchase(
+    conn: &mut PgConnection,
+    sale_id: Uuid,
+    user_id: &str,
+) -> Result<PurchaseOutcome, StoreError> {
+    let mut refusal = PurchaseOutcome::SaleNotFound;
+    for _ in 0..PURCHASE_ATTEMPTS {
+        let attempt = sqlx::query_as::<_, PurchaseRow>(PURCHASE_SQL)
+            .bind(sale_id)
+            .bind(user_id)
+            .bind(Uuid::new_v4())
+            .bind(JobKind::SyncSaleState.as_str())
+            .fetch_optional(&mut *conn)
+            .await;
+        match attempt {
+            Ok(Some(row)) => return Ok(PurchaseOutcome::Purchased(row.into())),
+            Ok(None) => {}
+            Err(err) if violated_constraint(&err) == Some("purchases_one_per_user") => {}
+            Err(err) => return Err(StoreError::after_write(err)),
+        }
+        match classify_refusal(conn, sale_id, user_id).await? {
+            Some(outcome) => refusal = outcome,
+            // The sale is sellable now: the refusal was a boundary moment; try again.
+            None => continue,
+        }
+        return Ok(refusal);
+    }
+    Ok(refusal)
 }
 
 /// Why a purchase that sold nothing was refused, read after the fact; `None` when the sale is
@@ -258,45 +272,45 @@ pub struct BatchResult {
     pub sale_live: bool,
 }
 
-impl Store {
-    /// Runs [`BATCH_SQL`] for `buyers` (distinct users) of the sale `sale_id`.
-    pub async fn purchase_batch(
-        &self,
-        sale_id: Uuid,
-        buyers: &[BatchBuyer],
-    ) -> Result<BatchResult, StoreError> {
-        let users: Vec<&str> = buyers.iter().map(|b| b.user_id.as_str()).collect();
-        let ids: Vec<Uuid> = buyers.iter().map(|b| b.purchase_id).collect();
-        let rows = sqlx::query_as::<_, BatchRow>(BATCH_SQL)
-            .bind(sale_id)
-            .bind(&users)
-            .bind(&ids)
-            .bind(JobKind::SyncSaleState.as_str())
-            .fetch_all(&mut *self.conn().await?)
-            .await
-            .map_err(StoreError::after_write)?;
-        let mut result = BatchResult::default();
-        for row in rows {
-            let (Some(id), Some(user_id), Some(created_at)) = (row.id, row.user_id, row.created_at)
-            else {
-                result.sale_live |= row.kind == "live";
-                continue;
-            };
-            let purchase = Purchase {
-                id,
-                sale_id,
-                user_id,
-                created_at,
-            };
-            if row.kind == "bought" {
-                result.bought.push(purchase);
-            } else {
-                result.owned.push(purchase);
-            }
+/// Runs [`BATCH_SQL`] on `conn` for `buyers` (distinct users) of the sale `sale_id`.
+pub(super) async fn purchase_batch(
+    conn: &mut PgConnection,
+    sale_id: Uuid,
+    buyers: &[BatchBuyer],
+) -> Result<BatchResult, StoreError> {
+    let users: Vec<&str> = buyers.iter().map(|b| b.user_id.as_str()).collect();
+    let ids: Vec<Uuid> = buyers.iter().map(|b| b.purchase_id).collect();
+    let rows = sqlx::query_as::<_, BatchRow>(BATCH_SQL)
+        .bind(sale_id)
+        .bind(&users)
+        .bind(&ids)
+        .bind(JobKind::SyncSaleState.as_str())
+        .fetch_all(conn)
+        .await
+        .map_err(StoreError::after_write)?;
+    let mut result = BatchResult::default();
+    for row in rows {
+        let (Some(id), Some(user_id), Some(created_at)) = (row.id, row.user_id, row.created_at)
+        else {
+            result.sale_live |= row.kind == "live";
+            continue;
+        };
+        let purchase = Purchase {
+            id,
+            sale_id,
+            user_id,
+            created_at,
+        };
+        if row.kind == "bought" {
+            result.bought.push(purchase);
+        } else {
+            result.owned.push(purchase);
         }
-        Ok(result)
     }
+    Ok(result)
+}
 
+impl Store {
     /// Every purchase of the sale when it has at most `limit` (else `None`).
     pub async fn buyers_if_at_most(
         &self,

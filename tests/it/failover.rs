@@ -45,9 +45,7 @@ impl Route {
                 let session = tokio::spawn(async move {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 });
-                open.lock()
-                    .expect("sessions")
-                    .push(session.abort_handle());
+                open.lock().expect("sessions").push(session.abort_handle());
             }
         });
         Self {

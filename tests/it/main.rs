@@ -16,6 +16,7 @@ mod identity;
 mod jobs;
 mod openapi;
 mod outbox;
+mod outcome;
 mod purchase;
 mod queue;
 mod queue_door;

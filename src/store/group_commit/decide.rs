@@ -14,8 +14,9 @@ use super::{
     sold_out_answer,
 };
 use crate::domain::Purchase;
-use crate::store::StoreError;
-use crate::store::purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
+use crate::store::batcher::claim;
+use crate::store::purchases::{BatchBuyer, BatchResult, PurchaseOutcome, purchase_batch};
+use crate::store::{StoreError, unanswered};
 
 impl PurchaseQueue {
     /// Records that the sale sold out, loading its (final) buyers when there are few enough.
@@ -64,8 +65,12 @@ impl PurchaseQueue {
         let mut cut_off = Instant::now() + self.answer_timeout;
         for attempt in 1..=BATCH_ATTEMPTS {
             let started = Instant::now();
-            let result = match self.run_batch(sale_id, &buyers, cut_off).await {
-                Ok(result) => result,
+            let result = match self
+                .run_batch(sale_id, &mut by_user, &mut buyers, cut_off)
+                .await
+            {
+                Ok(Some(result)) => result,
+                Ok(None) => return,
                 Err(err) => return fail_all(by_user, &err),
             };
             let took = started.elapsed();
@@ -107,24 +112,39 @@ impl PurchaseQueue {
         fail_all(by_user, &StoreError::Overloaded);
     }
 
-    /// Runs [`purchase_batch`](crate::store::Store::purchase_batch) cut off at `cut_off`
-    /// (its outcome is then unknown), and records the statement's size and time.
+    /// Runs `purchase_batch` for the buyers still waiting, and records the statement's size
+    /// and time. The wait for a connection and the statement are cut off at `cut_off` apart:
+    /// a connection not had by then is a plain unavailability (nothing was sent); only a
+    /// statement sent and not answered leaves the outcome unknown. `None` when every buyer
+    /// gave up before it was sent.
     async fn run_batch(
         &self,
         sale_id: Uuid,
-        buyers: &[BatchBuyer],
+        by_user: &mut HashMap<String, Vec<Reply>>,
+        buyers: &mut Vec<BatchBuyer>,
         cut_off: Instant,
-    ) -> Result<BatchResult, StoreError> {
+    ) -> Result<Option<BatchResult>, StoreError> {
+        let mut conn = self.store.conn_until(cut_off).await?;
+        // From here the statement goes out: buyers who already gave up (told nothing was
+        // written) are left out, the rest can no longer be told that.
+        claim(by_user);
+        buyers.retain(|buyer| by_user.contains_key(&buyer.user_id));
+        if buyers.is_empty() {
+            return Ok(None);
+        }
         let started = Instant::now();
-        let batch = self.store.purchase_batch(sale_id, buyers);
-        let decided = tokio::time::timeout_at(cut_off, batch).await;
+        let decided =
+            tokio::time::timeout_at(cut_off, purchase_batch(&mut conn, sale_id, buyers)).await;
         if let Some(metrics) = &self.metrics {
             metrics.batch_size.observe(buyers.len() as f64);
             metrics
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        decided.unwrap_or(Err(StoreError::OutcomeUnknown))
+        match decided {
+            Ok(result) => result.map(Some),
+            Err(_) => Err(unanswered(&mut conn, "purchase batch")),
+        }
     }
 
     /// Answers the buyers of a sale found archived or removed: nothing was decided about it.
