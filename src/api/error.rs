@@ -15,6 +15,9 @@ use super::models::{PurchaseView, SaleStateView};
 use crate::domain::{Purchase, SaleState};
 use crate::store::StoreError;
 
+/// The message of every 500: the details are only in the log.
+const INTERNAL_MESSAGE: &str = "internal error; see the service log";
+
 /// Seconds a client told 503 `UNAVAILABLE` is asked to wait before retrying.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -119,7 +122,7 @@ impl ErrorBody {
     /// The opaque 500 body; logs `err` with its cause chain, the one place it is logged.
     pub fn internal(err: &dyn std::error::Error) -> Json<Self> {
         tracing::error!(error = %chain(err), "request failed");
-        Self::json(ErrorCode::Internal, "internal error; see the service log")
+        Self::json(ErrorCode::Internal, INTERNAL_MESSAGE)
     }
 }
 
@@ -194,10 +197,13 @@ impl ServerError {
 }
 
 impl From<StoreError> for ServerError {
+    /// Logs what was not logged where it happened: a failure of this request alone (with
+    /// its SQLSTATE), never again the failure of a group-commit batch (logged once for the
+    /// whole batch) or an unanswered statement (logged where it was cut off).
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::OutcomeUnknown => {
-                tracing::warn!("database answer lost after a write: outcome unknown");
+                tracing::debug!("answering: outcome unknown");
                 let mut body = ErrorBody::new(
                     ErrorCode::Unavailable,
                     "the database did not confirm this write in time: it may or may not have \
@@ -210,9 +216,21 @@ impl From<StoreError> for ServerError {
             StoreError::Overloaded => ServerError::unavailable(
                 "too many purchases of this sale are waiting; retry in a second",
             ),
-            err if err.is_unavailable() => {
-                tracing::warn!(error = %chain(&err), "database unavailable");
+            StoreError::Unavailable(None) => {
+                tracing::debug!("answering: database unavailable (logged where it failed)");
                 ServerError::unavailable("the database is unavailable; retry in a second")
+            }
+            err if err.is_unavailable() => {
+                let (code, message) = err.cause();
+                tracing::warn!(code, message, "database unavailable");
+                ServerError::unavailable("the database is unavailable; retry in a second")
+            }
+            StoreError::Batch(message) => {
+                tracing::debug!(
+                    message,
+                    "answering: group-commit batch failed (logged once)"
+                );
+                ServerError::Internal(ErrorBody::json(ErrorCode::Internal, INTERNAL_MESSAGE))
             }
             err => ServerError::Internal(ErrorBody::internal(&err)),
         }

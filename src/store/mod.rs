@@ -72,7 +72,8 @@ pub enum StoreError {
     #[error("too many purchases are waiting")]
     Overloaded,
     /// A group-commit batch (purchases or joins) failed; every request in it gets this
-    /// (the cause is logged once per request with the message).
+    /// copy (the cause, with its SQLSTATE, is logged once for the batch: see
+    /// [`StoreError::log_batch_failure`]).
     #[error("group-commit batch failed: {0}")]
     Batch(String),
 }
@@ -112,6 +113,38 @@ impl StoreError {
             StoreError::Overloaded => StoreError::Overloaded,
             err if err.is_unavailable() => StoreError::Unavailable(None),
             err => StoreError::Batch(err.to_string()),
+        }
+    }
+
+    /// Logs the failure of a group-commit batch (`batch`, for `callers` requests of the
+    /// sale `sale_id`) once, with the database's SQLSTATE and message: each caller gets a
+    /// copy ([`StoreError::copy_for_caller`]) that the request log does not repeat. A batch
+    /// refused for load logs nothing (nothing failed), and an unanswered statement was
+    /// logged where it was cut off.
+    pub(crate) fn log_batch_failure(&self, batch: &str, sale_id: uuid::Uuid, callers: usize) {
+        let (code, message) = self.cause();
+        match self {
+            StoreError::Overloaded | StoreError::OutcomeUnknown => {}
+            err if err.is_unavailable() => tracing::warn!(
+                sale = %sale_id, callers, code, message, "{batch} failed: database unavailable"
+            ),
+            _ => tracing::error!(sale = %sale_id, callers, code, message, "{batch} failed"),
+        }
+    }
+
+    /// The SQLSTATE (when the database answered with an error) and the message of the
+    /// underlying failure.
+    pub fn cause(&self) -> (Option<String>, String) {
+        let source = match self {
+            StoreError::Database(err) | StoreError::Unavailable(Some(err)) => err,
+            other => return (None, other.to_string()),
+        };
+        match source.as_database_error() {
+            Some(db) => (
+                db.code().map(|code| code.into_owned()),
+                db.message().to_string(),
+            ),
+            None => (None, source.to_string()),
         }
     }
 

@@ -163,6 +163,8 @@ async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<JoinR
             }
         }
         Err(err) => {
+            let callers = by_user.values().map(Vec::len).sum();
+            err.log_batch_failure("join batch", sale_id, callers);
             for reply in by_user.into_values().flatten() {
                 let _ = reply.send(Err(err.copy_for_caller()));
             }

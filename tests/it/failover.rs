@@ -248,3 +248,118 @@ async fn a_pooled_connection_that_turns_read_only_is_closed_not_kept() {
             .expect("pg_stat_activity");
     assert!(!alive, "the read-only session was closed");
 }
+
+/// Everything logged at WARN and above, from every test of this binary while it runs (the
+/// first caller installs the subscriber; lines are told apart by sale id).
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let sink = logs.clone();
+        let installed = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        assert!(installed.is_ok(), "no other test installs a subscriber");
+        logs
+    })
+    .clone()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_logs_its_sqlstate_once_not_once_per_buyer() {
+    let logs = captured_logs();
+    let pool = fresh_database(1).await;
+    let client = Arc::new(crate::support::client_for(
+        Store::new(pool.clone()),
+        Limits::off(),
+    ));
+    let created = client
+        .post("/api/v1/admin/sales")
+        .header("Authorization", format!("Bearer {ADMIN_KEY}"))
+        .body_json(&json!({"sku": "logged", "name": "Logs", "stock": 100}))
+        .send()
+        .await;
+    let (_, sale) = crate::support::status_and_json(created).await;
+    let sale_id = sale["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        purchase(&client, "logged", "u0").await.0,
+        StatusCode::CREATED
+    );
+    {
+        let mut conn = pool.acquire().await.expect("the pooled connection");
+        sqlx::query("SET default_transaction_read_only = on")
+            .execute(&mut *conn)
+            .await
+            .expect("make the session read-only");
+    }
+
+    // Eight buyers at once: the first batch fails on the read-only session.
+    let start = Arc::new(tokio::sync::Barrier::new(8));
+    let buyers: Vec<_> = (0..8)
+        .map(|i| {
+            let (client, start) = (client.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                purchase(&client, "logged", &format!("buyer-{i}")).await.0
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for buyer in buyers {
+        let status = buyer.await.expect("buyer");
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::SERVICE_UNAVAILABLE,
+            "{status}"
+        );
+        refused += usize::from(status == StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(refused >= 1, "the batch on the read-only session failed");
+
+    let text = String::from_utf8_lossy(&logs.lock().expect("logs")).to_string();
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains(&sale_id)).collect();
+    let failures: Vec<&&str> = ours
+        .iter()
+        .filter(|l| l.contains("purchase batch failed"))
+        .collect();
+    assert!(!failures.is_empty(), "{text}");
+    for line in &failures {
+        assert!(line.contains("25006"), "the SQLSTATE: {line}");
+        assert!(
+            line.contains("read-only transaction"),
+            "the message: {line}"
+        );
+    }
+    // One line per failed batch, with how many buyers it failed; none per buyer.
+    let callers: usize = failures
+        .iter()
+        .filter_map(|l| {
+            l.split("callers=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(callers, refused, "{text}");
+    let repeated = text
+        .lines()
+        .filter(|l| l.contains("25006") && !l.contains("purchase batch failed"))
+        .count();
+    assert_eq!(repeated, 0, "the cause is logged once: {text}");
+}

@@ -71,7 +71,7 @@ impl PurchaseQueue {
             {
                 Ok(Some(result)) => result,
                 Ok(None) => return,
-                Err(err) => return fail_all(by_user, &err),
+                Err(err) => return fail_all(sale_id, by_user, &err),
             };
             let took = started.elapsed();
             if !result.sale_live {
@@ -94,7 +94,7 @@ impl PurchaseQueue {
             match self.store.refusal_now(sale_id).await {
                 Ok(Some(refusal)) => return self.answer_refused(sale_id, refusal, by_user).await,
                 Ok(None) => {}
-                Err(err) => return fail_all(by_user, &err),
+                Err(err) => return fail_all(sale_id, by_user, &err),
             }
             // Sellable now, yet they were refused: the statement's now() fell just before the
             // opening, or its INSERT skipped a buyer who bought through another instance
@@ -109,7 +109,7 @@ impl PurchaseQueue {
             cut_off = answer_by;
         }
         // Nothing was written for them: a retry is safe, and will be decided afresh.
-        fail_all(by_user, &StoreError::Overloaded);
+        fail_all(sale_id, by_user, &StoreError::Overloaded);
     }
 
     /// Runs `purchase_batch` for the buyers still waiting, and records the statement's size
@@ -152,7 +152,7 @@ impl PurchaseQueue {
         let gone = match self.store.refusal_now(sale_id).await {
             Ok(Some(PurchaseOutcome::SaleNotFound)) => PurchaseOutcome::SaleNotFound,
             Ok(_) => PurchaseOutcome::SaleArchived,
-            Err(err) => return fail_all(by_user, &err),
+            Err(err) => return fail_all(sale_id, by_user, &err),
         };
         answer_all(by_user, &gone);
     }
@@ -188,7 +188,7 @@ impl PurchaseQueue {
                     }
                 }
             }
-            Err(err) => return fail_all(by_user, &err),
+            Err(err) => return fail_all(sale_id, by_user, &err),
         }
         answer_all(by_user, &refusal);
     }
@@ -212,7 +212,7 @@ impl PurchaseQueue {
                 }
                 return;
             }
-            Err(err) => return fail_all(by_user, &err),
+            Err(err) => return fail_all(sale_id, by_user, &err),
         }
         let owned: HashMap<String, Purchase> = match remembered {
             Some(buyers) => by_user
@@ -223,7 +223,7 @@ impl PurchaseQueue {
                 let users: Vec<&str> = by_user.keys().map(String::as_str).collect();
                 match self.store.purchases_of(sale_id, &users).await {
                     Ok(owned) => owned.into_iter().map(|p| (p.user_id.clone(), p)).collect(),
-                    Err(err) => return fail_all(by_user, &err),
+                    Err(err) => return fail_all(sale_id, by_user, &err),
                 }
             }
         };
@@ -243,9 +243,12 @@ fn answer_all(by_user: HashMap<String, Vec<Reply>>, outcome: &PurchaseOutcome) {
     }
 }
 
-/// Answers every request of a failed batch with the failure: the same unavailability for
-/// each (so each buyer hears 503, and "outcome unknown" where it is), else the message.
-fn fail_all(by_user: HashMap<String, Vec<Reply>>, err: &StoreError) {
+/// Answers every request of a failed batch with the failure, logged here once for all of
+/// them: the same unavailability for each (so each buyer hears 503, and "outcome unknown"
+/// where it is), else the message.
+fn fail_all(sale_id: Uuid, by_user: HashMap<String, Vec<Reply>>, err: &StoreError) {
+    let callers = by_user.values().map(Vec::len).sum();
+    err.log_batch_failure("purchase batch", sale_id, callers);
     for reply in by_user.into_values().flatten() {
         let _ = reply.send(Err(err.copy_for_caller()));
     }
