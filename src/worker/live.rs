@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use uuid::Uuid;
+
+mod listener;
 
 use crate::metrics::Metrics;
 use crate::store::{EntryChange, LiveSale, Store};
@@ -239,42 +240,23 @@ impl LiveHub {
             feed.wake.notify_one();
         }
     }
-
-    /// Listens for sale changes until `stop`; run it supervised (a broken connection
-    /// returns an error and the supervisor starts it again). Without it the streams still
-    /// get every change, at most `refresh_every` late.
-    pub async fn run_listener(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut listener = PgListener::connect_with(self.inner.store.pool()).await?;
-        listener.listen(SALE_CHANGES_CHANNEL).await?;
-        // Whatever changed while nobody listened.
-        self.wake_all();
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return Ok(()),
-                received = listener.try_recv() => match received? {
-                    Some(notification) => {
-                        self.inner.metrics.live_notifications.inc();
-                        if let Ok(sale_id) = Uuid::parse_str(notification.payload()) {
-                            self.wake(sale_id);
-                        }
-                    }
-                    // The connection was lost and made again: what came between is lost.
-                    None => self.wake_all(),
-                },
-            }
-        }
-    }
 }
 
 /// Reads the sale on each wake-up and hands it out, until no stream holds the feed.
 async fn refresh_loop(inner: Arc<Inner>, sale_id: Uuid, feed: Weak<SaleFeed>, wake: Arc<Notify>) {
     let mut seen: Option<i64> = None;
+    // Failing since (logged once, and once when it reads again).
+    let mut failing: Option<tokio::time::Instant> = None;
     loop {
         let Some(live_feed) = feed.upgrade() else {
             break;
         };
         match read_update(&inner.store, sale_id, seen).await {
             Ok(read) => {
+                if let Some(since) = failing.take() {
+                    let down_s = since.elapsed().as_secs();
+                    tracing::info!(sale = %sale_id, down_s, "live refresh: reading again");
+                }
                 inner.metrics.live_refreshes.inc();
                 seen = Some(read.through);
                 let gone = read.update.live.is_none();
@@ -284,7 +266,12 @@ async fn refresh_loop(inner: Arc<Inner>, sale_id: Uuid, feed: Weak<SaleFeed>, wa
                 }
             }
             Err(err) => {
-                tracing::warn!(sale = %sale_id, error = %err, "live refresh failed; retrying");
+                if failing.is_none() {
+                    failing = Some(tokio::time::Instant::now());
+                    tracing::warn!(sale = %sale_id, error = %err, "live refresh failed; retrying quietly");
+                } else {
+                    tracing::debug!(sale = %sale_id, error = %err, "live refresh still failing");
+                }
                 drop(live_feed);
                 tokio::time::sleep(ERROR_PAUSE).await;
                 continue;

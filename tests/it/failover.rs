@@ -3,68 +3,22 @@
 //! sessions), buyers hear a retry-safe 503, `/health` fails, and once the route leads back
 //! to a primary the service recovers by itself, without a restart.
 
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::api::EdgeLimits;
 use flashsale::api::buyer_auth::BuyerTokens;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use flashsale::metrics::Metrics;
 use flashsale::store::{self, Store};
+use flashsale::worker::{LiveConfig, LiveHub};
 use poem::http::StatusCode;
 use serde_json::json;
 use sqlx::Connection;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
 use uuid::Uuid;
 
+use crate::route::{Route, captured_logs};
 use crate::support::{ADMIN_KEY, Limits, client_with_edge, code, fresh_database, purchase};
-
-/// A TCP route to Postgres whose upstream can be switched, like DNS or a load balancer
-/// pointing somewhere else; it may also end every session in flight (a failover that
-/// kills the old primary's connections).
-struct Route {
-    port: u16,
-    upstream: Arc<AtomicU16>,
-    sessions: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Route {
-    async fn to(upstream_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let upstream = Arc::new(AtomicU16::new(upstream_port));
-        let sessions: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (target, open) = (upstream.clone(), sessions.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let port = target.load(Ordering::SeqCst);
-                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", port)).await else {
-                    continue;
-                };
-                let session = tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                });
-                open.lock().expect("sessions").push(session.abort_handle());
-            }
-        });
-        Self {
-            port,
-            upstream,
-            sessions,
-        }
-    }
-
-    /// New connections go to `port` from now on; with `end_sessions`, every open one is cut.
-    fn switch(&self, port: u16, end_sessions: bool) {
-        self.upstream.store(port, Ordering::SeqCst);
-        if end_sessions {
-            for session in self.sessions.lock().expect("sessions").drain(..) {
-                session.abort();
-            }
-        }
-    }
-}
 
 /// A throwaway cluster of its own (a primary), in a fresh folder.
 async fn start_cluster(data_dir: std::path::PathBuf) -> EmbeddedPostgres {
@@ -249,37 +203,6 @@ async fn a_pooled_connection_that_turns_read_only_is_closed_not_kept() {
     assert!(!alive, "the read-only session was closed");
 }
 
-/// Everything logged at WARN and above, from every test of this binary while it runs (the
-/// first caller installs the subscriber; lines are told apart by sale id).
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let sink = logs.clone();
-        let installed = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || LogSink(sink.clone()))
-            .try_init();
-        assert!(installed.is_ok(), "no other test installs a subscriber");
-        logs
-    })
-    .clone()
-}
-
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("logs").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_logs_its_sqlstate_once_not_once_per_buyer() {
     let logs = captured_logs();
@@ -362,4 +285,62 @@ async fn a_failed_batch_logs_its_sqlstate_once_not_once_per_buyer() {
         .filter(|l| l.contains("25006") && !l.contains("purchase batch failed"))
         .count();
     assert_eq!(repeated, 0, "the cause is logged once: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_listener_logs_an_outage_once_and_the_recovery_once() {
+    use tracing::Instrument;
+    let logs = captured_logs();
+    let direct = fresh_database(2).await;
+    let options = direct.connect_options();
+    let route = Route::to(options.get_port()).await;
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        options.get_username(),
+        route.port,
+        options.get_database().unwrap_or("postgres")
+    );
+    let store = Store::new(store::connect(&url, 2).await.expect("connect"));
+    let hub = LiveHub::new(
+        store,
+        Metrics::new().expect("metrics"),
+        LiveConfig::default(),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let tag = Uuid::new_v4().simple().to_string();
+    let span = tracing::info_span!("listener", tag = %tag);
+    let listener = tokio::spawn(hub.run_listener(stopped).instrument(span));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The database goes away for several of the listener's retries, then comes back.
+    let before = route.accepted();
+    route.switch(crate::route::dead_port(), true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(route.accepted() >= before + 3, "it kept trying");
+    route.switch(options.get_port(), false);
+    let ours = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|line| line.contains(&tag))
+            .map(String::from)
+            .collect()
+    };
+    let back = Instant::now();
+    let lines = loop {
+        let lines = ours(&String::from_utf8_lossy(&logs.lock().expect("logs")));
+        if lines.iter().any(|line| line.contains("listening again")) {
+            break lines;
+        }
+        assert!(back.elapsed() < Duration::from_secs(40), "{lines:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = stop.send(true);
+    listener
+        .await
+        .expect("join")
+        .expect("the listener ends cleanly");
+
+    let count = |what: &str| lines.iter().filter(|line| line.contains(what)).count();
+    assert_eq!(count("lost the database"), 1, "{lines:?}");
+    assert_eq!(count("listening again"), 1, "{lines:?}");
+    assert_eq!(count("ERROR"), 0, "{lines:?}");
 }

@@ -24,6 +24,7 @@ mod races;
 mod rate_limits;
 mod receiver;
 mod retention;
+mod route;
 mod sale_state;
 mod streams;
 mod support;
