@@ -103,10 +103,14 @@ impl Application {
             .with_context(|| format!("Failed to bind {}:{}", config.host, config.port))?;
         let metrics = Metrics::new().context("Failed to set up metrics")?;
         let waited = |pool: &str| metrics.pool_wait.with_label_values(&[pool]);
+        let store = Store::new(pool).with_pool_wait(waited("main"));
         Ok(Self {
             acceptor,
-            store: Store::new(pool).with_pool_wait(waited("main")),
-            reserved: Store::new(reserved_pool).with_pool_wait(waited("reserved")),
+            // One view of an outage, and one probe, for both pools.
+            reserved: store
+                .beside(reserved_pool)
+                .with_pool_wait(waited("reserved")),
+            store,
             edge: crate::api::EdgeLimits {
                 db_timeout: Duration::from_millis(config.db_timeout_ms.max(100)),
                 max_in_flight: config.max_in_flight.max(1),

@@ -18,7 +18,8 @@ use crate::store::StoreError;
 /// The message of every 500: the details are only in the log.
 const INTERNAL_MESSAGE: &str = "internal error; see the service log";
 
-/// Seconds a client told 503 `UNAVAILABLE` is asked to wait before retrying.
+/// Seconds a client told 503 `UNAVAILABLE` is asked to wait before retrying (longer, and
+/// jittered, while the database is known to be down: see `StoreError::Down`).
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// Machine-readable reason of an error response.
@@ -216,6 +217,16 @@ impl From<StoreError> for ServerError {
             StoreError::Overloaded => ServerError::unavailable(
                 "too many purchases of this sale are waiting; retry in a second",
             ),
+            StoreError::Down { retry_after } => {
+                tracing::debug!("answering: the database is down (logged by its probe)");
+                ServerError::Unavailable(
+                    ErrorBody::json(
+                        ErrorCode::Unavailable,
+                        format!("the database is down; retry after {retry_after} s"),
+                    ),
+                    retry_after,
+                )
+            }
             StoreError::Unavailable(None) => {
                 tracing::debug!("answering: database unavailable (logged where it failed)");
                 ServerError::unavailable("the database is unavailable; retry in a second")

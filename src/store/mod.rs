@@ -11,6 +11,7 @@ mod events;
 mod group_commit;
 mod jobs;
 mod live;
+mod outage;
 mod purchases;
 mod queue;
 mod queue_entry;
@@ -25,7 +26,6 @@ use std::time::Duration;
 
 use prometheus::Histogram;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Postgres};
 
 pub use audit::{AuditCheck, AuditReport};
@@ -40,6 +40,7 @@ pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, LeaveOutcome, QueueStats};
 pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
+pub use route::{ACQUIRE_TIMEOUT, SERVER_TIMEOUTS, connect};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
 pub use webhooks::{EndpointTarget, NewEndpoint};
 
@@ -68,6 +69,10 @@ pub enum StoreError {
     /// learns which.
     #[error("the outcome of the write is unknown")]
     OutcomeUnknown,
+    /// The database is known to be down (see `outage`): refused at once, without trying.
+    /// Retry after `retry_after` seconds.
+    #[error("the database is down")]
+    Down { retry_after: u64 },
     /// Too many purchases are already waiting for this sale on this instance.
     #[error("too many purchases are waiting")]
     Overloaded,
@@ -111,6 +116,9 @@ impl StoreError {
         match self {
             StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
             StoreError::Overloaded => StoreError::Overloaded,
+            StoreError::Down { retry_after } => StoreError::Down {
+                retry_after: *retry_after,
+            },
             err if err.is_unavailable() => StoreError::Unavailable(None),
             err => StoreError::Batch(err.to_string()),
         }
@@ -119,12 +127,12 @@ impl StoreError {
     /// Logs the failure of a group-commit batch (`batch`, for `callers` requests of the
     /// sale `sale_id`) once, with the database's SQLSTATE and message: each caller gets a
     /// copy ([`StoreError::copy_for_caller`]) that the request log does not repeat. A batch
-    /// refused for load logs nothing (nothing failed), and an unanswered statement was
-    /// logged where it was cut off.
+    /// refused for load logs nothing (nothing failed), an unanswered statement was logged
+    /// where it was cut off, and an outage is logged once by its probe.
     pub(crate) fn log_batch_failure(&self, batch: &str, sale_id: uuid::Uuid, callers: usize) {
         let (code, message) = self.cause();
         match self {
-            StoreError::Overloaded | StoreError::OutcomeUnknown => {}
+            StoreError::Overloaded | StoreError::OutcomeUnknown | StoreError::Down { .. } => {}
             err if err.is_unavailable() => tracing::warn!(
                 sale = %sale_id, callers, code, message, "{batch} failed: database unavailable"
             ),
@@ -153,7 +161,10 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::OutcomeUnknown | StoreError::Overloaded
+            StoreError::Unavailable(_)
+                | StoreError::OutcomeUnknown
+                | StoreError::Overloaded
+                | StoreError::Down { .. }
         )
     }
 }
@@ -209,13 +220,27 @@ pub struct Store {
     pool: PgPool,
     /// Where the time spent waiting for a connection is recorded, if anywhere.
     pool_wait: Option<Histogram>,
+    /// Whether the database is known to be down (then calls are refused at once), and the
+    /// probe that finds out when it is back.
+    outage: outage::Outage,
 }
 
 impl Store {
     pub fn new(pool: PgPool) -> Self {
         Self {
+            outage: outage::Outage::new(pool.connect_options()),
             pool,
             pool_wait: None,
+        }
+    }
+
+    /// A store on another pool of the same database (the reserved pool), sharing this
+    /// one's view of an outage and its one probe.
+    pub fn beside(&self, pool: PgPool) -> Self {
+        Self {
+            pool,
+            pool_wait: None,
+            outage: self.outage.clone(),
         }
     }
 
@@ -226,14 +251,23 @@ impl Store {
     }
 
     /// A pooled connection, the wait for it timed: a pool too small for the load shows
-    /// here before it shows as 503s.
-    async fn conn(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    /// here before it shows as 503s. Refused at once while the database is known to be
+    /// down; a failed wait asks the outage probe to look.
+    async fn conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        if let Some(refusal) = self.outage.refusal() {
+            return Err(refusal);
+        }
         let started = std::time::Instant::now();
         let conn = self.pool.acquire().await;
         if let Some(histogram) = &self.pool_wait {
             histogram.observe(started.elapsed().as_secs_f64());
         }
-        conn
+        conn.map_err(|err| {
+            if is_unavailability(&err) && !matches!(err, sqlx::Error::PoolClosed) {
+                self.outage.suspect();
+            }
+            err.into()
+        })
     }
 
     /// A pooled connection, waited for at most until `cut_off`. Past it the caller hears
@@ -244,8 +278,11 @@ impl Store {
         cut_off: tokio::time::Instant,
     ) -> Result<PoolConnection<Postgres>, StoreError> {
         match tokio::time::timeout_at(cut_off, self.conn()).await {
-            Ok(conn) => Ok(conn?),
-            Err(_) => Err(StoreError::Unavailable(Some(sqlx::Error::PoolTimedOut))),
+            Ok(conn) => conn,
+            Err(_) => {
+                self.outage.suspect();
+                Err(StoreError::Unavailable(Some(sqlx::Error::PoolTimedOut)))
+            }
         }
     }
 
@@ -256,64 +293,16 @@ impl Store {
     /// Whether the database answers within `timeout` and takes writes (a primary, not a
     /// standby or a read-only database): what readiness means for this service.
     pub async fn ping(&self, timeout: Duration) -> Ping {
-        let query = async { route::is_writable(&mut *self.conn().await?).await };
+        let query = async {
+            let mut conn = self.conn().await?;
+            Ok::<_, StoreError>(route::is_writable(&mut conn).await?)
+        };
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(true)) => Ping::Writable,
             Ok(Ok(false)) => Ping::ReadOnly,
             Ok(Err(_)) | Err(_) => Ping::Unreachable,
         }
     }
-}
-
-/// How long a request waits for a pooled connection before it is told 503: long enough
-/// to ride out a burst (connections turn over in milliseconds), short enough that a buyer
-/// hears an honest answer well before any client gives up.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Server-side limits on every connection, so that no statement, lock wait or forgotten
-/// transaction can hold a connection (and the locks behind it) for long:
-/// - `statement_timeout` 5 s: the slowest legitimate statement (a 10,000-ticket slice of
-///   the pre-queue's draw, a 2,048-buyer batch on a loaded machine) takes well under a
-///   second; a statement past 5 s is stuck, and its buyer is answered 503 instead. Nothing
-///   on the request or tick paths grows with the size of a queue.
-/// - `lock_timeout` 3 s: purchases wait on one hot row lock, held for a statement at a
-///   time (milliseconds); 3 s of waiting means something holds it that should not.
-/// - `idle_in_transaction_session_timeout` 10 s: our transactions never wait on a client
-///   or the network, so a transaction idle that long belongs to a stalled or partitioned
-///   process; ending it frees its row locks for everyone else.
-pub const SERVER_TIMEOUTS: [(&str, &str); 3] = [
-    ("statement_timeout", "5s"),
-    ("lock_timeout", "3s"),
-    ("idle_in_transaction_session_timeout", "10s"),
-];
-
-/// The server's TCP keepalives on every connection (probes after 10 s idle, every 5 s, 3
-/// lost = dead): a server whose client vanished (a partitioned or killed instance) ends the
-/// session in about 25 s instead of the kernel's two hours, freeing its connection slot
-/// and anything it held. This is the server's half only; sqlx cannot set keepalives on
-/// our side (see `route`).
-const SERVER_KEEPALIVES: [(&str, &str); 3] = [
-    ("tcp_keepalives_idle", "10"),
-    ("tcp_keepalives_interval", "5"),
-    ("tcp_keepalives_count", "3"),
-];
-
-/// Opens a pool on `url`. Plans are made for each execution (`force_custom_plan`): a generic
-/// plan cached while a table is nearly empty can pick a sequential scan and keep it after the
-/// table grows (measured: 900 instead of 13,000 purchases/s). Every connection carries
-/// [`SERVER_TIMEOUTS`] and [`SERVER_KEEPALIVES`], and is checked to be writable before
-/// use (see `route`).
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = url.parse()?;
-    let mut settings = vec![("plan_cache_mode", "force_custom_plan")];
-    settings.extend(SERVER_TIMEOUTS);
-    settings.extend(SERVER_KEEPALIVES);
-    let options = options.application_name("flashsale").options(settings);
-    route::pool_options()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await
 }
 
 /// The failure of a write `what` sent on `conn` and not answered by its deadline: its

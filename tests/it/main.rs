@@ -15,6 +15,7 @@ mod hardening;
 mod identity;
 mod jobs;
 mod openapi;
+mod outage;
 mod outbox;
 mod outcome;
 mod purchase;
