@@ -16,9 +16,10 @@
 //! What this module does not do: TCP keepalives. sqlx 0.9 opens its sockets itself (only
 //! `TCP_NODELAY` is set) and exposes neither keepalive options nor the socket
 //! (launchbadge/sqlx#3540). A half-open socket is found by our own deadlines instead: an
-//! idle connection is pinged on acquire within the request's deadline, and a statement cut
-//! off by its deadline has its connection closed, never pooled (see `Store::unanswered`).
-//! The server side gets keepalives through the session settings (`connect`).
+//! idle connection is pinged on acquire within the request's deadline, a statement cut off
+//! by its deadline has its connection closed, never pooled (`unanswered`, in the parent
+//! module), and the live listener checks its own silent connection. The server's side
+//! gets keepalives through the session settings ([`SERVER_KEEPALIVES`]).
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
