@@ -177,14 +177,17 @@ impl Store {
     async fn draw_slice(&self, sale_id: Uuid) -> Result<(Option<i32>, bool), StoreError> {
         let mut conn = self.conn().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        // The slice must walk `queue_entries_undrawn` in order; with the pre-queue just
-        // filled, the statistics can still say it is empty, and the planner then sorts the
-        // whole pre-queue instead (measured: past the 5 s statement timeout at 100,000, with
-        // seconds of JIT compiling on top). So, for this transaction only: no sort where an
-        // index gives the order, and no JIT.
+        // The slice must walk `queue_entries_undrawn` in order and touch only its own rows.
+        // With the pre-queue just filled, the statistics can still say the sale has no
+        // entries, and the planner then sorted the whole pre-queue, or joined every entry of
+        // the sale against every dealt one (both measured past the 5 s statement timeout at
+        // 100,000, with seconds of JIT on top). So, for this transaction only: no sort where
+        // an index gives the order, no sequential scan, no JIT; and the rows are updated by
+        // the ctid the slice locked (a TID scan each; a locked row cannot move).
         let ours: bool = sqlx::query_scalar(
             "SELECT pg_try_advisory_xact_lock(hashtext('flashsale.prequeue_draw'), hashtext($1::text))
                     AND set_config('enable_sort', 'off', true) IS NOT NULL
+                    AND set_config('enable_seqscan', 'off', true) IS NOT NULL
                     AND set_config('jit', 'off', true) IS NOT NULL",
         )
         .bind(sale_id)
@@ -205,19 +208,19 @@ impl Store {
         // so each slice reads its own part of the index, not the dealt ones before it.
         let (dealt, last_key, last_user): (i64, Option<Vec<u8>>, Option<String>) = sqlx::query_as(
             "WITH next AS (
-                 SELECT user_id, draw_key FROM queue_entries
+                 SELECT ctid AS row_id, user_id, draw_key FROM queue_entries
                   WHERE sale_id = $1 AND prequeue AND status = 'queued' AND ticket IS NULL
                     AND (draw_key, user_id COLLATE \"C\") > ($4::bytea, $5::text COLLATE \"C\")
                   ORDER BY draw_key, user_id COLLATE \"C\"
                   LIMIT $2
                     FOR UPDATE
              ), dealt AS (
-                 SELECT user_id,
+                 SELECT row_id,
                         row_number() OVER (ORDER BY draw_key, user_id COLLATE \"C\") AS n
                    FROM next
              ), updated AS (
                  UPDATE queue_entries e SET ticket = $3 + dealt.n
-                   FROM dealt WHERE e.sale_id = $1 AND e.user_id = dealt.user_id
+                   FROM dealt WHERE e.ctid = dealt.row_id
                  RETURNING dealt.n, e.draw_key, e.user_id
              )
              SELECT count(*), (array_agg(draw_key ORDER BY n DESC))[1],
