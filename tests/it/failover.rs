@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashsale::api::EdgeLimits;
-use flashsale::api::buyer_auth::BuyerTokens;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use flashsale::metrics::Metrics;
 use flashsale::store::{self, Store};
@@ -18,7 +16,9 @@ use sqlx::Connection;
 use uuid::Uuid;
 
 use crate::route::{Route, captured_logs};
-use crate::support::{ADMIN_KEY, Limits, client_with_edge, code, fresh_database, purchase};
+use crate::support::{
+    ADMIN_KEY, Limits, code, fresh_database, impatient_client_with_sale, purchase,
+};
 
 /// A throwaway cluster of its own (a primary), in a fresh folder.
 async fn start_cluster(data_dir: std::path::PathBuf) -> EmbeddedPostgres {
@@ -70,18 +70,7 @@ async fn a_route_to_a_standby_answers_503_and_the_service_recovers_when_it_leads
     let route = Route::to(primary.port()).await;
     let url = format!("postgres://postgres@127.0.0.1:{}/flashsale", route.port);
     let store = Store::new(store::connect(&url, 4).await.expect("connect"));
-    let edge = EdgeLimits {
-        db_timeout: Duration::from_secs(1),
-        ..EdgeLimits::default()
-    };
-    let client = client_with_edge(store, Limits::off(), BuyerTokens::disabled(), edge);
-    let created = client
-        .post("/api/v1/admin/sales")
-        .header("Authorization", format!("Bearer {ADMIN_KEY}"))
-        .body_json(&json!({"sku": "ha", "name": "Failover", "stock": 100}))
-        .send()
-        .await;
-    assert_eq!(created.0.status(), StatusCode::CREATED);
+    let client = impatient_client_with_sale(store, "ha", 100).await;
     assert_eq!(purchase(&client, "ha", "u0").await.0, StatusCode::CREATED);
 
     // The standby has replayed the purchase: a faithful copy, only read-only.

@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use flashsale::api::EdgeLimits;
-use flashsale::api::buyer_auth::BuyerTokens;
 use flashsale::store::{self, Store};
 use poem::http::StatusCode;
 use serde_json::json;
@@ -14,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{
-    ADMIN_KEY, Limits, client_with_edge, code, fresh_database, purchase, spawn_app, status_and_json,
+    ADMIN_KEY, code, fresh_database, impatient_client_with_sale, purchase, spawn_app,
+    status_and_json,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,18 +172,7 @@ async fn pump(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_database_gets_fast_503s_with_retry_after_never_a_500() {
     let (store, cut) = partitionable_store().await;
-    let edge = EdgeLimits {
-        db_timeout: Duration::from_secs(1),
-        ..EdgeLimits::default()
-    };
-    let client = client_with_edge(store, Limits::off(), BuyerTokens::disabled(), edge);
-    let created = client
-        .post("/api/v1/admin/sales")
-        .header("Authorization", format!("Bearer {ADMIN_KEY}"))
-        .body_json(&json!({"sku": "cut", "name": "Partition", "stock": 10}))
-        .send()
-        .await;
-    assert_eq!(created.0.status(), StatusCode::CREATED);
+    let client = impatient_client_with_sale(store, "cut", 10).await;
     assert_eq!(
         purchase(&client, "cut", "before").await.0,
         StatusCode::CREATED

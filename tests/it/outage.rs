@@ -5,14 +5,12 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use flashsale::api::EdgeLimits;
-use flashsale::api::buyer_auth::BuyerTokens;
 use flashsale::store::{self, Store};
 use poem::http::StatusCode;
 use serde_json::json;
 
 use crate::route::{Route, dead_port};
-use crate::support::{ADMIN_KEY, Limits, client_with_edge, fresh_database, purchase};
+use crate::support::{fresh_database, impatient_client_with_sale, purchase};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_database_is_down_one_probe_looks_and_buyers_hear_a_jittered_retry_after() {
@@ -26,18 +24,7 @@ async fn while_the_database_is_down_one_probe_looks_and_buyers_hear_a_jittered_r
         options.get_database().unwrap_or("postgres")
     );
     let store = Store::new(store::connect(&url, 4).await.expect("connect"));
-    let edge = EdgeLimits {
-        db_timeout: Duration::from_secs(1),
-        ..EdgeLimits::default()
-    };
-    let client = client_with_edge(store, Limits::off(), BuyerTokens::disabled(), edge);
-    let created = client
-        .post("/api/v1/admin/sales")
-        .header("Authorization", format!("Bearer {ADMIN_KEY}"))
-        .body_json(&json!({"sku": "down", "name": "Outage", "stock": 100}))
-        .send()
-        .await;
-    assert_eq!(created.0.status(), StatusCode::CREATED);
+    let client = impatient_client_with_sale(store, "down", 100).await;
     assert_eq!(purchase(&client, "down", "u0").await.0, StatusCode::CREATED);
 
     // The database goes away. Each answer: its status, Retry-After and how long it took.

@@ -11,19 +11,7 @@ use sqlx::Connection;
 use tokio::sync::Barrier;
 
 use crate::queue::{broken_invariants, queued_sale, tick};
-use crate::support::{Limits, TestApp, client_for, code, spawn_app, status_and_json};
-
-type Client = Arc<poem::test::TestClient<poem::endpoint::BoxEndpoint<'static, poem::Response>>>;
-
-/// One join through the given instance.
-async fn join_on(client: &Client, sku: &str, user: &str) -> (StatusCode, Value) {
-    let response = client
-        .post(format!("/api/v1/sales/{sku}/queue"))
-        .body_json(&json!({ "userId": user }))
-        .send()
-        .await;
-    status_and_json(response).await
-}
+use crate::support::{Limits, TestApp, client_for, code, join, spawn_app};
 
 /// The tickets of the sale's entries, by user.
 async fn tickets(app: &TestApp, sale: uuid::Uuid) -> HashMap<String, Option<i64>> {
@@ -64,7 +52,7 @@ async fn joins_released_together_on_two_instances_fill_the_queue_exactly_to_capa
         let (sku, barrier) = (sku.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let answer = join_on(&client, &sku, &user).await;
+            let answer = join(&client, &sku, &user).await;
             (user, answer)
         }));
     }
@@ -130,7 +118,7 @@ async fn joins_released_together_on_two_instances_fill_the_queue_exactly_to_capa
         let (sku, barrier, user) = (sku.clone(), barrier.clone(), user.to_string());
         tokio::spawn(async move {
             barrier.wait().await;
-            let answer = join_on(&client, &sku, &user).await;
+            let answer = join(&client, &sku, &user).await;
             (user, answer)
         })
     })

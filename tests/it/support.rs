@@ -240,13 +240,7 @@ impl TestApp {
 
     /// Joins the queued sale `sku` as `user`.
     pub async fn join_queue(&self, sku: &str, user: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(format!("/api/v1/sales/{sku}/queue"))
-            .body_json(&json!({ "userId": user }))
-            .send()
-            .await;
-        status_and_json(response).await
+        join(&self.client, sku, user).await
     }
 
     pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
@@ -292,6 +286,42 @@ pub async fn purchase(
         .send()
         .await;
     status_and_json(response).await
+}
+
+/// Joins the waiting room of `sale` as `user` through `client` (one instance).
+pub async fn join(
+    client: &TestClient<BoxEndpoint<'static, Response>>,
+    sale: &str,
+    user: &str,
+) -> (StatusCode, Value) {
+    let response = client
+        .post(format!("/api/v1/sales/{sale}/queue"))
+        .body_json(&json!({ "userId": user }))
+        .send()
+        .await;
+    status_and_json(response).await
+}
+
+/// A client on `store` that waits at most 1 s for the database (the tests of a database
+/// that goes away), with the instant sale `sku` of `stock` units created through it.
+pub async fn impatient_client_with_sale(
+    store: Store,
+    sku: &str,
+    stock: i64,
+) -> TestClient<BoxEndpoint<'static, Response>> {
+    let edge = flashsale::api::EdgeLimits {
+        db_timeout: Duration::from_secs(1),
+        ..flashsale::api::EdgeLimits::default()
+    };
+    let client = client_with_edge(store, Limits::off(), BuyerTokens::disabled(), edge);
+    let created = client
+        .post("/api/v1/admin/sales")
+        .header("Authorization", format!("Bearer {ADMIN_KEY}"))
+        .body_json(&json!({"sku": sku, "name": "Away", "stock": stock}))
+        .send()
+        .await;
+    assert_eq!(created.0.status(), StatusCode::CREATED);
+    client
 }
 
 /// The `code` of an error body.
