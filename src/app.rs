@@ -1,5 +1,12 @@
 //! Builds and runs the service: database, migrations, HTTP server, job runner, shutdown.
 //!
+//! Start-up waits a bounded time for a database that does not answer yet, then migrates
+//! (unless a deploy step did). Shutdown is a drain: on the signal `/health` answers 503 and
+//! streams end after a last message; the listener stays open `SHUTDOWN_DELAY_MS` more (load
+//! balancers take the instance out), then closes, and requests in flight get
+//! `SHUTDOWN_DRAIN_MS` to finish; then the workers stop (the runner finishes the jobs in
+//! hand and so ends their leases; webhook rounds stop claiming), and the pools close.
+//!
 //! `anyhow` lives here and in the workers only; request paths use typed errors.
 
 use std::future::Future;
@@ -14,6 +21,7 @@ use tokio::sync::watch;
 use crate::api::ApiState;
 use crate::api::auth::AdminKey;
 use crate::api::buyer_auth::BuyerTokens;
+use crate::api::drain::Drain;
 use crate::api::rate_limit::{self, KeyedLimiter, RateLimits};
 use crate::api::view_cache::SaleViewCache;
 use crate::config::Config;
@@ -27,8 +35,8 @@ use crate::worker::{
 
 /// Name of the database the service uses on its embedded cluster.
 const EMBEDDED_DATABASE: &str = "flashsale";
-/// How long in-flight requests get to finish after a shutdown signal.
-const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// How often start-up tries a database that does not answer yet.
+const DB_STARTUP_RETRY: Duration = Duration::from_secs(1);
 
 /// A service bound to its port and connected to its database, ready to run.
 pub struct Application {
@@ -51,6 +59,7 @@ pub struct Application {
     live_config: LiveConfig,
     /// The private cluster we started, stopped after the server and workers.
     embedded: Option<EmbeddedPostgres>,
+    lifecycle: crate::config::Lifecycle,
 }
 
 impl Application {
@@ -79,16 +88,27 @@ impl Application {
                 (cluster.url(EMBEDDED_DATABASE), Some(cluster))
             }
         };
-        let pool = store::connect(&url, config.db_pool_size)
+        let wait = config.lifecycle.db_startup_wait();
+        let pool = connect_waiting(&url, config.db_pool_size, wait)
             .await
             .context("Failed to connect to Postgres")?;
-        let reserved_pool = store::connect(&url, config.db_reserved_pool_size.max(2))
+        let reserved_pool = connect_waiting(&url, config.db_reserved_pool_size.max(2), wait)
             .await
             .context("Failed to connect the reserved pool to Postgres")?;
-        store::MIGRATOR
-            .run(&pool)
-            .await
-            .context("Failed to run migrations")?;
+        if config.lifecycle.migrate_on_start {
+            store::migrate(&url)
+                .await
+                .context("Failed to run migrations")?;
+        } else {
+            let pending = store::pending_migrations(&pool)
+                .await
+                .context("Failed to read the applied migrations")?;
+            anyhow::ensure!(
+                pending.is_empty(),
+                "the database lacks migrations {pending:?} this release needs: run \
+                 `flashsale migrate` first (MIGRATE_ON_START=false)"
+            );
+        }
         let limits = Arc::new(RateLimits {
             per_user: KeyedLimiter::new(
                 config.rate_limit_per_user,
@@ -130,6 +150,7 @@ impl Application {
             retention: config.event_retention(),
             live_config: config.live_config(),
             embedded,
+            lifecycle: config.lifecycle.clone(),
         })
     }
 
@@ -184,6 +205,18 @@ impl Application {
                 workers_stopped.clone(),
             ))
         };
+        let gauges = {
+            let (store, metrics) = (self.reserved.clone(), self.metrics.clone());
+            let every = self.lifecycle.metrics_refresh();
+            tokio::spawn(supervise(
+                "metrics gauges",
+                move |stop| {
+                    crate::worker::refresh_gauges(store.clone(), metrics.clone(), every, stop)
+                },
+                workers_stopped.clone(),
+            ))
+        };
+        let (drain_switch, drain) = Drain::new();
         rate_limit::spawn_pruner(&self.limits);
         let app = crate::api::app(ApiState {
             store: self.store.clone(),
@@ -204,13 +237,29 @@ impl Application {
             edge: self.edge,
             webhook_retry_for: self.webhook_config.retry_for,
             live,
+            drain,
+            metrics_token: self.lifecycle.metrics_token().map(AdminKey::new),
         });
         tracing::info!(
             port = self.acceptor.local_addr().first().map(ToString::to_string),
             "listening; Swagger UI at /docs"
         );
+        let (delay, drain_for) = (
+            self.lifecycle.shutdown_delay(),
+            self.lifecycle.shutdown_drain(),
+        );
+        let draining = async move {
+            shutdown.await;
+            drain_switch.start();
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                drain_ms = drain_for.as_millis() as u64,
+                "draining: /health answers 503, streams closed; the listener closes after the delay"
+            );
+            tokio::time::sleep(delay).await;
+        };
         let served = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
+            .run_with_graceful_shutdown(app, draining, Some(drain_for))
             .await;
         tracing::info!("HTTP server stopped; stopping the job runner");
         let _ = stop_workers.send(true);
@@ -222,6 +271,9 @@ impl Application {
         }
         if let Err(err) = listener.await {
             tracing::error!(error = %err, "live listener supervisor panicked");
+        }
+        if let Err(err) = gauges.await {
+            tracing::error!(error = %err, "metrics gauges supervisor panicked");
         }
         self.store.pool().close().await;
         self.reserved.pool().close().await;
@@ -267,5 +319,25 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
         _ = terminate => tracing::info!("SIGTERM received: shutting down"),
+    }
+}
+
+/// Connects a pool, trying again every second for up to `wait` while the database does not
+/// answer (it may start after the service); the last error when it never does.
+async fn connect_waiting(
+    url: &str,
+    size: u32,
+    wait: Duration,
+) -> Result<sqlx::PgPool, sqlx::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match store::connect(url, size).await {
+            Ok(pool) => return Ok(pool),
+            Err(err) if started.elapsed() + DB_STARTUP_RETRY < wait => {
+                tracing::warn!(error = %err, "the database does not answer yet; trying again");
+                tokio::time::sleep(DB_STARTUP_RETRY).await;
+            }
+            Err(err) => return Err(err),
+        }
     }
 }

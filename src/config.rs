@@ -20,6 +20,11 @@
 //! | `WORKER_POLL_MS` | 1000 | longest sleep of the job runner between polls |
 //! | `BUYER_TOKEN_SECRET` | unset: no buyer identity check, with a warning | HS256 secret of buyer JWTs |
 //! | `BUYER_TOKEN_AUDIENCE` / `BUYER_TOKEN_ISSUER` | unset | `aud` / `iss` buyer tokens must carry |
+//! | `MIGRATE_ON_START` | true | run the migrations at start-up (else `flashsale migrate`) |
+//! | `DB_STARTUP_WAIT_MS` | 60000 | how long start-up waits for a database that does not answer |
+//! | `SHUTDOWN_DELAY_MS` / `SHUTDOWN_DRAIN_MS` | 0 / 10000 | after SIGTERM: serve while unready, then let requests finish |
+//! | `METRICS_TOKEN` | unset: `/metrics` open | bearer token `/metrics` requires |
+//! | `METRICS_REFRESH_MS` | 5000 | how often the waiting rooms are read for the metrics |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
 //! | `RUST_LOG` | `info` | log filter |
 
@@ -29,6 +34,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
+
+mod lifecycle;
+
+pub use lifecycle::Lifecycle;
 
 /// The admin key used when none is configured: fine on a laptop, loudly warned about, and
 /// refused on any address but loopback.
@@ -58,6 +67,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the service (the default).
     Serve,
+    /// Run the migrations against DATABASE_URL and exit (a deploy step or Kubernetes Job,
+    /// before instances start with MIGRATE_ON_START=false).
+    Migrate,
     /// Print the OpenAPI document (JSON) to stdout.
     Openapi,
     /// Print a buyer token for USER_ID signed with BUYER_TOKEN_SECRET (for trying the API
@@ -209,6 +221,9 @@ pub struct Config {
     /// When set, buyer tokens must carry this `iss`.
     #[arg(long, env = "BUYER_TOKEN_ISSUER")]
     pub buyer_token_issuer: Option<String>,
+
+    #[command(flatten)]
+    pub lifecycle: Lifecycle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

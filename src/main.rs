@@ -1,5 +1,6 @@
 //! The `flashsale` binary: `flashsale` (or `flashsale serve`) runs the service,
-//! `flashsale openapi` prints the OpenAPI document, `flashsale token USER` a buyer token.
+//! `flashsale migrate` migrates DATABASE_URL and exits, `flashsale openapi` prints the
+//! OpenAPI document, `flashsale token USER` a buyer token.
 
 // The HTTP middleware stack (`api::app`) is one deeply nested type.
 #![recursion_limit = "256"]
@@ -34,6 +35,18 @@ async fn main() -> anyhow::Result<()> {
             let token = flashsale::api::buyer_auth::mint_token(&settings, &user_id, ttl_seconds)?;
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{token}").context("Failed to write the token")
+        }
+        Command::Migrate => {
+            flashsale::telemetry::init(cli.config.log_format);
+            let url = cli.config.database_url().context(
+                "DATABASE_URL is not set: `flashsale migrate` migrates a configured database \
+                 (the embedded one is migrated by the service itself)",
+            )?;
+            flashsale::store::migrate(url)
+                .await
+                .context("Failed to run migrations")?;
+            tracing::info!("migrations applied");
+            Ok(())
         }
         Command::Serve => {
             flashsale::telemetry::init(cli.config.log_format);

@@ -13,6 +13,7 @@ use poem_openapi::{ApiResponse, Enum, OpenApi, ResponseContent};
 
 use super::ApiTags;
 use super::auth::AdminAuth;
+use super::drain::{Drain, until_drain};
 use super::error::{ErrorBody, ErrorCode, ServerError, admin_parse_error};
 use super::models::{EventPage, EventTypeView, EventView, PurchasePage, PurchaseView};
 use crate::domain::{EventType, FeedCursor};
@@ -30,6 +31,9 @@ const STREAM_BATCH: i64 = 500;
 pub struct EventsApi {
     pub store: Store,
     pub metrics: Metrics,
+    /// On shutdown the feed's stream ends after the last whole event (the client resumes
+    /// from its `id:` elsewhere).
+    pub drain: Drain,
 }
 
 #[derive(ApiResponse)]
@@ -250,7 +254,7 @@ impl EventsApi {
         let open = OpenStream::new(&self.metrics.streams_open);
         let events = live_events(self.store.clone(), start, query.filter, open);
         Ok(StreamResponse::Ok(
-            EventStream::new(events.boxed())
+            EventStream::new(until_drain(events.boxed(), self.drain.clone(), |_| None))
                 .keep_alive(STREAM_KEEP_ALIVE)
                 .to_event(|event: EventView| {
                     let id = event.cursor.clone();

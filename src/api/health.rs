@@ -1,5 +1,6 @@
 //! `GET /health` (readiness): 200 while the database answers, takes writes (a primary, not
-//! a standby the route moved to) and the job runner makes progress, 503 otherwise. The probe uses the reserved pool, so a flood of buyers on the
+//! a standby the route moved to) and the job runner makes progress, 503 otherwise, and 503
+//! at once from the start of a drain (shutdown). The probe uses the reserved pool, so a flood of buyers on the
 //! main pool does not make a healthy instance look dead. `GET /health/live` (liveness): 200
 //! while the process serves HTTP, touching nothing else; also the stress suite's floor.
 
@@ -9,6 +10,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
+use super::drain::Drain;
 use super::error::{ErrorBody, ErrorCode};
 use super::models::HealthView;
 use crate::store::{Ping, Store};
@@ -20,6 +22,7 @@ const DB_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct HealthApi {
     pub store: Store,
     pub runner: RunnerHealth,
+    pub drain: Drain,
 }
 
 #[derive(ApiResponse)]
@@ -27,8 +30,9 @@ pub enum HealthResponse {
     /// The service and its database answer.
     #[oai(status = 200)]
     Ok(Json<HealthView>),
-    /// `UNAVAILABLE`: the database does not answer or is read-only, or the job runner
-    /// (admission, expiry, sale states) has not finished a round for 30 s.
+    /// `UNAVAILABLE`: the instance is shutting down, the database does not answer or is
+    /// read-only, or the job runner (admission, expiry, sale states) has not finished a
+    /// round for 30 s.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
 }
@@ -38,6 +42,12 @@ impl HealthApi {
     /// Readiness: the database answers and takes writes, and the job runner makes progress
     #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> HealthResponse {
+        if self.drain.is_draining() {
+            return HealthResponse::Unavailable(
+                ErrorBody::json(ErrorCode::Unavailable, "shutting down: draining"),
+                1,
+            );
+        }
         let problem = match self.store.ping(DB_TIMEOUT).await {
             Ping::Writable => None,
             Ping::ReadOnly => Some("the database is read-only (a standby?)"),

@@ -10,6 +10,7 @@ mod buyer;
 pub mod buyer_auth;
 mod console;
 mod csv;
+pub mod drain;
 pub mod edge;
 pub mod error;
 mod events;
@@ -37,6 +38,7 @@ use admin::AdminApi;
 use auth::AdminKey;
 use buyer::BuyerApi;
 use buyer_auth::BuyerTokens;
+use drain::Drain;
 pub use edge::EdgeLimits;
 use error::{ErrorBody, ErrorCode};
 use events::EventsApi;
@@ -108,6 +110,10 @@ pub struct ApiState {
     pub webhook_retry_for: std::time::Duration,
     /// Fans sale changes out to the live streams.
     pub live: LiveHub,
+    /// Started on shutdown: readiness fails, streams close.
+    pub drain: Drain,
+    /// When set, `/metrics` wants it as a bearer token.
+    pub metrics_token: Option<AdminKey>,
 }
 
 impl ApiState {
@@ -131,6 +137,8 @@ impl ApiState {
             views: Arc::new(SaleViewCache::new(std::time::Duration::ZERO)),
             metrics,
             webhook_retry_for: crate::worker::WebhookConfig::default().retry_for,
+            drain: Drain::never(),
+            metrics_token: None,
             store,
         })
     }
@@ -146,6 +154,7 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
             EventsApi {
                 store: state.store.clone(),
                 metrics: state.metrics.clone(),
+                drain: state.drain.clone(),
             },
             WebhooksApi {
                 store: state.store.clone(),
@@ -169,10 +178,12 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
             StreamsApi {
                 live: state.live.clone(),
                 tokens: state.tokens.clone(),
+                drain: state.drain.clone(),
             },
             HealthApi {
                 store: state.reserved.clone(),
                 runner: state.runner_health.clone(),
+                drain: state.drain.clone(),
             },
         ),
         "flashsale",
@@ -186,10 +197,10 @@ pub fn openapi_json(store: Store) -> prometheus::Result<String> {
     Ok(openapi_service(&ApiState::unlimited(store, AdminKey::new(String::new()))?).spec())
 }
 
-/// The metrics text, with the gauges read at scrape time: the pools' connections, and the
-/// waiting rooms (one query on the reserved pool, at most a second; on failure the last
-/// values stay).
-async fn scrape(metrics: &Metrics, store: &Store, reserved: &Store) -> String {
+/// The metrics text. Everything is in memory: the pools' connections are read here, the
+/// waiting rooms by a worker every few seconds ([`crate::worker::refresh_gauges`]), so a
+/// scrape never touches the database.
+fn scrape(metrics: &Metrics, store: &Store, reserved: &Store) -> String {
     for (name, pool) in [("main", store.pool()), ("reserved", reserved.pool())] {
         let (size, idle) = (i64::from(pool.size()), pool.num_idle() as i64);
         let connections = &metrics.pool_connections;
@@ -198,26 +209,36 @@ async fn scrape(metrics: &Metrics, store: &Store, reserved: &Store) -> String {
             .set(size - idle);
         connections.with_label_values(&[name, "idle"]).set(idle);
     }
-    let queues = tokio::time::timeout(std::time::Duration::from_secs(1), reserved.live_queues());
-    match queues.await {
-        Ok(Ok(queues)) => {
-            metrics.queue_waiting.reset();
-            metrics.queue_active_holds.reset();
-            for (sku, waiting, holds) in queues {
-                metrics
-                    .queue_waiting
-                    .with_label_values(&[&sku])
-                    .set(waiting);
-                metrics
-                    .queue_active_holds
-                    .with_label_values(&[&sku])
-                    .set(holds);
-            }
-        }
-        Ok(Err(err)) => tracing::warn!(error = %err, "metrics: could not read the queues"),
-        Err(_) => tracing::warn!("metrics: reading the queues timed out"),
-    }
     metrics.render()
+}
+
+/// `GET /metrics`: 401 without the bearer token when `METRICS_TOKEN` is set (compared in
+/// constant time, like the admin key).
+fn metrics_response(
+    req: &poem::Request,
+    token: Option<&AdminKey>,
+    metrics: &Metrics,
+    store: &Store,
+    reserved: &Store,
+) -> poem::Response {
+    if let Some(token) = token {
+        let offered = req
+            .header(poem::http::header::AUTHORIZATION)
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !token.matches(offered) {
+            return ErrorBody::json(
+                ErrorCode::Unauthorized,
+                "/metrics wants METRICS_TOKEN as a bearer token",
+            )
+            .with_status(StatusCode::UNAUTHORIZED)
+            .with_header(poem::http::header::WWW_AUTHENTICATE, "Bearer")
+            .into_response();
+        }
+    }
+    scrape(metrics, store, reserved)
+        .with_content_type("text/plain; version=0.0.4")
+        .into_response()
 }
 
 /// `2xx`, `4xx`, ... for a status.
@@ -245,6 +266,7 @@ pub fn app(state: ApiState) -> impl Endpoint<Output = poem::Response> {
         state.metrics.clone(),
         state.store.clone(),
         state.reserved.clone(),
+        state.metrics_token.clone(),
     );
     let counted = state.metrics.clone();
     Route::new()
@@ -253,13 +275,9 @@ pub fn app(state: ApiState) -> impl Endpoint<Output = poem::Response> {
         .at("/openapi.json", spec)
         .at(
             "/metrics",
-            poem::get(poem::endpoint::make(move |_| {
-                let (metrics, store, reserved) = scraped.clone();
-                async move {
-                    scrape(&metrics, &store, &reserved)
-                        .await
-                        .with_content_type("text/plain; version=0.0.4")
-                }
+            poem::get(poem::endpoint::make_sync(move |req| {
+                let (metrics, store, reserved, token) = &scraped;
+                metrics_response(&req, token.as_ref(), metrics, store, reserved)
             })),
         )
         .nest("/", api)

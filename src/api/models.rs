@@ -184,9 +184,11 @@ pub struct PurchaseRequest {
 }
 
 /// One message of a sale's public live stream (SSE `event: sale`, `id:` the sale's event
-/// sequence it reflects).
+/// sequence it reflects; the last one `event: closing` when the instance shuts down).
 #[derive(Object, Debug, Clone)]
 pub struct SaleStreamEvent {
+    #[oai(skip)]
+    pub event: &'static str,
     #[oai(skip)]
     pub sequence: i64,
     #[oai(flatten)]

@@ -15,6 +15,7 @@ use poem_openapi::{ApiResponse, Enum, OpenApi};
 
 use super::ApiTags;
 use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityRefusal, identity_refusal};
+use super::drain::{Drain, until_drain};
 use super::error::{ErrorBody, ErrorCode, ServerError};
 use super::journey::BuyerJourney;
 use super::models::{QueueStreamEvent, SaleStreamEvent, SaleView};
@@ -31,6 +32,9 @@ const STREAMS_FULL_RETRY_SECONDS: u64 = 5;
 pub struct StreamsApi {
     pub live: LiveHub,
     pub tokens: std::sync::Arc<BuyerTokens>,
+    /// On shutdown each stream sends its latest message again as `event: closing` and ends:
+    /// the client reconnects (with `Last-Event-ID`) to another instance.
+    pub drain: Drain,
 }
 
 #[derive(ApiResponse)]
@@ -178,13 +182,22 @@ impl StreamsApi {
         let mut journey = BuyerJourney::new(self.live.clone(), subscription, changes, found, read);
         journey.end_when_held = until.0 == Some(StreamUntil::Held);
         Ok(QueueStreamResponse::Ok(
-            EventStream::new(journey.into_stream())
-                .keep_alive(KEEP_ALIVE)
-                .to_event(|message: QueueStreamEvent| {
-                    SseEvent::message(message.to_json_string())
-                        .event_type(message.event)
-                        .id(message.sequence.to_string())
-                }),
+            EventStream::new(until_drain(
+                journey.into_stream(),
+                self.drain.clone(),
+                |last| {
+                    Some(QueueStreamEvent {
+                        event: "closing",
+                        ..last
+                    })
+                },
+            ))
+            .keep_alive(KEEP_ALIVE)
+            .to_event(|message: QueueStreamEvent| {
+                SseEvent::message(message.to_json_string())
+                    .event_type(message.event)
+                    .id(message.sequence.to_string())
+            }),
         ))
     }
 
@@ -216,13 +229,22 @@ impl StreamsApi {
             ));
         };
         Ok(SaleStreamResponse::Ok(
-            EventStream::new(sale_views(found, subscription).boxed())
-                .keep_alive(KEEP_ALIVE)
-                .to_event(|message: SaleStreamEvent| {
-                    SseEvent::message(message.to_json_string())
-                        .event_type("sale")
-                        .id(message.sequence.to_string())
-                }),
+            EventStream::new(until_drain(
+                sale_views(found, subscription).boxed(),
+                self.drain.clone(),
+                |last| {
+                    Some(SaleStreamEvent {
+                        event: "closing",
+                        ..last
+                    })
+                },
+            ))
+            .keep_alive(KEEP_ALIVE)
+            .to_event(|message: SaleStreamEvent| {
+                SseEvent::message(message.to_json_string())
+                    .event_type(message.event)
+                    .id(message.sequence.to_string())
+            }),
         ))
     }
 }
@@ -241,6 +263,7 @@ fn sale_views(
     subscription: Subscription,
 ) -> impl futures_util::Stream<Item = SaleStreamEvent> + Send + 'static {
     let first = SaleStreamEvent {
+        event: "sale",
         sequence: 0,
         sale: SaleView::from(&sale),
     };
@@ -266,6 +289,7 @@ fn sale_views(
                 last = json;
                 let over = is_over(&live.sale);
                 let message = SaleStreamEvent {
+                    event: "sale",
                     sequence: live.last_sequence,
                     sale: view,
                 };

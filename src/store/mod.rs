@@ -11,6 +11,7 @@ mod events;
 mod group_commit;
 mod jobs;
 mod live;
+mod migrate;
 mod outage;
 mod purchases;
 mod queue;
@@ -36,6 +37,7 @@ pub use jobs::{
     FailedJob, FreeSlots, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, PRUNE_INTERVAL, RequeueOutcome,
 };
 pub use live::{ChangePage, EntryChange, EntryChangeKind, LiveQueue, LiveSale};
+pub use migrate::{MIGRATOR, migrate, pending_migrations};
 pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, LeaveOutcome, QueueStats};
 pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
@@ -43,9 +45,6 @@ pub use queue_tick::{TICK_INTERVAL, TickReport};
 pub use route::{ACQUIRE_TIMEOUT, SERVER_TIMEOUTS, connect};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
 pub use webhooks::{EndpointTarget, NewEndpoint};
-
-/// The migrations, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]

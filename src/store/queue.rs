@@ -256,12 +256,14 @@ impl Store {
         Ok(stats)
     }
 
-    /// Buyers waiting and live holds of every live queued sale, by sku (for the metrics).
+    /// Buyers waiting and live holds of every open queued sale, by sku (for the metrics).
+    /// Only from its start: the metrics must not publish the sku of a sale not open yet.
     pub async fn live_queues(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT s.sku, q.waiting::bigint, s.held::bigint
                FROM sales s JOIN sale_queues q ON q.sale_id = s.id
-              WHERE s.archived_at IS NULL AND s.cancelled_at IS NULL AND now() < s.ends_at
+              WHERE s.archived_at IS NULL AND s.cancelled_at IS NULL
+                AND s.starts_at <= now() AND now() < s.ends_at
               ORDER BY s.sku LIMIT 1000",
         )
         .fetch_all(&mut *self.conn().await?)

@@ -16,12 +16,14 @@
 //! progress. Every few seconds it also runs the backstop of the waiting rooms
 //! ([`Store::ensure_queue_ticks`]), makes sure a retention job is pending
 //! ([`Store::ensure_prune_job`]) and counts the jobs that failed for good. The webhook sender
-//! is supervised the same way.
+//! is supervised the same way, and so is the task that reads the waiting rooms into the
+//! metrics ([`refresh_gauges`]).
 //!
 //! [`Store::claim_jobs`]: crate::store::Store::claim_jobs
 //! [`Store::ensure_queue_ticks`]: crate::store::Store::ensure_queue_ticks
 //! [`Store::ensure_prune_job`]: crate::store::Store::ensure_prune_job
 
+mod gauges;
 mod live;
 mod runner;
 mod service_jobs;
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+pub use gauges::refresh_gauges;
 pub use live::{
     BuyerChanges, LiveConfig, LiveHub, OpenStream, SALE_CHANGES_CHANNEL, SaleUpdate, StreamsFull,
     Subscription,

@@ -9,6 +9,7 @@
 mod admin;
 mod archive;
 mod bad_input;
+mod deploy;
 mod failover;
 mod group_commit;
 mod hardening;

@@ -581,22 +581,41 @@ async fn a_buyer_joining_many_times_at_once_gets_one_entry_and_one_ticket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_metrics_show_each_live_queues_waiting_buyers_and_holds() {
-    let app = spawn_app().await;
+async fn the_metrics_show_each_open_queues_waiting_buyers_and_holds_from_memory() {
+    let (app, live) = crate::support::spawn_notified_app(10).await;
     let (sku, sale) = queued_sale(&app, 1, json!({})).await;
+    let starts = chrono::Utc::now() + chrono::Duration::hours(1);
+    let (later, _) = queued_sale(&app, 1, json!({"startsAt": starts})).await;
     for user in ["m1", "m2", "m3"] {
         assert_eq!(join(&app, &sku, user).await.0, StatusCode::ACCEPTED);
     }
+    assert_eq!(join(&app, &later, "early").await.0, StatusCode::ACCEPTED);
     tick(&app.store, sale).await;
-    let response = app.client.get("/metrics").send().await;
-    let text = response.0.into_body().into_string().await.expect("metrics");
-    assert!(
-        text.contains(&format!("flashsale_queue_waiting{{sale=\"{sku}\"}} 2")),
-        "{text}"
-    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let gauges = tokio::spawn(flashsale::worker::refresh_gauges(
+        app.store.clone(),
+        live.metrics().clone(),
+        std::time::Duration::from_millis(50),
+        stopped,
+    ));
+    let waiting = format!("flashsale_queue_waiting{{sale=\"{sku}\"}} 2");
+    let mut text = String::new();
+    for _ in 0..100 {
+        let response = app.client.get("/metrics").send().await;
+        text = response.0.into_body().into_string().await.expect("metrics");
+        if text.contains(&waiting) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(text.contains(&waiting), "{text}");
     assert!(
         text.contains(&format!("flashsale_queue_active_holds{{sale=\"{sku}\"}} 1")),
         "{text}"
     );
     assert!(text.contains("flashsale_db_pool_connections{pool=\"main\",state=\"idle\"}"));
+    // A sale not open yet is not named: its sku is not public before its start.
+    assert!(!text.contains(&later), "{text}");
+    let _ = stop.send(true);
+    gauges.await.expect("gauges task").expect("gauges stop");
 }

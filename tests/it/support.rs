@@ -51,15 +51,20 @@ fn server_url() -> &'static str {
 
 /// Creates and migrates a fresh database; returns a pool on it.
 pub async fn fresh_database(pool_size: u32) -> PgPool {
+    let url = empty_database().await;
+    let pool = store::connect(&url, pool_size).await.expect("connect");
+    store::MIGRATOR.run(&pool).await.expect("migrate");
+    pool
+}
+
+/// Creates a fresh database with no tables; returns its URL.
+pub async fn empty_database() -> String {
     let name = format!("test_{}", Uuid::new_v4().simple());
     store::create_database_if_missing(server_url(), &name)
         .await
         .expect("create the test database");
     let options: PgConnectOptions = server_url().parse().expect("valid server url");
-    let url = options_to_url(&options.database(&name));
-    let pool = store::connect(&url, pool_size).await.expect("connect");
-    store::MIGRATOR.run(&pool).await.expect("migrate");
-    pool
+    options_to_url(&options.database(&name))
 }
 
 fn options_to_url(options: &PgConnectOptions) -> String {
@@ -195,6 +200,8 @@ pub fn client_with_hub(
         webhook_retry_for: std::time::Duration::from_secs(3600),
         store,
         live,
+        drain: flashsale::api::drain::Drain::never(),
+        metrics_token: None,
     });
     TestClient::new(app.boxed())
 }

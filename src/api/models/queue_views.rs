@@ -130,8 +130,9 @@ impl QueueStatusView {
 
 /// One message of a buyer's live stream: the whole status, so a client only renders it.
 /// The SSE `event:` names what changed (`status` first, then `position`, `held`,
-/// `expired`, `purchased`, `left`, `sold_out` or `closed`); `id:` is the sale's event
-/// sequence it reflects.
+/// `expired`, `purchased`, `left`, `sold_out` or `closed`; `closing` repeats the latest
+/// status when the instance shuts down: reconnect); `id:` is the sale's event sequence it
+/// reflects.
 #[derive(Object, Debug, Clone)]
 pub struct QueueStreamEvent {
     #[oai(skip)]
