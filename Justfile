@@ -88,3 +88,7 @@ stream-bench:
 # The console in headless Chromium (needs chromium, chromium-driver and selenium) against a running service.
 console-test base="http://127.0.0.1:8080" key="dev-admin-key":
     .venv/bin/python tests/browser/console_test.py {{base}} {{key}}
+
+# Validate deploy/kubernetes/ offline against the Kubernetes schemas (strict; KUBERNETES_VERSION to change).
+k8s-validate:
+    deploy/kubernetes/validate.sh
