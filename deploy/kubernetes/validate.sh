@@ -64,7 +64,8 @@ else:
         if any(pod_labels.get(k) != v for k, v in selector.items()):
             errors.append(f"{what} selector {selector} does not match the pods {pod_labels}")
     selects(deployment["spec"]["selector"]["matchLabels"], "Deployment")
-    selects(docs["Service"][0][1]["spec"]["selector"], "Service")
+    for name, service in docs["Service"]:
+        selects(service["spec"]["selector"], name)
     selects(docs["PodDisruptionBudget"][0][1]["spec"]["selector"]["matchLabels"], "PDB")
     target = docs["HorizontalPodAutoscaler"][0][1]["spec"]["scaleTargetRef"]
     if (target["kind"], target["name"]) != ("Deployment", deployment["metadata"]["name"]):
