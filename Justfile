@@ -92,3 +92,7 @@ console-test base="http://127.0.0.1:8080" key="dev-admin-key":
 # Validate deploy/kubernetes/ offline against the Kubernetes schemas (strict; KUBERNETES_VERSION to change).
 k8s-validate:
     deploy/kubernetes/validate.sh
+
+# A real Prometheus (Debian's package) scrapes BASE_URL (METRICS_TOKEN as bearer when set) and must answer a PromQL query.
+prometheus-check base=env_var_or_default("BASE_URL", "http://127.0.0.1:8080"):
+    BASE_URL={{base}} stress/prometheus-check.sh
