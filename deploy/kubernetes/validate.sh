@@ -78,6 +78,8 @@ else:
     config = docs["ConfigMap"][0][1]["data"]
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     drain = (int(config["SHUTDOWN_DELAY_MS"]) + int(config["SHUTDOWN_DRAIN_MS"])) / 1000
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    drain += pre_stop
     # The drain must end before the kubelet's SIGKILL, with time to close streams and
     # release job leases.
     if grace < drain + 5:
