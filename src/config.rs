@@ -326,6 +326,14 @@ impl Config {
                     .to_string(),
             ),
         }
+        if let Some(token) = self.lifecycle.metrics_token()
+            && token.len() < MIN_SECRET_BYTES
+        {
+            problems.push(format!(
+                "METRICS_TOKEN is {} bytes: use at least {MIN_SECRET_BYTES}",
+                token.len()
+            ));
+        }
         if problems.is_empty() {
             return Ok(());
         }
@@ -386,6 +394,19 @@ mod tests {
         .check_exposure()
         .expect_err("short secret");
         assert!(err.contains("BUYER_TOKEN_SECRET is 1 bytes"), "{err}");
+        let err = config(&[
+            "--host",
+            "0.0.0.0",
+            "--admin-api-key",
+            &long,
+            "--allow-unverified-buyers",
+            "true",
+            "--metrics-token",
+            "CHANGE-ME",
+        ])
+        .check_exposure()
+        .expect_err("short metrics token");
+        assert!(err.contains("METRICS_TOKEN is 9 bytes"), "{err}");
         assert_eq!(
             config(&[
                 "--host",
