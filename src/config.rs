@@ -16,7 +16,7 @@
 //! | `RATE_LIMIT_PER_IP` / `RATE_LIMIT_PER_IP_BURST` | 0 / 50 | API requests per second per client IP, 0 = off |
 //! | `TRUST_FORWARDED_FOR` | false | take the client IP from `X-Forwarded-For` (behind a proxy) |
 //! | `GROUP_COMMIT` | true | batch concurrent instant purchases of a sale into one statement |
-//! | `SALE_VIEW_CACHE_MS` | 100 | most age of a cached public sale view; 0 = off |
+//! | `SALE_VIEW_CACHE_MS` | 100 | most age of a cached public sale view (at most 1000); 0 = off |
 //! | `WORKER_POLL_MS` | 1000 | longest sleep of the job runner between polls |
 //! | `BUYER_TOKEN_SECRET` | unset: no buyer identity check, with a warning | HS256 secret of buyer JWTs |
 //! | `BUYER_TOKEN_AUDIENCE` / `BUYER_TOKEN_ISSUER` | unset | `aud` / `iss` buyer tokens must carry |

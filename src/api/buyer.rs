@@ -5,6 +5,7 @@ use std::sync::Arc;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
+use uuid::Uuid;
 
 use super::ApiTags;
 use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityRefusal, identity_refusal};
@@ -109,7 +110,8 @@ impl BuyerApi {
     /// A sale's public view
     ///
     /// State and counters are read together; the view may be up to `SALE_VIEW_CACHE_MS`
-    /// old (default 100 ms; 0 = always fresh). Purchases never rely on it. By id, an
+    /// old (default 100 ms, at most 1 s; 0 = always fresh); a sku always names the sale it
+    /// names now. Purchases never rely on it. By id, an
     /// archived sale is shown (state `archived`); by sku, only the live sale with it.
     #[oai(path = "/:sale", method = "get", operation_id = "getSale")]
     async fn get_sale(
@@ -118,13 +120,22 @@ impl BuyerApi {
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
     ) -> Result<SaleViewResponse, ServerError> {
-        if let Some(view) = self.views.get(&sale.0) {
+        // The id a sku names now (fresh: never a cached answer about an archived sale).
+        let id = match Uuid::parse_str(&sale.0) {
+            Ok(id) => Some(id),
+            Err(_) => self.store.live_sale_id(&sale.0).await?,
+        };
+        if let Some(view) = id.and_then(|id| self.views.get(id)) {
             return Ok(SaleViewResponse::Ok(Json(view)));
         }
-        Ok(match self.store.resolve_sale(&sale.0).await? {
+        let found = match id {
+            Some(id) => self.store.sale_by_id(id).await?,
+            None => None,
+        };
+        Ok(match found {
             Some(found) => {
                 let view = SaleView::from(&found);
-                self.views.put(&sale.0, &view);
+                self.views.put(&view);
                 SaleViewResponse::Ok(Json(view))
             }
             None => SaleViewResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),

@@ -183,7 +183,10 @@ pub struct NewSale {
 /// Why a requested sale is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NewSaleError {
-    #[error("sku must be 1 to 64 characters of letters, digits, '-', '_' or '.'")]
+    #[error(
+        "sku must be 1 to 64 characters of letters, digits, '-', '_' or '.', and not shaped \
+         like a sale id (a UUID: `{{sale}}` in a path resolves ids first)"
+    )]
     BadSku,
     #[error("name must be 1 to 200 characters without control characters")]
     BadName,
@@ -215,7 +218,9 @@ impl NewSale {
             && self
                 .sku
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            // A sku that parses as an id would be shadowed by (or shadow) a sale's id.
+            && uuid::Uuid::parse_str(&self.sku).is_err();
         if !sku_ok {
             return Err(NewSaleError::BadSku);
         }
@@ -356,6 +361,20 @@ mod tests {
             (
                 NewSale {
                     sku: "a b".into(),
+                    ..good.clone()
+                },
+                NewSaleError::BadSku,
+            ),
+            (
+                NewSale {
+                    sku: "6f1c1d2e-3b4a-4c5d-8e9f-0a1b2c3d4e5f".into(),
+                    ..good.clone()
+                },
+                NewSaleError::BadSku,
+            ),
+            (
+                NewSale {
+                    sku: "6f1c1d2e3b4a4c5d8e9f0a1b2c3d4e5f".into(),
                     ..good.clone()
                 },
                 NewSaleError::BadSku,

@@ -170,6 +170,16 @@ impl Store {
         Ok(row.map(Sale::from))
     }
 
+    /// The id of the live (not archived) sale with this sku.
+    pub async fn live_sale_id(&self, sku: &str) -> Result<Option<Uuid>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM sales WHERE sku = $1 AND archived_at IS NULL")
+                .bind(sku)
+                .fetch_optional(&mut *self.conn().await?)
+                .await?,
+        )
+    }
+
     /// The sale with this id (archived or not).
     pub async fn sale_by_id(&self, id: Uuid) -> Result<Option<Sale>, StoreError> {
         sale_by_id(&mut *self.conn().await?, id).await

@@ -276,3 +276,64 @@ async fn a_join_through_a_cached_sku_hears_about_the_new_queued_sale_after_a_del
     .expect("entries");
     assert_eq!(waiting, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cached_public_view_of_a_sku_is_the_sale_it_names_now() {
+    let plain = spawn_app().await;
+    let mut state = flashsale::api::ApiState::unlimited(
+        plain.store.clone(),
+        flashsale::api::auth::AdminKey::new(ADMIN_KEY.into()),
+    )
+    .expect("state");
+    // A cache far longer than the cap: views may still be at most 1 s old.
+    state.views = std::sync::Arc::new(flashsale::api::view_cache::SaleViewCache::new(
+        std::time::Duration::from_secs(3600),
+    ));
+    use poem::EndpointExt;
+    let app = TestApp {
+        client: std::sync::Arc::new(poem::test::TestClient::new(
+            flashsale::api::app(state).boxed(),
+        )),
+        store: plain.store.clone(),
+    };
+    let sku = format!("again-{}", uuid::Uuid::new_v4().simple());
+    let first = app
+        .create_sale(json!({"sku": sku, "name": "First", "stock": 2}))
+        .await;
+    assert_eq!(
+        purchase(&app.client, &sku, "buyer").await.0,
+        StatusCode::CREATED
+    );
+    let view = |app: &TestApp| {
+        let client = app.client.clone();
+        let sku = sku.clone();
+        async move { status_and_json(client.get(format!("/api/v1/sales/{sku}")).send().await).await }
+    };
+    assert_eq!(view(&app).await.1["id"], first["id"]);
+    assert_eq!(delete_sale(&app, &sku).await.0, StatusCode::OK);
+    let second = app
+        .create_sale(json!({"sku": sku, "name": "Second", "stock": 5}))
+        .await;
+    let (status, now) = view(&app).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        now["id"], second["id"],
+        "the sku names the new sale at once"
+    );
+    // A cached view ages out within the cap: by id, the archived sale is shown as archived.
+    assert_eq!(
+        purchase(&app.client, &sku, "other").await.0,
+        StatusCode::CREATED
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(view(&app).await.1["sold"], 1);
+    let first_id = first["id"].as_str().expect("id");
+    let (_, old) = status_and_json(
+        app.client
+            .get(format!("/api/v1/sales/{first_id}"))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(old["state"], "archived");
+}

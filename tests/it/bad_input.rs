@@ -357,3 +357,21 @@ async fn every_malformed_request_gets_a_4xx_with_a_code() {
         "no half-created sale"
     );
 }
+
+#[tokio::test]
+async fn a_sku_shaped_like_a_sale_id_is_refused_at_creation() {
+    let app = spawn_app().await;
+    for sku in [
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().simple().to_string(),
+    ] {
+        let (status, body) = app
+            .admin_post_json(
+                "/api/v1/admin/sales",
+                serde_json::json!({"sku": sku, "name": "Shadow", "stock": 1}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(code(&body), "INVALID_REQUEST", "{body}");
+    }
+}

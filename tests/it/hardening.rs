@@ -324,3 +324,32 @@ async fn a_failed_job_is_listed_and_can_be_requeued_and_queue_ticks_never_park()
             .expect("dead_at");
     assert_eq!(parked, None, "a queue tick is never parked");
 }
+
+#[tokio::test]
+async fn swagger_ui_cannot_be_framed_and_runs_only_its_own_inline_code() {
+    let app = spawn_app().await;
+    let response = app.client.get("/docs").send().await;
+    response.assert_status_is_ok();
+    let csp = response
+        .0
+        .headers()
+        .get("content-security-policy")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    for directive in [
+        "frame-ancestors 'none'",
+        "default-src 'none'",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert_eq!(
+        response
+            .0
+            .headers()
+            .get("x-frame-options")
+            .map(|v| v.as_bytes()),
+        Some(&b"DENY"[..])
+    );
+}
