@@ -216,6 +216,9 @@ impl Store {
     /// every purchase takes to decrement the stock, so a purchase either committed before the
     /// cancel (and counts) or re-checks `cancelled_at IS NULL` on the cancelled row and is
     /// refused. The state job is queued in the same statement, so a cancel is never lost.
+    /// A queued sale's queue row is locked too (a no-op update), after the sale row, the
+    /// order admission takes: a join batch holds that row while it reads the sale, so a
+    /// join either read the sale after this commit (and is refused) or committed before it.
     pub async fn cancel_sale(&self, sale_id: Uuid) -> Result<CancelOutcome, StoreError> {
         let sql = format!(
             "WITH cancelled AS (
@@ -225,6 +228,9 @@ impl Store {
                  RETURNING *
              ), job AS (
                  INSERT INTO jobs (kind, sale_id) SELECT $2, id FROM cancelled
+             ), door AS (
+                 UPDATE sale_queues SET last_ticket = last_ticket
+                  WHERE sale_id IN (SELECT id FROM cancelled)
              )
              SELECT {SALE_COLUMNS} FROM cancelled"
         );
@@ -242,23 +248,41 @@ impl Store {
         })
     }
 
-    /// DELETE of a sale: removed outright when nothing was ever sold or held (its jobs,
-    /// events and queue entries go with it by cascade), else archived (see
-    /// [`archive_sale`](Self::archive_sale)). Either way its sku is free at once.
+    /// DELETE of a sale: removed outright when nothing was ever sold or held and nobody
+    /// ever joined its queue (its jobs and events go with it by cascade), else archived
+    /// (see [`archive_sale`](Self::archive_sale)): waiting buyers keep their entries and
+    /// learn the sale is closed. Either way its sku is free at once.
     ///
-    /// Race-free under READ COMMITTED: the DELETE locks the row and re-checks `sold = 0 AND
-    /// held = 0` on the latest committed version. Every statement that sells or holds a unit
-    /// changes those counters under the same row lock (the purchase UPDATE, the batch's FOR
-    /// NO KEY UPDATE, admission), so a unit committed first makes the DELETE match nothing
-    /// (and the sale is archived instead), and one that comes after finds no row. The
-    /// `ON DELETE RESTRICT` key of purchases would refuse the DELETE anyway.
+    /// Race-free under READ COMMITTED, in one transaction, in the lock order of admission
+    /// and of a cancel (sale row, then queue row):
+    /// 1. The sale row FOR NO KEY UPDATE: every statement that sells or holds a unit changes
+    ///    `sold`/`held` under this row's lock (the purchase UPDATE, the batch's FOR NO KEY
+    ///    UPDATE, admission), so from here they wait; a join's foreign-key check (KEY SHARE)
+    ///    does not, so a join in flight finishes.
+    /// 2. The queue row FOR UPDATE (a queued sale): every join inserts under it, so from here
+    ///    no entry can be added, and one just added is committed.
+    /// 3. The DELETE, in a statement whose snapshot is taken after both locks, re-checks
+    ///    `sold = 0 AND held = 0` and that no entry exists. A unit or an entry committed
+    ///    first makes it match nothing, and the sale is archived instead. The
+    ///    `ON DELETE RESTRICT` key of purchases would refuse the DELETE anyway.
     pub async fn remove_sale(&self, sale_id: Uuid) -> Result<RemoveOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        for lock in [
+            "SELECT 1 FROM sales WHERE id = $1 FOR NO KEY UPDATE",
+            "SELECT 1 FROM sale_queues WHERE sale_id = $1 FOR UPDATE",
+        ] {
+            sqlx::query(lock).bind(sale_id).execute(&mut *tx).await?;
+        }
         let deleted = sqlx::query(
-            "DELETE FROM sales WHERE id = $1 AND sold = 0 AND held = 0 AND archived_at IS NULL",
+            "DELETE FROM sales WHERE id = $1 AND sold = 0 AND held = 0 AND archived_at IS NULL
+                AND NOT EXISTS (SELECT 1 FROM queue_entries WHERE sale_id = $1)",
         )
         .bind(sale_id)
-        .execute(&mut *self.conn().await?)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        drop(conn);
         if deleted.rows_affected() > 0 {
             return Ok(RemoveOutcome::Deleted);
         }
@@ -272,7 +296,8 @@ impl Store {
     /// Two short transactions, in the lock order the buyers use:
     /// 1. Under the sale row's lock: set `archived_at` (and `cancelled_at`, when it could
     ///    still sell), record the `archived` event, queue the state job and, for a queued
-    ///    sale, a tick. From this commit on, a purchase, an admission or a confirm re-checks
+    ///    sale, a tick; and lock the queue row after the sale's, as a cancel does (a join
+    ///    batch reads the sale under that lock, so no join commits after the archive). From this commit on, a purchase, an admission or a confirm re-checks
     ///    `archived_at IS NULL` (or `cancelled_at`) on the locked row and is refused.
     /// 2. Void the live holds: lock the held entries (waiting for a confirm in flight, which
     ///    now fails), mark them expired and move their units from `held` to `available` in
@@ -294,6 +319,9 @@ impl Store {
                  SELECT id, 'archived', archived_at, 0 FROM archived
              ), state_job AS (
                  INSERT INTO jobs (kind, sale_id) SELECT $2, id FROM archived
+             ), door AS (
+                 UPDATE sale_queues SET last_ticket = last_ticket
+                  WHERE sale_id IN (SELECT id FROM archived)
              )
              SELECT {SALE_COLUMNS} FROM archived"
         );

@@ -337,3 +337,25 @@ async fn the_cached_public_view_of_a_sku_is_the_sale_it_names_now() {
     .await;
     assert_eq!(old["state"], "archived");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_sale_whose_only_rows_are_waiting_buyers_archives_it_and_keeps_them() {
+    let app = spawn_app().await;
+    let starts = chrono::Utc::now() + chrono::Duration::hours(1);
+    let (sku, sale) = crate::queue::queued_sale(&app, 5, json!({"startsAt": starts})).await;
+    for user in ["w1", "w2"] {
+        assert_eq!(app.join_queue(&sku, user).await.0, StatusCode::ACCEPTED);
+    }
+    let (status, removed) = delete_sale(&app, &sku).await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    assert_eq!(removed["outcome"], "archived", "{removed}");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_entries WHERE sale_id = $1")
+        .bind(sale)
+        .fetch_one(app.store.pool())
+        .await
+        .expect("entries");
+    assert_eq!(kept, 2, "the waiting buyers' entries stay");
+    // A sale nobody touched is still removed outright.
+    let (empty, _) = crate::queue::queued_sale(&app, 5, json!({"startsAt": starts})).await;
+    assert_eq!(delete_sale(&app, &empty).await.1["outcome"], "deleted");
+}

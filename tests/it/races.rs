@@ -203,3 +203,56 @@ async fn the_opening_draw_waits_for_a_locked_entry_and_draws_every_buyer() {
         "{parked_user} was drawn like everyone else"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_waits_for_a_join_holding_the_queue_row_so_no_join_commits_after_it() {
+    let app = spawn_app().await;
+    let sale = app
+        .create_sale(
+            json!({"sku": "race-cancel", "name": "Race", "stock": 5, "checkout": "queued"}),
+        )
+        .await;
+    let sale_id: Uuid = sale["id"].as_str().expect("id").parse().expect("uuid");
+    // A join batch in flight, parked holding the queue row.
+    let mut parked = app.store.pool().acquire().await.expect("conn");
+    let mut parked = parked.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM sale_queues WHERE sale_id = $1 FOR UPDATE")
+        .bind(sale_id)
+        .execute(&mut *parked)
+        .await
+        .expect("park");
+    let cancel = {
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            status_and_json(
+                client
+                    .post("/api/v1/admin/sales/race-cancel/cancel")
+                    .header(
+                        "Authorization",
+                        format!("Bearer {}", crate::support::ADMIN_KEY),
+                    )
+                    .send()
+                    .await,
+            )
+            .await
+        })
+    };
+    // Before, the cancel committed at once, and a join that had read the sale before it
+    // could still commit its entry afterwards: "queued" in a sale already cancelled.
+    assert!(
+        until_lock_wait(&app.store, || cancel.is_finished()).await,
+        "the cancel waits for the queue row"
+    );
+    parked.rollback().await.expect("release");
+    let (status, body) = cancel.await.expect("cancel");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // From its commit on, a join reads the cancelled sale under the lock and is refused.
+    let (status, body) = queue_call(
+        &app,
+        "POST",
+        "/api/v1/sales/race-cancel/queue".to_string(),
+        "late",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}

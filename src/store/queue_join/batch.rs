@@ -24,15 +24,6 @@ pub(super) struct JoinBatch {
     pub(super) sale_live: bool,
 }
 
-/// The sale and its locked queue row.
-#[derive(sqlx::FromRow)]
-struct DoorRow {
-    #[sqlx(flatten)]
-    sale: SaleRow,
-    #[sqlx(flatten)]
-    door: Door,
-}
-
 /// What the locked queue row says about new waits.
 #[derive(sqlx::FromRow)]
 struct Door {
@@ -41,8 +32,6 @@ struct Door {
     /// The pre-queue is closed: set by the first join or tick at or after the start.
     opened: bool,
     shuffle_seed: i64,
-    /// The database clock has reached the sale's start.
-    started: bool,
 }
 
 /// Joins the sale's queue for each of `users` (distinct), in their order, or returns
@@ -57,7 +46,11 @@ struct Door {
 /// 2. The queue row is locked (FOR UPDATE) and held to the commit. Every statement that
 ///    inserts an entry or moves `last_ticket` or `waiting` holds it (joins, leaves,
 ///    admission, the draw's opening), so from here no entry of this sale can be inserted
-///    by anyone else, and `waiting` is exact.
+///    by anyone else, and `waiting` is exact. The sale is read after it, by a statement of
+///    its own (a new snapshot): a cancel, an archive and a DELETE lock the queue row after
+///    the sale's, so each either committed before this read (and the batch is refused, in
+///    SQL terms: it sees `cancelled_at`/`archived_at`) or waits for this commit (and the
+///    join came first).
 /// 3. The entries of the batch's buyers are read with a snapshot taken after that lock,
 ///    so every earlier join is seen: the read tells exactly who waits, holds, bought, or
 ///    may (re)join. No ON CONFLICT is needed, and none can burn a ticket.
@@ -90,20 +83,31 @@ pub(super) async fn join_batch(
     .bind(users)
     .execute(&mut *tx)
     .await?;
-    // 2, with the sale as this statement found it.
-    let sql = format!(
-        "SELECT s.*, d.*, now() >= s.starts_at AS started
-           FROM (SELECT {SALE_COLUMNS} FROM sales WHERE id = $1) s,
-                (SELECT last_ticket, waiting, shuffled_at IS NOT NULL AS opened, shuffle_seed
-                   FROM sale_queues WHERE sale_id = $1
-                    FOR UPDATE) d"
-    );
-    // Built from constant text only.
-    let row: Option<DoorRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(sale_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some(DoorRow { sale, door }) = row else {
+    // 2. The queue row, locked to the commit.
+    let door: Option<Door> = sqlx::query_as(
+        "SELECT last_ticket, waiting, shuffled_at IS NOT NULL AS opened, shuffle_seed
+           FROM sale_queues WHERE sale_id = $1
+            FOR UPDATE",
+    )
+    .bind(sale_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    // The sale, read by a statement that starts after the lock: a cancel or an archive
+    // committed while this batch waited for the lock is seen (they take the queue row too,
+    // after the sale's, so one that has not committed yet waits for this commit: the join
+    // then came first).
+    let sale: Option<SaleRow> = match door {
+        Some(_) => {
+            let sql = format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1");
+            // Built from constant text only.
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(sale_id)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        None => None,
+    };
+    let (Some(door), Some(sale)) = (door, sale) else {
         let outcomes = users
             .iter()
             .map(|user| (user.clone(), JoinOutcome::SaleNotFound))
@@ -161,7 +165,8 @@ pub(super) async fn join_batch(
         }
     }
     let accepted = (joining.len() + rejoining.len()) as i64;
-    let prequeue = !door.opened && !door.started;
+    // The database clock (the transaction's) has not reached the start.
+    let prequeue = !door.opened && sale.observed_at < sale.starts_at;
     let joined = if accepted > 0 {
         write_joins(&mut tx, sale_id, &door, prequeue, &joining, &rejoining).await?
     } else {
