@@ -25,6 +25,7 @@
 //! | `SHUTDOWN_DELAY_MS` / `SHUTDOWN_DRAIN_MS` | 0 / 10000 | after SIGTERM: serve while unready, then let requests finish |
 //! | `METRICS_TOKEN` | unset: `/metrics` open | bearer token `/metrics` requires |
 //! | `METRICS_REFRESH_MS` | 5000 | how often the waiting rooms are read for the metrics |
+//! | `MAX_STREAMS_PER_CLIENT` | 1000 | live streams one client (IP, IPv6 /64) may hold; 0 = no cap |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
 //! | `RUST_LOG` | `info` | log filter |
 
@@ -200,6 +201,12 @@ pub struct Config {
     #[arg(long, env = "MAX_LIVE_STREAMS", default_value_t = 20_000)]
     pub max_live_streams: usize,
 
+    /// Of those, the streams one client (an IP address, an IPv6 /64) may hold at once; past
+    /// it, its new ones get 429 `TOO_MANY_STREAMS`. 0 = no per-client cap. Behind a proxy,
+    /// set TRUST_FORWARDED_FOR, or every client is the proxy.
+    #[arg(long, env = "MAX_STREAMS_PER_CLIENT", default_value_t = 1_000)]
+    pub max_streams_per_client: usize,
+
     /// The longest a watched sale goes without a read when no change is notified, in
     /// milliseconds: it bounds how late a stream hears of what has no event (a sale ending
     /// by the clock, the queue's length) or of a lost notification.
@@ -256,6 +263,7 @@ impl Config {
     pub fn live_config(&self) -> crate::worker::LiveConfig {
         crate::worker::LiveConfig {
             max_streams: self.max_live_streams.max(1),
+            max_streams_per_client: self.max_streams_per_client,
             refresh_every: Duration::from_millis(self.live_refresh_ms.max(100)),
         }
     }

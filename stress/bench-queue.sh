@@ -291,7 +291,7 @@ for index in "${order[@]}"; do
   round=$((round + 1))
   label=${labels[$index]}
   case "$parts" in *" 1 "*|*" 2 "*) ;; *) continue ;; esac
-  start_service "${binaries[$index]}" "$round-$label" RATE_LIMIT_PER_USER=0
+  start_service "${binaries[$index]}" "$round-$label" RATE_LIMIT_PER_USER=0 MAX_STREAMS_PER_CLIENT=0
   echo "db round=$round bin=$label $durability" | tr -s ' ' >> "$rows"
   case "$parts" in *" 1 "*) part1 ;; esac
   case "$parts" in *" 2 "*) part2 ;; esac

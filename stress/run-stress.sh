@@ -66,7 +66,9 @@ ensure_service() {
   log "starting $bin on port $port (embedded Postgres under $root/.data)"
   # exec: the background PID is the service itself, so the TERM below reaches it (a
   # non-interactive shell ignores SIGINT in its background jobs).
+  # The load generator is one client: no per-client stream cap on a service it starts.
   (cd "$root" && PORT=$port RUST_LOG=${RUST_LOG:-warn} DATA_DIR=${DATA_DIR:-$root/.data} \
+    MAX_STREAMS_PER_CLIENT=${MAX_STREAMS_PER_CLIENT:-0} \
     ADMIN_API_KEY=$ADMIN_API_KEY exec "$bin" >"$results/service.log" 2>&1) &
   service_pid=$!
   for _ in $(seq 1 120); do

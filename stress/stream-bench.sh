@@ -19,7 +19,7 @@ data=$(mktemp -d /tmp/flashsale-streams-XXXXXX)
 chmod 755 "$data"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
-(PORT=$port DATA_DIR=$data RUST_LOG=warn RATE_LIMIT_PER_USER=0 MAX_LIVE_STREAMS=30000 \
+(PORT=$port DATA_DIR=$data RUST_LOG=warn RATE_LIMIT_PER_USER=0 MAX_LIVE_STREAMS=30000 MAX_STREAMS_PER_CLIENT=0 \
   exec "$root/target/release/flashsale" > "$out/service.log" 2>&1) &
 service=$!
 trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null; rm -rf "$data"' EXIT

@@ -179,6 +179,7 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
                 live: state.live.clone(),
                 tokens: state.tokens.clone(),
                 drain: state.drain.clone(),
+                limits: state.limits.clone(),
             },
             HealthApi {
                 store: state.reserved.clone(),

@@ -111,6 +111,19 @@ pub fn client_ip(req: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
     }
 }
 
+/// The key a client is counted under: its IPv4 address, or the /64 of its IPv6 address (one
+/// subscriber's network: a client must not escape a limit by rotating the addresses of its
+/// own /64). An IPv4-mapped IPv6 address counts as its IPv4 address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
+
 /// The 429 response with its `Retry-After`.
 pub fn too_many_requests(retry_after: u64) -> Response {
     ErrorBody::json(
@@ -131,7 +144,7 @@ pub async fn per_ip_limit<E: Endpoint>(
 ) -> poem::Result<Response> {
     if req.uri().path().starts_with("/api/")
         && let Some(ip) = client_ip(&req, limits.trust_forwarded_for)
-        && let Err(retry_after) = limits.per_ip.check(&ip)
+        && let Err(retry_after) = limits.per_ip.check(&client_key(ip))
     {
         return Ok(too_many_requests(retry_after));
     }
@@ -141,6 +154,16 @@ pub async fn per_ip_limit<E: Endpoint>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_ipv4_by_address() {
+        let key = |ip: &str| client_key(ip.parse().expect("ip")).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+    }
 
     #[test]
     fn retry_after_is_whole_seconds_and_at_least_one() {

@@ -19,8 +19,9 @@ use super::drain::{Drain, until_drain};
 use super::error::{ErrorBody, ErrorCode, ServerError};
 use super::journey::BuyerJourney;
 use super::models::{QueueStreamEvent, SaleStreamEvent, SaleView};
+use super::rate_limit::{RateLimits, client_ip, client_key};
 use crate::domain::{Checkout, Sale, SaleState};
-use crate::worker::{LiveHub, Subscription};
+use crate::worker::{LiveHub, StreamsFull, Subscription};
 
 /// Keep-alive comments on an idle stream, under common proxy idle timeouts.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -35,6 +36,15 @@ pub struct StreamsApi {
     /// On shutdown each stream sends its latest message again as `event: closing` and ends:
     /// the client reconnects (with `Last-Event-ID`) to another instance.
     pub drain: Drain,
+    /// Whose client address to trust (`TRUST_FORWARDED_FOR`).
+    pub limits: std::sync::Arc<RateLimits>,
+}
+
+impl StreamsApi {
+    /// The key the request's client is counted under (`None`: not known, not capped).
+    fn client(&self, req: &poem::Request) -> Option<std::net::IpAddr> {
+        client_ip(req, self.limits.trust_forwarded_for).map(client_key)
+    }
 }
 
 #[derive(ApiResponse)]
@@ -58,6 +68,10 @@ pub enum QueueStreamResponse {
     /// `WRONG_CHECKOUT`: an instant sale has no queue.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// `TOO_MANY_STREAMS`: this client (an IP address, an IPv6 /64) holds as many streams
+    /// as one client may (`MAX_STREAMS_PER_CLIENT`); close one, or poll.
+    #[oai(status = 429)]
+    TooMany(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// `TOO_MANY_STREAMS`: this instance serves its maximum; retry later or poll.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
@@ -82,6 +96,10 @@ pub enum SaleStreamResponse {
     /// `SALE_NOT_FOUND`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// `TOO_MANY_STREAMS`: this client (an IP address, an IPv6 /64) holds as many streams
+    /// as one client may (`MAX_STREAMS_PER_CLIENT`); close one, or poll.
+    #[oai(status = 429)]
+    TooMany(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// `TOO_MANY_STREAMS`: this instance serves its maximum; retry later or poll.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
@@ -91,11 +109,25 @@ fn sale_stream_parse_error(err: poem::Error) -> SaleStreamResponse {
     SaleStreamResponse::BadRequest(ErrorBody::json(ErrorCode::InvalidRequest, err.to_string()))
 }
 
-fn streams_full() -> Json<ErrorBody> {
-    ErrorBody::json(
-        ErrorCode::TooManyStreams,
-        "this instance serves as many live streams as it may; retry later, or poll",
-    )
+/// The refusal of a stream, as `(429, body)` for a client over its share or `(503, body)`
+/// for a full instance.
+fn streams_full(full: StreamsFull) -> (bool, Json<ErrorBody>) {
+    match full {
+        StreamsFull::Client => (
+            true,
+            ErrorBody::json(
+                ErrorCode::TooManyStreams,
+                "this client holds as many live streams as one client may; close one, or poll",
+            ),
+        ),
+        StreamsFull::Instance => (
+            false,
+            ErrorBody::json(
+                ErrorCode::TooManyStreams,
+                "this instance serves as many live streams as it may; retry later, or poll",
+            ),
+        ),
+    }
 }
 
 /// Where a buyer's stream may end early.
@@ -129,6 +161,7 @@ impl StreamsApi {
     )]
     async fn queue_events(
         &self,
+        req: &poem::Request,
         auth: BuyerAuth,
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
@@ -166,11 +199,17 @@ impl StreamsApi {
         }
         // Follow the buyer before reading the entry: every change committed after the read
         // then reaches the stream (see `Subscription::buyer`).
-        let Ok(subscription) = self.live.subscribe(found.id) else {
-            return Ok(QueueStreamResponse::Unavailable(
-                streams_full(),
-                STREAMS_FULL_RETRY_SECONDS,
-            ));
+        let subscription = match self.live.subscribe(found.id, self.client(req)) {
+            Ok(subscription) => subscription,
+            Err(full) => {
+                let (client, body) = streams_full(full);
+                let retry = STREAMS_FULL_RETRY_SECONDS;
+                return Ok(if client {
+                    QueueStreamResponse::TooMany(body, retry)
+                } else {
+                    QueueStreamResponse::Unavailable(body, retry)
+                });
+            }
         };
         let changes = subscription.buyer(&user_id.0);
         let Some(read) = store.live_entry(found.id, &user_id.0).await? else {
@@ -213,6 +252,7 @@ impl StreamsApi {
     )]
     async fn sale_events(
         &self,
+        req: &poem::Request,
         /// The sale's id or sku.
         #[oai(validator(max_length = 64))]
         sale: Path<String>,
@@ -222,11 +262,17 @@ impl StreamsApi {
                 &sale.0,
             )));
         };
-        let Ok(subscription) = self.live.subscribe(found.id) else {
-            return Ok(SaleStreamResponse::Unavailable(
-                streams_full(),
-                STREAMS_FULL_RETRY_SECONDS,
-            ));
+        let subscription = match self.live.subscribe(found.id, self.client(req)) {
+            Ok(subscription) => subscription,
+            Err(full) => {
+                let (client, body) = streams_full(full);
+                let retry = STREAMS_FULL_RETRY_SECONDS;
+                return Ok(if client {
+                    SaleStreamResponse::TooMany(body, retry)
+                } else {
+                    SaleStreamResponse::Unavailable(body, retry)
+                });
+            }
         };
         Ok(SaleStreamResponse::Ok(
             EventStream::new(until_drain(

@@ -10,13 +10,17 @@
 //! stream of the sale.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use uuid::Uuid;
 
+mod clients;
 mod listener;
+
+use clients::{ClientSlot, ClientStreams};
 
 use crate::metrics::Metrics;
 use crate::store::{EntryChange, LiveSale, Store};
@@ -51,6 +55,8 @@ struct Read {
 pub struct LiveConfig {
     /// Streams one instance serves at once (buyer and public); past it, new ones are refused.
     pub max_streams: usize,
+    /// Of those, streams one client (an IP, an IPv6 /64) may hold; 0 = no cap.
+    pub max_streams_per_client: usize,
     /// The longest a watched sale goes without a read (without a notification).
     pub refresh_every: Duration,
 }
@@ -59,6 +65,7 @@ impl Default for LiveConfig {
     fn default() -> Self {
         Self {
             max_streams: 20_000,
+            max_streams_per_client: 1_000,
             refresh_every: Duration::from_secs(1),
         }
     }
@@ -75,6 +82,7 @@ struct Inner {
     metrics: Metrics,
     config: LiveConfig,
     streams: Arc<Semaphore>,
+    clients: Arc<ClientStreams>,
     feeds: Mutex<HashMap<Uuid, Weak<SaleFeed>>>,
 }
 
@@ -94,6 +102,7 @@ pub struct Subscription {
     pub updates: watch::Receiver<Option<Arc<SaleUpdate>>>,
     feed: Arc<SaleFeed>,
     _permit: OwnedSemaphorePermit,
+    _client: Option<ClientSlot>,
     _open: OpenStream,
 }
 
@@ -146,9 +155,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The instance already serves `max_streams` streams.
-#[derive(Debug)]
-pub struct StreamsFull;
+/// Why a stream was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamsFull {
+    /// The instance already serves `max_streams` streams.
+    Instance,
+    /// This client already holds `max_streams_per_client` of them.
+    Client,
+}
 
 /// Counts an open stream for as long as it lives (dropped when the client goes).
 pub struct OpenStream(prometheus::IntGauge);
@@ -173,6 +187,7 @@ impl LiveHub {
                 store,
                 metrics,
                 streams: Arc::new(Semaphore::new(config.max_streams)),
+                clients: ClientStreams::new(config.max_streams_per_client),
                 config,
                 feeds: Mutex::default(),
             }),
@@ -187,19 +202,30 @@ impl LiveHub {
         &self.inner.metrics
     }
 
-    /// A seat on the sale's updates, starting its refresher if it is the first here.
-    pub fn subscribe(&self, sale_id: Uuid) -> Result<Subscription, StreamsFull> {
+    /// A seat on the sale's updates, starting its refresher if it is the first here; refused
+    /// when this client (`client`, as `api::rate_limit::client_key` groups addresses) or the
+    /// instance has no seat left.
+    pub fn subscribe(
+        &self,
+        sale_id: Uuid,
+        client: Option<IpAddr>,
+    ) -> Result<Subscription, StreamsFull> {
+        let client = match client {
+            Some(client) => Some(self.inner.clients.take(client).ok_or(StreamsFull::Client)?),
+            None => None,
+        };
         let permit = self
             .inner
             .streams
             .clone()
             .try_acquire_owned()
-            .map_err(|_| StreamsFull)?;
+            .map_err(|_| StreamsFull::Instance)?;
         let feed = self.feed(sale_id);
         Ok(Subscription {
             updates: feed.latest.subscribe(),
             feed,
             _permit: permit,
+            _client: client,
             _open: OpenStream::new(&self.inner.metrics.streams_open),
         })
     }

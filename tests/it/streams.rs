@@ -254,3 +254,63 @@ async fn streams_refuse_what_they_cannot_follow_with_codes() {
     let mut again = buyer_stream(&app, &sku, "u").await;
     assert_eq!(status(&next(&mut again).await), ("status", "queued"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_stream_and_an_ipv6_64_is_one_client() {
+    let store = flashsale::store::Store::new(crate::support::fresh_database(4).await);
+    let live = flashsale::worker::LiveHub::new(
+        store.clone(),
+        flashsale::metrics::Metrics::new().expect("metrics"),
+        flashsale::worker::LiveConfig {
+            max_streams: 100,
+            max_streams_per_client: 2,
+            refresh_every: Duration::from_secs(60),
+        },
+    );
+    let limits = crate::support::Limits {
+        trust_forwarded_for: true,
+        ..crate::support::Limits::off()
+    };
+    let client = crate::support::client_with_hub(
+        store.clone(),
+        limits,
+        flashsale::api::buyer_auth::BuyerTokens::disabled(),
+        flashsale::api::EdgeLimits::default(),
+        live,
+    );
+    let app = TestApp {
+        client: std::sync::Arc::new(client),
+        store,
+    };
+    let sale = app.active_sale(5).await;
+    let path = format!(
+        "/api/v1/sales/{}/events",
+        sale["sku"].as_str().expect("sku")
+    );
+    let stream_from = |ip: &'static str| app.client.get(&path).header("X-Forwarded-For", ip).send();
+    let mut open = Vec::new();
+    for ip in [
+        "198.51.100.7",
+        "198.51.100.7",
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+    ] {
+        let response = stream_from(ip).await;
+        assert_eq!(response.0.status(), StatusCode::OK, "{ip}");
+        open.push(response);
+    }
+    for ip in ["198.51.100.7", "2001:db8:1:2:ffff::9"] {
+        let (status, body) = status_and_json(stream_from(ip).await).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_STREAMS"),
+            "{ip}"
+        );
+    }
+    // Other clients are served; a closed stream gives its client's seat back.
+    let other = stream_from("2001:db8:1:3::1").await;
+    assert_eq!(other.0.status(), StatusCode::OK);
+    drop(open.remove(0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(stream_from("198.51.100.7").await.0.status(), StatusCode::OK);
+}

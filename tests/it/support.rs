@@ -137,6 +137,7 @@ pub fn client_with_edge(
         LiveConfig {
             max_streams: 1_000,
             refresh_every: Duration::from_millis(200),
+            ..LiveConfig::default()
         },
     );
     client_with_hub(store, limits, tokens, edge, live)
@@ -152,6 +153,7 @@ pub async fn spawn_notified_app(max_streams: usize) -> (TestApp, LiveHub) {
         LiveConfig {
             max_streams,
             refresh_every: Duration::from_secs(60),
+            ..LiveConfig::default()
         },
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
