@@ -26,6 +26,7 @@
 //! | `METRICS_TOKEN` | unset: `/metrics` open | bearer token `/metrics` requires |
 //! | `METRICS_REFRESH_MS` | 5000 | how often the waiting rooms are read for the metrics |
 //! | `MAX_STREAMS_PER_CLIENT` | 1000 | live streams one client (IP, IPv6 /64) may hold; 0 = no cap |
+//! | `WEBHOOK_ALLOWED_NETWORKS` | empty | internal CIDRs webhooks may reach (else refused) |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
 //! | `RUST_LOG` | `info` | log filter |
 
@@ -184,6 +185,13 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_BACKOFF_MAX_SECS", default_value_t = 3600)]
     pub webhook_backoff_max_secs: u64,
 
+    /// Internal address ranges (comma-separated CIDRs) webhooks may reach anyway; by
+    /// default none: loopback, private, link-local (the cloud metadata address) and unique
+    /// local addresses are refused. For example 127.0.0.0/8 for a receiver on this host in
+    /// development.
+    #[arg(long, env = "WEBHOOK_ALLOWED_NETWORKS", value_delimiter = ',')]
+    pub webhook_allowed_networks: Vec<ipnet::IpNet>,
+
     /// How long a delivery is retried (exponential backoff with jitter) before it is marked
     /// failed, in seconds (default 24 h).
     #[arg(long, env = "WEBHOOK_RETRY_FOR_SECS", default_value_t = 86_400)]
@@ -249,6 +257,7 @@ impl Config {
             retry_for: Duration::from_secs(self.webhook_retry_for_secs.max(1)),
             base_backoff: Duration::from_millis(self.webhook_backoff_base_ms.max(10)),
             max_backoff: Duration::from_secs(self.webhook_backoff_max_secs.max(1)),
+            allowed_networks: self.webhook_allowed_networks.clone(),
             ..crate::worker::WebhookConfig::default()
         }
     }

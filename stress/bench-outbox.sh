@@ -32,7 +32,7 @@ chmod 755 "$data"
 port=$(free_port); rport=$(free_port)
 base=http://127.0.0.1:$port
 export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
-(PORT=$port DATA_DIR=$data RUST_LOG=warn RATE_LIMIT_PER_USER=0 exec "$root/target/release/flashsale" \
+(PORT=$port DATA_DIR=$data RUST_LOG=warn RATE_LIMIT_PER_USER=0 WEBHOOK_ALLOWED_NETWORKS=127.0.0.0/8 exec "$root/target/release/flashsale" \
   > "$out/service.log" 2>&1) &
 service=$!
 "$venv/bin/python" "$here/webhook-receiver.py" --port "$rport" --secret-file "$out/secret" \

@@ -68,7 +68,7 @@ ensure_service() {
   # non-interactive shell ignores SIGINT in its background jobs).
   # The load generator is one client: no per-client stream cap on a service it starts.
   (cd "$root" && PORT=$port RUST_LOG=${RUST_LOG:-warn} DATA_DIR=${DATA_DIR:-$root/.data} \
-    MAX_STREAMS_PER_CLIENT=${MAX_STREAMS_PER_CLIENT:-0} \
+    MAX_STREAMS_PER_CLIENT=${MAX_STREAMS_PER_CLIENT:-0} WEBHOOK_ALLOWED_NETWORKS=${WEBHOOK_ALLOWED_NETWORKS:-127.0.0.0/8} \
     ADMIN_API_KEY=$ADMIN_API_KEY exec "$bin" >"$results/service.log" 2>&1) &
   service_pid=$!
   for _ in $(seq 1 120); do

@@ -52,13 +52,13 @@ wait_healthy() {  # port
 }
 
 log "instance A on $port_a (embedded Postgres), receiver on $port_r"
-(PORT=$port_a DATA_DIR=$data RUST_LOG=warn RATE_LIMIT_PER_USER=0 exec "$bin" > "$out/a.log" 2>&1) &
+(PORT=$port_a DATA_DIR=$data RUST_LOG=warn RATE_LIMIT_PER_USER=0 WEBHOOK_ALLOWED_NETWORKS=127.0.0.0/8 exec "$bin" > "$out/a.log" 2>&1) &
 pids+=($!)
 wait_healthy "$port_a"
 pg_port=$(sed -n 4p "$data/pg/postmaster.pid")
 export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/flashsale"
 start_b() {
-  (PORT=$port_b RUST_LOG=warn RATE_LIMIT_PER_USER=0 exec "$bin" >> "$out/b.log" 2>&1) &
+  (PORT=$port_b RUST_LOG=warn RATE_LIMIT_PER_USER=0 WEBHOOK_ALLOWED_NETWORKS=127.0.0.0/8 exec "$bin" >> "$out/b.log" 2>&1) &
   pid_b=$!
   pids+=("$pid_b")
 }

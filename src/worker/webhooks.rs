@@ -11,7 +11,9 @@
 //! `standardwebhooks` crate, with the previous secret too for a while after a rotation). A
 //! 2xx is success; anything else is retried with exponential backoff and jitter until the
 //! retry window closes, then the delivery is failed: listed by the admin API, counted in
-//! the metrics, and replayable.
+//! the metrics, and replayable. No delivery goes to an internal address (`address.rs`).
+
+mod address;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::store::{AttemptResult, ClaimedDelivery, EndpointTarget, Store};
+use address::{AddressPolicy, AddressRefused, GuardedResolver, check_url};
 
 /// Events fanned out per round and endpoint.
 const FAN_OUT_BATCH: i64 = 2000;
@@ -64,6 +67,8 @@ pub struct WebhookConfig {
     /// The first retry waits about this long; each attempt doubles it, up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// Internal ranges deliveries may reach anyway (`WEBHOOK_ALLOWED_NETWORKS`).
+    pub allowed_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for WebhookConfig {
@@ -76,6 +81,7 @@ impl Default for WebhookConfig {
             idle_poll: Duration::from_millis(200),
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(3600),
+            allowed_networks: Vec::new(),
         }
     }
 }
@@ -117,12 +123,18 @@ pub struct WebhookSender {
     store: Store,
     client: reqwest::Client,
     config: WebhookConfig,
+    policy: Arc<AddressPolicy>,
     metrics: Option<Metrics>,
 }
 
 impl WebhookSender {
     pub fn new(store: Store, config: WebhookConfig) -> anyhow::Result<Self> {
+        let policy = Arc::new(AddressPolicy::new(config.allowed_networks.clone()));
         let client = reqwest::Client::builder()
+            // Host names resolve to checked addresses only (see `address.rs`).
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
             .connect_timeout(config.connect_timeout)
             .timeout(config.connect_timeout + config.answer_timeout)
             // A receiver answers; it does not send us elsewhere.
@@ -133,6 +145,7 @@ impl WebhookSender {
             store,
             client,
             config,
+            policy,
             metrics: None,
         })
     }
@@ -319,6 +332,7 @@ impl WebhookSender {
         let message_id = delivery.event.id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
         let signature = sign(target, &message_id, timestamp, &body)?;
+        check_url(&target.url, &self.policy).map_err(|refused| refused.to_string())?;
         let response = self
             .client
             .post(&target.url)
@@ -358,8 +372,17 @@ fn sign(
     Ok(signatures.join(" "))
 }
 
-/// What went wrong with a request, without the URL (it may carry a token in its query).
+/// What went wrong with a request, as a category: no URL (it may carry a token in its
+/// query) and no network detail (an error text must not tell an admin which internal ports
+/// are open).
 fn describe(err: &reqwest::Error) -> String {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<AddressRefused>() {
+            return refused.to_string();
+        }
+        source = cause.source();
+    }
     let kind = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {
@@ -369,10 +392,7 @@ fn describe(err: &reqwest::Error) -> String {
     } else {
         "the exchange failed"
     };
-    match std::error::Error::source(err) {
-        Some(source) => format!("{kind}: {source}"),
-        None => kind.to_string(),
-    }
+    kind.to_string()
 }
 
 fn truncate(text: &str) -> String {

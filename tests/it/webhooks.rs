@@ -382,3 +382,61 @@ async fn a_slow_endpoint_does_not_hold_up_a_fast_one() {
     );
     assert!(slow.delivered().len() < 10, "the slow one is still slow");
 }
+
+/// The last error recorded for the endpoint's deliveries (any of them), once one has one.
+async fn first_error(app: &TestApp, endpoint: Uuid) -> Option<String> {
+    for _ in 0..200 {
+        let error: Option<String> = sqlx::query_scalar(
+            "SELECT last_error FROM webhook_deliveries
+              WHERE endpoint_id = $1 AND last_error IS NOT NULL LIMIT 1",
+        )
+        .bind(endpoint)
+        .fetch_optional(app.store.pool())
+        .await
+        .expect("deliveries");
+        if error.is_some() {
+            return error;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_never_reaches_an_internal_address_unless_its_network_is_allowed() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    // By address (127.0.0.1) and by a name that resolves to it (localhost): both refused by
+    // default, without a word about the port.
+    let by_name = Receiver {
+        url: receiver.url.replace("127.0.0.1", "localhost"),
+        state: receiver.state.clone(),
+    };
+    let (by_address, _) = register(&app, &receiver, json!({})).await;
+    let (named, _) = register(&app, &by_name, json!({})).await;
+    let locked_down = WebhookConfig {
+        allowed_networks: Vec::new(),
+        ..fast_config()
+    };
+    let sender = start_sender(app.store.clone(), locked_down);
+    let sale = app.active_sale(5).await;
+    let sku = sale["sku"].as_str().expect("sku");
+    buy_all(&app, sku, (0..2).map(|n| format!("ssrf{n}"))).await;
+    for endpoint in [by_address, named] {
+        assert_eq!(
+            first_error(&app, endpoint).await.as_deref(),
+            Some("the receiver's address is not allowed (internal network)")
+        );
+    }
+    assert!(
+        receiver.delivered().is_empty(),
+        "nothing reached the receiver"
+    );
+    drop(sender);
+    // WEBHOOK_ALLOWED_NETWORKS lets a chosen range in.
+    let _sender = start_sender(app.store.clone(), fast_config());
+    let arrived = receiver
+        .wait_for(Duration::from_secs(30), |delivered| !delivered.is_empty())
+        .await;
+    assert!(arrived, "delivered once 127.0.0.0/8 is allowed");
+}
