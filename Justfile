@@ -6,26 +6,26 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Start the service: docker compose when a Docker engine answers, else the embedded Postgres.
+# Start the service: the compose stack (docker compose, or podman-compose without a Docker
+# engine) waited on until /health answers; else the service on the embedded Postgres.
 up:
     #!/usr/bin/env bash
     set -euo pipefail
-    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        docker compose up -d --build
-        echo "flashsale on http://127.0.0.1:8080 (docker compose); Swagger UI at /docs"
-    else
-        echo "No Docker engine: running on the embedded Postgres (Ctrl-C stops both)."
-        cargo run --release
+    if deploy/compose/stack.sh available; then
+        exec deploy/compose/stack.sh up
     fi
+    rm -f .data/compose.env   # a stack started earlier is not this service
+    echo "No Docker engine or podman-compose: running on the embedded Postgres (Ctrl-C stops both)."
+    exec cargo run --release
 
-# Stop what `up` started with docker compose (the embedded mode stops with Ctrl-C).
-down:
+# Stop what `up` started with compose, keeping the database (`just down -v` deletes it too).
+down *args:
     #!/usr/bin/env bash
-    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        docker compose down
-    else
-        echo "Nothing to stop: the embedded mode stops with the service (Ctrl-C)."
+    set -euo pipefail
+    if deploy/compose/stack.sh available; then
+        exec deploy/compose/stack.sh down {{args}}
     fi
+    echo "Nothing to stop: the embedded mode stops with the service (Ctrl-C)."
 
 # The checks CI runs: format, lints, then the test suite.
 test:
@@ -38,10 +38,12 @@ openapi:
     cargo run --quiet -- openapi > openapi/openapi.json
     @echo "openapi/openapi.json regenerated"
 
-# psql on the service's database (DATABASE_URL, or the running embedded cluster).
+# psql on the service's database (DATABASE_URL, else the stack of `just up`, else the running embedded cluster).
 psql *args:
     #!/usr/bin/env bash
     set -euo pipefail
+    . stress/lib/compose-env.sh
+    compose_env_load "$PWD"
     if [ -n "${DATABASE_URL:-}" ]; then
         exec psql "$DATABASE_URL" {{args}}
     fi
