@@ -14,7 +14,7 @@ scenario=${1:-purchase-load}
 log() { printf '[stress] %s\n' "$*" >&2; }
 # After `just up`, the compose stack's URL, database and development admin key (where
 # nothing is set); otherwise the defaults of a service on the embedded database.
-# shellcheck source=lib/compose-env.sh
+# shellcheck source=SCRIPTDIR/lib/compose-env.sh
 . "$here/lib/compose-env.sh"
 compose_env_file=""
 compose_env_load "$root"

@@ -10,7 +10,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 sku=${1:?usage: verify-invariants.sh SKU}
-# shellcheck source=lib/compose-env.sh
+# shellcheck source=SCRIPTDIR/lib/compose-env.sh
 . "$here/lib/compose-env.sh"
 compose_env_load "$root"
 

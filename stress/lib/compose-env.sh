@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced (bash) by stress/run-stress.sh, stress/verify-invariants.sh and `just psql`.
 #
 # compose_env_load ROOT: after `just up` started the compose stack, deploy/compose/stack.sh
@@ -22,11 +23,11 @@ compose_env_load() {
   [ -n "$url" ] || return 0
   if [ -n "${BASE_URL:-}" ] && [ "${BASE_URL%/}" != "$base" ]; then return 0; fi
   if ! PGCONNECT_TIMEOUT=3 psql "$url" -XAtqc 'select 1' >/dev/null 2>&1; then
-    printf 'ignoring %s: its database does not answer (was the stack stopped without `just down`?)\n' \
-      "$file" >&2
+    printf 'ignoring %s: its database does not answer (stack stopped without just down?)\n' "$file" >&2
     return 0
   fi
   export DATABASE_URL=$url BASE_URL=${BASE_URL:-$base}
   if [ -n "$admin" ]; then export ADMIN_API_KEY=${ADMIN_API_KEY:-$admin}; fi
+  # shellcheck disable=SC2034  # read by the caller
   compose_env_file=$file
 }
