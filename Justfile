@@ -59,6 +59,11 @@ invariants sku:
 stress scenario="purchase-load":
     stress/run-stress.sh {{scenario}}
 
+# The container and the compose file for real: images (podman, no registry needed), up, k6 purchase-load + invariants, down.
+compose-check:
+    cargo build --release --quiet
+    stress/compose-check.sh
+
 # The purchase benchmark (durable Postgres, release build, pgbench baseline, k6); see docs/PERFORMANCE.md.
 bench:
     stress/bench.sh
