@@ -41,6 +41,7 @@ prod_project=flashsale-check-production
 
 log() { printf '[compose-check] %s\n' "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
+random_hex() { python3 -c "import secrets; print(secrets.token_hex($1))"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- phases and their times -------------------------------------------------------------
@@ -160,9 +161,9 @@ if (unset POSTGRES_PASSWORD ADMIN_API_KEY BUYER_TOKEN_SECRET; compose_prod confi
 fi
 grep -q "POSTGRES_PASSWORD" "$work/prod.log" || { cat "$work/prod.log" >&2; die "production.yml did not name the missing secret"; }
 # The secrets of this throw-away stack are made here and never printed.
-POSTGRES_PASSWORD=$(openssl rand -hex 24)
-BUYER_TOKEN_SECRET=$(openssl rand -hex 32)
-strong_key=$(openssl rand -hex 32)
+POSTGRES_PASSWORD=$(random_hex 24)
+BUYER_TOKEN_SECRET=$(random_hex 32)
+strong_key=$(random_hex 32)
 export POSTGRES_PASSWORD BUYER_TOKEN_SECRET FLASHSALE_PUBLISH=127.0.0.1:$prod_port
 if ADMIN_API_KEY=short-key compose_prod run --rm --no-deps flashsale >"$work/prod.log" 2>&1; then
   die "the service started with a 9-byte admin key"
