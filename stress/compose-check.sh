@@ -9,9 +9,10 @@
 #      next run; the flashsale image from target/release/flashsale (Dockerfile target
 #      runtime-prebuilt, through docker-compose.yml's build section);
 #   3. checks that deploy/compose/production.yml refuses missing and weak secrets, and
-#      serves with real ones (buyer identity on);
-#   4. brings docker-compose.yml up with deploy/compose/stack.sh (what `just up` runs):
-#      waits for /health and writes the compose.env the stress scripts read;
+#      serves with real ones (buyer identity on, /metrics behind its token);
+#   4. brings docker-compose.yml up with deploy/compose/stack.sh (what `just up` runs), the
+#      service started LATE_POSTGRES (5) seconds before Postgres: waits for /health and
+#      writes the compose.env the stress scripts read;
 #   5. runs the k6 purchase-load scenario and the invariant check against it, with no
 #      setting but that file;
 #   6. brings everything down (always, also on failure), and prints the time of each phase.
@@ -73,6 +74,11 @@ work=$(mktemp -d /tmp/flashsale-compose-check-XXXXXX)
 dev_up=""
 compose_dev() { COMPOSE_PROJECT_NAME=$dev_project "$COMPOSE_CMD" "$@"; }
 compose_prod() { COMPOSE_PROJECT_NAME=$prod_project "$COMPOSE_CMD" -f deploy/compose/production.yml "$@"; }
+# The production file needs its secrets even to show logs or go down; any value does then.
+compose_prod_any() {
+  POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-x} ADMIN_API_KEY=x BUYER_TOKEN_SECRET=${BUYER_TOKEN_SECRET:-x} \
+    METRICS_TOKEN=${METRICS_TOKEN:-x} compose_prod "$@"
+}
 teardown() {
   local status=$?
   if [ -x "$COMPOSE_CMD" ] && command -v podman >/dev/null 2>&1; then
@@ -82,8 +88,7 @@ teardown() {
       compose_dev logs --tail 40 flashsale >&2 2>&1 || true
     fi
     phase "down (volumes too)"
-    # The production stack needs its variables even to go down; any value will do.
-    POSTGRES_PASSWORD=x ADMIN_API_KEY=x BUYER_TOKEN_SECRET=x compose_prod down -v >/dev/null 2>&1 || true
+    compose_prod_any down -v >/dev/null 2>&1 || true
     DATA_DIR=$work COMPOSE_PROJECT_NAME=$dev_project deploy/compose/stack.sh down -v >/dev/null 2>&1 || true
   fi
   rm -rf "$work"
@@ -117,7 +122,7 @@ if ! "$COMPOSE_CMD" --version >/dev/null 2>&1; then
   "$venv/bin/pip" install -q podman-compose==1.6.0
 fi
 # Left over by a run that was killed before its teardown: start clean.
-POSTGRES_PASSWORD=x ADMIN_API_KEY=x BUYER_TOKEN_SECRET=x compose_prod down -v >/dev/null 2>&1 || true
+compose_prod_any down -v >/dev/null 2>&1 || true
 compose_dev down -v >/dev/null 2>&1 || true
 
 # --- 2. images -----------------------------------------------------------------------------
@@ -156,15 +161,16 @@ compose_dev build flashsale >"$work/build.log" 2>&1 || { tail -30 "$work/build.l
 # --- 3. the production example refuses what it must ---------------------------------------
 phase "production example"
 prod_port=$(free_port)
-if (unset POSTGRES_PASSWORD ADMIN_API_KEY BUYER_TOKEN_SECRET; compose_prod config) >"$work/prod.log" 2>&1; then
+if (unset POSTGRES_PASSWORD ADMIN_API_KEY BUYER_TOKEN_SECRET METRICS_TOKEN; compose_prod config) >"$work/prod.log" 2>&1; then
   die "production.yml was accepted without its secrets"
 fi
 grep -q "POSTGRES_PASSWORD" "$work/prod.log" || { cat "$work/prod.log" >&2; die "production.yml did not name the missing secret"; }
 # The secrets of this throw-away stack are made here and never printed.
 POSTGRES_PASSWORD=$(random_hex 24)
 BUYER_TOKEN_SECRET=$(random_hex 32)
+METRICS_TOKEN=$(random_hex 32)
 strong_key=$(random_hex 32)
-export POSTGRES_PASSWORD BUYER_TOKEN_SECRET FLASHSALE_PUBLISH=127.0.0.1:$prod_port
+export POSTGRES_PASSWORD BUYER_TOKEN_SECRET METRICS_TOKEN FLASHSALE_PUBLISH=127.0.0.1:$prod_port
 if ADMIN_API_KEY=short-key compose_prod run --rm --no-deps flashsale >"$work/prod.log" 2>&1; then
   die "the service started with a 9-byte admin key"
 fi
@@ -174,7 +180,7 @@ ADMIN_API_KEY=$strong_key compose_prod up -d >"$work/prod.log" 2>&1 || { tail -2
 deadline=$((SECONDS + ${UP_TIMEOUT:-90}))
 until curl -fsS -o /dev/null --max-time 2 "http://$FLASHSALE_PUBLISH/health" 2>/dev/null; do
   if [ "$SECONDS" -ge "$deadline" ]; then
-    ADMIN_API_KEY=x compose_prod logs --tail 40 flashsale >&2 || true
+    compose_prod_any logs --tail 40 flashsale >&2 || true
     die "production stack not healthy"
   fi
   sleep 0.5
@@ -182,21 +188,31 @@ done
 status=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$FLASHSALE_PUBLISH/api/v1/sales/no-such-sale/purchases" \
   -H 'Content-Type: application/json' -d '{"userId":"anyone"}')
 [ "$status" = 401 ] || die "a purchase without a buyer token answered $status, not 401"
-log "healthy with real secrets; a purchase without a buyer token is 401"
-ADMIN_API_KEY=x compose_prod down -v >/dev/null 2>&1
-unset POSTGRES_PASSWORD BUYER_TOKEN_SECRET FLASHSALE_PUBLISH strong_key
+status=$(curl -s -o /dev/null -w '%{http_code}' "http://$FLASHSALE_PUBLISH/metrics")
+[ "$status" = 401 ] || die "/metrics without its token answered $status, not 401"
+log "healthy with real secrets; 401 for a purchase without a buyer token and for /metrics without its token"
+compose_prod_any down -v >/dev/null 2>&1
+unset POSTGRES_PASSWORD BUYER_TOKEN_SECRET METRICS_TOKEN FLASHSALE_PUBLISH strong_key
 
 # --- 4. the development stack, as `just up` starts it --------------------------------------
-phase "up (docker-compose.yml, wait for /health)"
+phase "up: the service first, Postgres ${LATE_POSTGRES:-5} s later"
 export FLASHSALE_PUBLISH_PORT POSTGRES_PUBLISH_PORT
 FLASHSALE_PUBLISH_PORT=$(free_port)
 POSTGRES_PUBLISH_PORT=$(free_port)
 # No variable of the caller's (CI exports BASE_URL and DATA_DIR for its own service) may
 # steer the stack or the stress run: only compose.env, as after `just up`.
-unset BASE_URL DATABASE_URL ADMIN_API_KEY BUYER_TOKEN_SECRET
+unset BASE_URL DATABASE_URL ADMIN_API_KEY BUYER_TOKEN_SECRET METRICS_TOKEN
 export DATA_DIR=$work
+# A Postgres later than the service, on purpose: the service must wait for it or be
+# restarted until it answers (podman-compose would not hold it back anyway).
+compose_dev up -d --no-deps flashsale >"$work/late.log" 2>&1 || { tail -20 "$work/late.log" >&2; die "could not start the service alone"; }
+sleep "${LATE_POSTGRES:-5}"
 COMPOSE_PROJECT_NAME=$dev_project deploy/compose/stack.sh up
 dev_up=1
+# What it went through, for the log: its restarts, and its failed tries by its own account.
+restarts=$(podman inspect --format '{{.RestartCount}}' "${dev_project}_flashsale_1" 2>/dev/null || echo '?')
+tries=$(compose_dev logs flashsale 2>&1 | grep -cE 'does not answer|Failed to connect' || true)
+log "the service came up after a late Postgres ($restarts restarts, $tries failed connection attempts logged)"
 # shellcheck source=SCRIPTDIR/lib/compose-env.sh
 (. "$here/lib/compose-env.sh"; compose_env_load "$root"
  [ "${BASE_URL:-}" = "http://127.0.0.1:$FLASHSALE_PUBLISH_PORT" ] && [ -n "${DATABASE_URL:-}" ]) \
