@@ -6,8 +6,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Start the service: the compose stack (docker compose, or podman-compose without a Docker
-# engine) waited on until /health answers; else the service on the embedded Postgres.
+# Start the service: the compose stack (docker compose, else podman-compose) up and answering /health, or else the embedded Postgres.
 up:
     #!/usr/bin/env bash
     set -euo pipefail
