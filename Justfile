@@ -15,7 +15,8 @@ up:
     fi
     rm -f .data/compose.env   # a stack started earlier is not this service
     echo "No Docker engine or podman-compose: running on the embedded Postgres (Ctrl-C stops both)."
-    exec cargo run --release
+    # Development: webhooks may reach receivers on this host (just stress runs one).
+    WEBHOOK_ALLOWED_NETWORKS=${WEBHOOK_ALLOWED_NETWORKS:-127.0.0.0/8} exec cargo run --release
 
 # Stop what `up` started with compose, keeping the database (`just down -v` deletes it too).
 down *args:

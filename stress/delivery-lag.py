@@ -28,10 +28,19 @@ def get(url, key=None):
         return json.load(response)
 
 
+def refused_as_internal(base, key, webhook):
+    """Whether the endpoint's deliveries fail because the service refuses internal
+    addresses (WEBHOOK_ALLOWED_NETWORKS unset on a service started by hand)."""
+    page = get(f"{base}/api/v1/admin/webhooks/deliveries?webhook={webhook}&limit=5", key)
+    items = page.get("items", page) if isinstance(page, dict) else page
+    return any("not allowed" in (item.get("lastError") or "") for item in items)
+
+
 def main():
     base, receiver, sku, ended = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 120.0
     key = os.environ.get("ADMIN_API_KEY", "dev-admin-key")
+    webhook = os.environ.get("WEBHOOK_ID")
     sold = get(f"{base}/api/v1/admin/sales/{sku}", key)["sold"]
     deadline = time.time() + timeout
     while True:
@@ -39,6 +48,12 @@ def main():
         delivered = stats["purchasesBySku"].get(sku, 0)
         if delivered >= sold or time.time() > deadline:
             break
+        if delivered == 0 and webhook and refused_as_internal(base, key, webhook):
+            print(
+                "webhooks: the service refuses to deliver to this host's receiver (an internal "
+                "address): start it with WEBHOOK_ALLOWED_NETWORKS=127.0.0.0/8, or run with WEBHOOKS=0"
+            )
+            sys.exit(1)
         time.sleep(0.1)
     stats = get(f"{receiver}/stats?reset-lag")
     caught_up = max(0.0, (stats["lastVerifiedAt"] or ended) - ended)

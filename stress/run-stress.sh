@@ -119,7 +119,7 @@ start_receiver() {
 
 report_delivery() {  # sku out run_ended_epoch
   [ -n "$webhook_id" ] || return 0
-  python3 "$here/delivery-lag.py" "$BASE_URL" "$receiver_url" "$1" "$3" \
+  WEBHOOK_ID=$webhook_id python3 "$here/delivery-lag.py" "$BASE_URL" "$receiver_url" "$1" "$3" \
     "${WEBHOOK_LAG_TIMEOUT:-120}" | tee "$2/webhooks.txt"
 }
 
