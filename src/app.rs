@@ -123,7 +123,26 @@ impl Application {
             .with_context(|| format!("Failed to bind {}:{}", config.host, config.port))?;
         let metrics = Metrics::new().context("Failed to set up metrics")?;
         let waited = |pool: &str| metrics.pool_wait.with_label_values(&[pool]);
-        let store = Store::new(pool).with_pool_wait(waited("main"));
+        let mut store = Store::new(pool).with_pool_wait(waited("main"));
+        match config.secret_box().map_err(anyhow::Error::msg)? {
+            Some(secrets) => {
+                store = store.with_secret_box(Arc::new(secrets));
+                let resealed = store
+                    .reseal_webhook_secrets()
+                    .await
+                    .context("Failed to seal the webhook secrets under WEBHOOK_SECRET_KEY")?;
+                if resealed > 0 {
+                    tracing::info!(
+                        endpoints = resealed,
+                        "webhook secrets sealed under the current key"
+                    );
+                }
+            }
+            None => tracing::warn!(
+                "WEBHOOK_SECRET_KEY is not set: webhook secrets are stored in plain text, so a \
+                 database backup can sign deliveries. Set it (openssl rand -hex 32)."
+            ),
+        }
         Ok(Self {
             acceptor,
             // One view of an outage, and one probe, for both pools.

@@ -27,6 +27,7 @@
 //! | `METRICS_REFRESH_MS` | 5000 | how often the waiting rooms are read for the metrics |
 //! | `MAX_STREAMS_PER_CLIENT` | 1000 | live streams one client (IP, IPv6 /64) may hold; 0 = no cap |
 //! | `WEBHOOK_ALLOWED_NETWORKS` | empty | internal CIDRs webhooks may reach (else refused) |
+//! | `WEBHOOK_SECRET_KEY` / `_PREVIOUS` | unset: secrets stored plain | key sealing webhook secrets at rest |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
 //! | `RUST_LOG` | `info` | log filter |
 
@@ -192,6 +193,16 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_ALLOWED_NETWORKS", value_delimiter = ',')]
     pub webhook_allowed_networks: Vec<ipnet::IpNet>,
 
+    /// Key sealing webhook secrets at rest: 64 hex characters (32 bytes). Unset: secrets
+    /// are stored plain (warned at start).
+    #[arg(long, env = "WEBHOOK_SECRET_KEY", hide_env_values = true, value_parser = secret)]
+    pub webhook_secret_key: Option<SecretString>,
+
+    /// The previous key during a key rotation: secrets still sealed under it open, and are
+    /// sealed again under WEBHOOK_SECRET_KEY at start-up.
+    #[arg(long, env = "WEBHOOK_SECRET_KEY_PREVIOUS", hide_env_values = true, value_parser = secret)]
+    pub webhook_secret_key_previous: Option<SecretString>,
+
     /// How long a delivery is retried (exponential backoff with jitter) before it is marked
     /// failed, in seconds (default 24 h).
     #[arg(long, env = "WEBHOOK_RETRY_FOR_SECS", default_value_t = 86_400)]
@@ -300,6 +311,21 @@ impl Config {
             Some(key) if !key.is_empty() => (key.to_string(), false),
             _ => (DEV_ADMIN_KEY.to_string(), true),
         }
+    }
+
+    /// The box sealing webhook secrets at rest, when `WEBHOOK_SECRET_KEY` is set.
+    pub fn secret_box(&self) -> Result<Option<crate::store::SecretBox>, crate::store::BadKey> {
+        let key = |value: &Option<SecretString>| {
+            value
+                .as_ref()
+                .map(|key| key.expose_secret().trim().to_string())
+                .filter(|key| !key.is_empty())
+        };
+        let Some(current) = key(&self.webhook_secret_key) else {
+            return Ok(None);
+        };
+        let previous = key(&self.webhook_secret_key_previous);
+        crate::store::SecretBox::new(&current, previous.as_deref()).map(Some)
     }
 
     /// The database URL, when one is configured.

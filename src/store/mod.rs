@@ -21,6 +21,7 @@ mod queue_tick;
 mod route;
 mod sale_refs;
 mod sales;
+mod secret_box;
 mod webhooks;
 
 use std::time::Duration;
@@ -44,6 +45,7 @@ pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
 pub use route::{ACQUIRE_TIMEOUT, SERVER_TIMEOUTS, connect};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
+pub use secret_box::{BadKey, SealError, SecretBox};
 pub use webhooks::{EndpointTarget, NewEndpoint};
 
 /// What can go wrong in the store.
@@ -80,6 +82,9 @@ pub enum StoreError {
     /// [`StoreError::log_batch_failure`]).
     #[error("group-commit batch failed: {0}")]
     Batch(String),
+    /// A webhook secret sealed at rest cannot be opened (no key, or the wrong one).
+    #[error(transparent)]
+    Sealed(#[from] SealError),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -222,6 +227,8 @@ pub struct Store {
     /// Whether the database is known to be down (then calls are refused at once), and the
     /// probe that finds out when it is back.
     outage: outage::Outage,
+    /// Seals webhook secrets at rest (`WEBHOOK_SECRET_KEY`); none: stored plain.
+    secrets: Option<std::sync::Arc<SecretBox>>,
 }
 
 impl Store {
@@ -230,7 +237,14 @@ impl Store {
             outage: outage::Outage::new(pool.connect_options()),
             pool,
             pool_wait: None,
+            secrets: None,
         }
+    }
+
+    /// Seals webhook secrets at rest with `secrets` (see `secret_box.rs`).
+    pub fn with_secret_box(mut self, secrets: std::sync::Arc<SecretBox>) -> Self {
+        self.secrets = Some(secrets);
+        self
     }
 
     /// A store on another pool of the same database (the reserved pool), sharing this
@@ -240,6 +254,7 @@ impl Store {
             pool,
             pool_wait: None,
             outage: self.outage.clone(),
+            secrets: self.secrets.clone(),
         }
     }
 

@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::events::feed_horizon;
-use super::{Store, StoreError};
+use super::{Store, StoreError, secret_box};
 use crate::domain::{WebhookEndpoint, new_webhook_secret};
 
 #[derive(FromRow)]
@@ -64,6 +64,7 @@ impl Store {
         let mut conn = self.conn().await?;
         let start = feed_horizon(&mut conn).await?;
         let secret = new_webhook_secret();
+        let id = Uuid::new_v4();
         let sql = format!(
             "INSERT INTO webhook_endpoints (id, url, event_types, sale_id, secret, cursor_tx,
                                             cursor_sale, cursor_sequence)
@@ -71,11 +72,11 @@ impl Store {
              RETURNING {ENDPOINT_COLUMNS}"
         );
         let row = sqlx::query_as::<_, EndpointRow>(sqlx::AssertSqlSafe(sql))
-            .bind(Uuid::new_v4())
+            .bind(id)
             .bind(&new.url)
             .bind(new.event_types.as_deref())
             .bind(new.sale_id)
-            .bind(&secret)
+            .bind(secret_box::seal(self.secrets.as_deref(), id, &secret))
             .bind(start.tx_id)
             .bind(start.sale_id)
             .bind(start.sequence)
@@ -119,7 +120,7 @@ impl Store {
         );
         let row = sqlx::query_as::<_, EndpointRow>(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .bind(&secret)
+            .bind(secret_box::seal(self.secrets.as_deref(), id, &secret))
             .bind(overlap.as_secs_f64())
             .fetch_optional(&mut *self.conn().await?)
             .await?;
@@ -134,8 +135,9 @@ impl Store {
     }
 
     /// Where and with which secrets to send for this endpoint; `None` once it is deleted.
+    /// Sealed secrets are opened here (an error when they cannot be: the deliveries wait).
     pub async fn webhook_target(&self, id: Uuid) -> Result<Option<EndpointTarget>, StoreError> {
-        Ok(sqlx::query_as::<_, EndpointTarget>(
+        let target = sqlx::query_as::<_, EndpointTarget>(
             "SELECT id, url, secret,
                     CASE WHEN previous_secret_until > now() THEN previous_secret END
                         AS previous_secret
@@ -143,6 +145,59 @@ impl Store {
         )
         .bind(id)
         .fetch_optional(&mut *self.conn().await?)
-        .await?)
+        .await?;
+        let Some(mut target) = target else {
+            return Ok(None);
+        };
+        let secrets = self.secrets.as_deref();
+        target.secret = secret_box::open(secrets, id, &target.secret)?;
+        target.previous_secret = target
+            .previous_secret
+            .map(|previous| secret_box::open(secrets, id, &previous))
+            .transpose()?;
+        Ok(Some(target))
+    }
+
+    /// Seals every endpoint's secrets under the current key: plain ones (written before a
+    /// key was set) and ones sealed under `WEBHOOK_SECRET_KEY_PREVIOUS`. Run at start-up
+    /// when a key is set; returns how many endpoints changed. Race-free: each endpoint is
+    /// re-read under its row lock, so a rotation in between is sealed, not overwritten.
+    pub async fn reseal_webhook_secrets(&self) -> Result<usize, StoreError> {
+        let Some(secrets) = self.secrets.clone() else {
+            return Ok(0);
+        };
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, secret, previous_secret FROM webhook_endpoints ORDER BY id FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = 0;
+        for (id, secret, previous) in rows {
+            let stale = |stored: &String| !secrets.is_current(id, stored);
+            if !stale(&secret) && !previous.as_ref().is_some_and(stale) {
+                continue;
+            }
+            let secret = secrets.seal(id, &secrets.open(id, &secret)?);
+            let previous = previous
+                .map(|previous| {
+                    secrets
+                        .open(id, &previous)
+                        .map(|plain| secrets.seal(id, &plain))
+                })
+                .transpose()?;
+            sqlx::query(
+                "UPDATE webhook_endpoints SET secret = $2, previous_secret = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(secret)
+            .bind(previous)
+            .execute(&mut *tx)
+            .await?;
+            changed += 1;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 }

@@ -440,3 +440,74 @@ async fn a_webhook_never_reaches_an_internal_address_unless_its_network_is_allow
         .await;
     assert!(arrived, "delivered once 127.0.0.0/8 is allowed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_are_sealed_at_rest_and_still_sign_and_a_key_rotation_reseals_them() {
+    const KEY: &str = "4f1c2a9be0d3746581a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f701";
+    const NEXT: &str = "9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9";
+    let plain = spawn_app().await;
+    // A legacy endpoint, registered before any key was set: its secret is plain.
+    let receiver = Receiver::start().await;
+    let (legacy, legacy_secret) = register(&plain, &receiver, json!({})).await;
+    let boxed = |current: &str, previous: Option<&str>| {
+        let secrets = flashsale::store::SecretBox::new(current, previous).expect("key");
+        Store::new(plain.store.pool().clone()).with_secret_box(std::sync::Arc::new(secrets))
+    };
+    let stored = |id: Uuid| {
+        let pool = plain.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT secret FROM webhook_endpoints WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .expect("secret")
+        }
+    };
+    assert_eq!(stored(legacy).await, legacy_secret);
+
+    // With a key: start-up seals the legacy secret; a new endpoint's is sealed from the start.
+    let store = boxed(KEY, None);
+    assert_eq!(store.reseal_webhook_secrets().await.expect("reseal"), 1);
+    assert!(stored(legacy).await.starts_with("sealed:v1:"));
+    let app = TestApp {
+        client: std::sync::Arc::new(crate::support::client_for(
+            store.clone(),
+            crate::support::Limits::off(),
+        )),
+        store: store.clone(),
+    };
+    let other = Receiver::start().await;
+    let (fresh, fresh_secret) = register(&app, &other, json!({})).await;
+    let at_rest = stored(fresh).await;
+    assert!(at_rest.starts_with("sealed:v1:") && !at_rest.contains(&fresh_secret[6..]));
+
+    // Deliveries are still signed with the real secrets (the receivers verify them).
+    let _sender = start_sender(store.clone(), fast_config());
+    let sale = app.active_sale(3).await;
+    buy_all(
+        &app,
+        sale["sku"].as_str().expect("sku"),
+        (0..2).map(|n| format!("seal{n}")),
+    )
+    .await;
+    for target in [&receiver, &other] {
+        let arrived = target
+            .wait_for(Duration::from_secs(30), |delivered| delivered.len() >= 2)
+            .await;
+        assert!(arrived && target.state.unverified.load(Ordering::SeqCst) == 0);
+    }
+    // Without the key the secrets cannot be used: deliveries wait, nothing signs with junk.
+    assert!(matches!(
+        plain.store.webhook_target(fresh).await,
+        Err(flashsale::store::StoreError::Sealed(_))
+    ));
+    // A rotation of the key: the new key with the old one as previous reseals everything.
+    let rotated = boxed(NEXT, Some(KEY));
+    assert_eq!(rotated.reseal_webhook_secrets().await.expect("reseal"), 2);
+    let target = boxed(NEXT, None)
+        .webhook_target(fresh)
+        .await
+        .expect("opens with the new key alone")
+        .expect("endpoint");
+    assert_eq!(target.secret, fresh_secret);
+}
