@@ -55,9 +55,12 @@ pub enum ErrorCode {
     RateLimited,
     /// The sale's queue is at capacity; retry after the `Retry-After` seconds.
     QueueFull,
-    /// The instance serves as many live streams as it may; retry after `Retry-After`
-    /// seconds, or poll.
+    /// The instance serves as many live streams as it may (503), or this client holds as
+    /// many as one client may (429); retry after `Retry-After` seconds, or poll.
     TooManyStreams,
+    /// The feed cursor points before events retention has removed: reading on would skip
+    /// them. The message names the oldest cursor still complete.
+    CursorExpired,
     /// The user has no entry in this sale's queue.
     NotInQueue,
     /// The user is still waiting for a hold; nothing to confirm yet.

@@ -51,6 +51,10 @@ pub enum FeedResponse {
     /// `SALE_NOT_FOUND`: the `sale` filter names no sale.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// `CURSOR_EXPIRED`: the cursor points before events retention removed; the message
+    /// names the oldest cursor still complete (or start without one, from now).
+    #[oai(status = 410)]
+    Gone(Json<ErrorBody>),
 }
 admin_parse_error!(feed_parse_error, FeedResponse);
 
@@ -70,6 +74,10 @@ pub enum StreamResponse {
     /// `SALE_NOT_FOUND`: the `sale` filter names no sale.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// `CURSOR_EXPIRED`: the cursor points before events retention removed; the message
+    /// names the oldest cursor still complete (or start without one, from now).
+    #[oai(status = 410)]
+    Gone(Json<ErrorBody>),
 }
 admin_parse_error!(stream_parse_error, StreamResponse);
 
@@ -121,6 +129,7 @@ struct FeedQuery {
 enum FeedQueryError {
     BadRequest(Json<ErrorBody>),
     SaleNotFound(Json<ErrorBody>),
+    Expired(Json<ErrorBody>),
 }
 
 impl EventsApi {
@@ -139,6 +148,19 @@ impl EventsApi {
                 ))));
             }
         };
+        // Read on from before what retention removed, a reader would skip it silently.
+        if let Some(after) = after
+            && let Some(through) = self.store.feed_pruned_through().await?
+            && after < through
+        {
+            return Ok(Err(FeedQueryError::Expired(ErrorBody::json(
+                ErrorCode::CursorExpired,
+                format!(
+                    "events after this cursor were removed by retention; the oldest complete \
+                     cursor is {through}"
+                ),
+            ))));
+        }
         let sale_id = match sale {
             None => None,
             Some(reference) => match self.store.resolve_sale(reference).await? {
@@ -197,6 +219,7 @@ impl EventsApi {
             Ok(query) => query,
             Err(FeedQueryError::BadRequest(body)) => return Ok(FeedResponse::BadRequest(body)),
             Err(FeedQueryError::SaleNotFound(body)) => return Ok(FeedResponse::NotFound(body)),
+            Err(FeedQueryError::Expired(body)) => return Ok(FeedResponse::Gone(body)),
         };
         let events = self
             .store
@@ -246,6 +269,7 @@ impl EventsApi {
             Err(FeedQueryError::SaleNotFound(body)) => {
                 return Ok(StreamResponse::NotFound(body));
             }
+            Err(FeedQueryError::Expired(body)) => return Ok(StreamResponse::Gone(body)),
         };
         let start = match query.after {
             Some(after) => after,

@@ -166,12 +166,26 @@ impl Store {
         Ok(rows.into_iter().map(Purchase::from).collect())
     }
 
+    /// The furthest feed position of any pruned event: a cursor before it would skip what
+    /// was pruned (the feed answers 410 with this, the oldest complete cursor).
+    pub async fn feed_pruned_through(&self) -> Result<Option<FeedCursor>, StoreError> {
+        let row: Option<(i64, Uuid, i64)> =
+            sqlx::query_as("SELECT feed_tx, sale_id, sequence FROM feed_pruned_through")
+                .fetch_optional(&mut *self.conn().await?)
+                .await?;
+        Ok(row.map(|(tx_id, sale_id, sequence)| FeedCursor {
+            tx_id,
+            sale_id,
+            sequence,
+        }))
+    }
+
     /// Prunes what retention allows, at most `max_rows` rows per call so that one run stays
     /// short (the retention job calls again at once while `more` says so): finished
     /// deliveries older than `keep`, then, sale by sale, the prefix of its events older than
-    /// `keep` that no pending delivery still needs, recording what was removed in
-    /// `events_pruned` in the same statement (the audit counts it). Sales, purchases and
-    /// holds are never touched.
+    /// `keep` that no delivery names and every endpoint has fanned out, recording what was
+    /// removed in `events_pruned` in the same statement (the audit counts it). Sales,
+    /// purchases and holds are never touched.
     pub async fn prune_events(&self, keep: Duration, max_rows: i64) -> Result<Pruned, StoreError> {
         let keep_secs = keep.as_secs_f64();
         let mut pruned = Pruned::default();
@@ -205,31 +219,56 @@ impl Store {
             }
             // The oldest events are the first in feed order (the primary key; there is no
             // index on the time, which would cost every purchase an insert). Per sale: the
-            // highest sequence among them old enough, lowered below any event a pending
-            // delivery still needs. Removing a prefix keeps the rest gapless, which the audit
-            // checks against `events_pruned`. Stops when a step removes nothing.
+            // highest sequence among them old enough, lowered below any event a delivery
+            // still names (pending or finished: a delivery row is never removed with its
+            // event, the key refuses it) and never past the slowest endpoint's fan-out
+            // cursor (events it has not fanned out yet are kept for it). Race-free: a
+            // cursor only moves forward, fan-out writes deliveries only for events past its
+            // cursor, and a new endpoint starts at the present, so no delivery can appear
+            // for an event this statement removes. Removing a prefix keeps the rest
+            // gapless, which the audit checks against `events_pruned`; the furthest feed
+            // position removed is kept for the feed's 410. Stops when a step removes
+            // nothing.
             let step: i64 = sqlx::query_scalar(
-                "WITH old AS (
+                "WITH slowest AS (
+                     SELECT cursor_tx, cursor_sale, cursor_sequence FROM webhook_endpoints
+                      ORDER BY cursor_tx, cursor_sale, cursor_sequence LIMIT 1
+                 ), old AS (
                      SELECT sale_id, max(sequence) AS upto FROM (
-                         SELECT sale_id, sequence, occurred_at FROM events
+                         SELECT feed_tx, sale_id, sequence, occurred_at FROM events
                           ORDER BY feed_tx, sale_id, sequence LIMIT $2) o
                       WHERE occurred_at < now() - make_interval(secs => $1)
+                        AND NOT EXISTS (
+                            SELECT 1 FROM slowest c
+                             WHERE (o.feed_tx, o.sale_id, o.sequence)
+                                 > (c.cursor_tx, c.cursor_sale, c.cursor_sequence))
                       GROUP BY sale_id
                  ), bounded AS (
                      SELECT o.sale_id,
                             LEAST(o.upto, COALESCE((
                                 SELECT min(d.sequence) - 1 FROM webhook_deliveries d
-                                 WHERE d.sale_id = o.sale_id AND d.status = 'pending'),
+                                 WHERE d.sale_id = o.sale_id),
                                 o.upto)) AS upto
                        FROM old o
                  ), removed AS (
                      DELETE FROM events e USING bounded b
                       WHERE e.sale_id = b.sale_id AND e.sequence <= b.upto
-                     RETURNING e.sale_id, e.sequence, e.type
+                     RETURNING e.feed_tx, e.sale_id, e.sequence, e.type
                  ), per_sale AS (
                      SELECT sale_id, max(sequence) AS through,
                             count(*) FILTER (WHERE type = 'purchase.created') AS purchases
                        FROM removed GROUP BY sale_id
+                 ), furthest AS (
+                     SELECT feed_tx, sale_id, sequence FROM removed
+                      ORDER BY feed_tx DESC, sale_id DESC, sequence DESC LIMIT 1
+                 ), position AS (
+                     INSERT INTO feed_pruned_through AS t (feed_tx, sale_id, sequence)
+                     SELECT feed_tx, sale_id, sequence FROM furthest
+                     ON CONFLICT (only_row) DO UPDATE
+                        SET feed_tx = EXCLUDED.feed_tx, sale_id = EXCLUDED.sale_id,
+                            sequence = EXCLUDED.sequence
+                      WHERE (t.feed_tx, t.sale_id, t.sequence)
+                          < (EXCLUDED.feed_tx, EXCLUDED.sale_id, EXCLUDED.sequence)
                  ), recorded AS (
                      INSERT INTO events_pruned AS x (sale_id, through_sequence, purchase_events)
                      SELECT sale_id, through, purchases FROM per_sale
