@@ -17,7 +17,9 @@ use super::{Store, StoreError, violated_constraint};
 pub const JOBS_CHANNEL: &str = "flashsale_jobs";
 
 /// After this many failed attempts a job is parked (`dead_at`) and no longer retried, until
-/// an admin requeues it. Queue ticks are never parked: admission and expiry must go on.
+/// an admin requeues it. Queue ticks and sale-state jobs are never parked: admission and
+/// expiry must go on, and a sale's end by the clock is recorded (its event sent) by a
+/// state job.
 pub const MAX_ATTEMPTS: i32 = 25;
 
 /// What a job does.
@@ -253,7 +255,8 @@ impl Store {
         let retried = sqlx::query(
             "UPDATE jobs SET locked_until = NULL, lock_token = NULL, last_error = $3,
                     run_at = now() + make_interval(secs => $4),
-                    dead_at = CASE WHEN attempts >= $5 AND kind <> 'queue_tick' THEN now() END
+                    dead_at = CASE WHEN attempts >= $5 AND kind NOT IN ('queue_tick', 'sync_sale_state')
+                                    THEN now() END
               WHERE id = $1 AND lock_token = $2",
         )
         .bind(job.id)

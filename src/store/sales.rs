@@ -228,6 +228,16 @@ impl Store {
                  RETURNING *
              ), job AS (
                  INSERT INTO jobs (kind, sale_id) SELECT $2, id FROM cancelled
+             ), states AS (
+                 INSERT INTO sale_events (sale_id, state, reason, occurred_at)
+                 SELECT c.id, v.state, v.reason, v.at
+                   FROM cancelled c,
+                        LATERAL (VALUES (1, 'active', NULL::text, c.starts_at),
+                                        (2, 'ended', 'cancelled', c.cancelled_at))
+                                AS v(ord, state, reason, at)
+                  WHERE v.state = 'ended' OR c.starts_at < c.cancelled_at
+                  ORDER BY v.ord
+                 ON CONFLICT ON CONSTRAINT sale_events_once DO NOTHING
              ), door AS (
                  UPDATE sale_queues SET last_ticket = last_ticket
                   WHERE sale_id IN (SELECT id FROM cancelled)
@@ -315,8 +325,19 @@ impl Store {
                   WHERE id = $1 AND archived_at IS NULL
                  RETURNING *
              ), event AS (
-                 INSERT INTO sale_events (sale_id, state, occurred_at, voided_holds)
-                 SELECT id, 'archived', archived_at, 0 FROM archived
+                 INSERT INTO sale_events (sale_id, state, reason, occurred_at, voided_holds)
+                 SELECT a.id, v.state, v.reason, v.at, v.voided
+                   FROM archived a,
+                        LATERAL (VALUES (1, 'active', NULL::text, a.starts_at, NULL::int),
+                                        (2, 'ended', 'cancelled', a.cancelled_at, NULL),
+                                        (3, 'archived', NULL, a.archived_at, 0))
+                                AS v(ord, state, reason, at, voided)
+                  WHERE v.state = 'archived'
+                     -- This archive cancelled it: the cancel's event, after its start's.
+                     OR (a.cancelled_at = a.archived_at
+                         AND (v.state = 'ended' OR a.starts_at < a.cancelled_at))
+                  ORDER BY v.ord
+                 ON CONFLICT ON CONSTRAINT sale_events_once DO NOTHING
              ), state_job AS (
                  INSERT INTO jobs (kind, sale_id) SELECT $2, id FROM archived
              ), door AS (
@@ -409,8 +430,11 @@ async fn record_event(
     reason: Option<EndReason>,
     occurred_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    // The sale row first, the order every writer of sale_events takes (see the migration
+    // `state_events_in_tx`): the row lock is taken by the SELECT the INSERT reads from.
     sqlx::query(
-        "INSERT INTO sale_events (sale_id, state, reason, occurred_at) VALUES ($1, $2, $3, $4)
+        "INSERT INTO sale_events (sale_id, state, reason, occurred_at)
+         SELECT id, $2, $3, $4 FROM sales WHERE id = $1 FOR NO KEY UPDATE
          ON CONFLICT ON CONSTRAINT sale_events_once DO NOTHING",
     )
     .bind(sale_id)

@@ -220,11 +220,11 @@ async fn holds_granted_expired_released_confirmed_and_an_archive_emit_exactly_th
             ("purchase.created", "b"),
             ("hold.released", "c"),
             ("hold.granted", "d"),
-            ("sale.archived", ""),
-            // The archive voids d's live hold; it also cancelled the sale (it could still
-            // sell), which the state job records.
-            ("hold.expired", "d"),
+            // The archive cancelled the sale (it could still sell) and records both in its
+            // own transaction, then voids d's live hold.
             ("sale.cancelled", ""),
+            ("sale.archived", ""),
+            ("hold.expired", "d"),
         ])
     );
     assert_eq!(events[5]["data"]["checkout"], "queued");
@@ -534,7 +534,8 @@ async fn retention_prunes_old_events_but_keeps_those_a_pending_delivery_needs_an
             .fetch_all(app.store.pool())
             .await
             .expect("events");
-    assert_eq!(left, [5, 6]);
+    // sale.started (1, written with the first purchase), then the six purchases (2-7).
+    assert_eq!(left, [5, 6, 7]);
     audit_passes(&app.store, sale).await;
     let purchases: i64 = sqlx::query_scalar("SELECT count(*) FROM purchases WHERE sale_id = $1")
         .bind(sale)
@@ -542,4 +543,80 @@ async fn retention_prunes_old_events_but_keeps_those_a_pending_delivery_needs_an
         .await
         .expect("count");
     assert_eq!(purchases, 6, "purchases are never pruned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_events_come_with_their_change_not_from_a_job_even_for_a_crowd_at_the_opening() {
+    let app = spawn_app().await;
+    let starts = chrono::Utc::now() + chrono::Duration::hours(1);
+    let sku = format!("q-{}", Uuid::new_v4().simple());
+    let sale = app
+        .create_sale(
+            json!({"sku": sku, "name": "Q", "stock": 2, "checkout": "queued",
+                            "startsAt": starts}),
+        )
+        .await;
+    let sale = id_of(&sale);
+    for user in ["a", "b", "c"] {
+        assert_eq!(app.join_queue(&sku, user).await.0, StatusCode::ACCEPTED);
+    }
+    // No job runs in this test: whatever the feed shows came with its change.
+    sqlx::query("DELETE FROM jobs")
+        .execute(app.store.pool())
+        .await
+        .expect("no jobs");
+    sqlx::query("UPDATE sales SET starts_at = now() - interval '1 second' WHERE id = $1")
+        .bind(sale)
+        .execute(app.store.pool())
+        .await
+        .expect("open");
+    app.store.queue_tick(sale, 500).await.expect("the opening");
+    let held: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM queue_entries WHERE sale_id = $1 AND status = 'held'",
+    )
+    .bind(sale)
+    .fetch_all(app.store.pool())
+    .await
+    .expect("held");
+    for user in &held {
+        let confirmed = app
+            .client
+            .post(format!("/api/v1/sales/{sku}/queue/{user}/confirm"))
+            .send()
+            .await;
+        assert_eq!(confirmed.0.status(), StatusCode::CREATED);
+    }
+    let kinds: Vec<String> = summary(&feed_of(&app, sale).await)
+        .into_iter()
+        .map(|(_, kind, _)| kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "sale.started",
+            "hold.granted",
+            "hold.granted",
+            "purchase.created",
+            "purchase.created",
+            "sale.sold_out",
+        ],
+        "the start before the first hold, the sell-out with the last confirm"
+    );
+
+    // A cancel's event is written by the cancel itself, after the start it implies.
+    let instant = app.active_sale(5).await;
+    let instant_sku = instant["sku"].as_str().expect("sku");
+    sqlx::query("DELETE FROM jobs")
+        .execute(app.store.pool())
+        .await
+        .expect("no jobs");
+    let (status, _) = app
+        .admin_post(&format!("/api/v1/admin/sales/{instant_sku}/cancel"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<String> = summary(&feed_of(&app, id_of(&instant)).await)
+        .into_iter()
+        .map(|(_, kind, _)| kind)
+        .collect();
+    assert_eq!(kinds, ["sale.started", "sale.cancelled"]);
 }
