@@ -88,6 +88,10 @@ bench-outbox:
 webhook-crash:
     stress/webhook-crash.sh
 
+# Failover on replicated Postgres (etcd, 3 Patroni nodes, HAProxy from Debian's packages): kill -9 of the primary, a switchover, a route to a standby; FAILOVER_REDUCED=1: the kill only.
+failover binary="":
+    stress/failover.sh {{binary}}
+
 # Live streams against polling on one instance: memory per stream, database load, admission -> held.
 stream-bench:
     stress/stream-bench.sh
