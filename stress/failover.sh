@@ -26,8 +26,8 @@
 # fault -> /health 200 for each phase. Everything it started is stopped, and the temporary
 # folder removed, on exit.
 #
-# FAILOVER_REDUCED=1: the kill phase only, 20 s of load (CI).
-# Knobs: LOAD_SECONDS (30; reduced 20), FAULT_AFTER (8), PURCHASE_RATE (100/s over both
+# FAILOVER_REDUCED=1: the kill phase only, 25 s of load (CI).
+# Knobs: LOAD_SECONDS (30; reduced 25), FAULT_AFTER (8), PURCHASE_RATE (100/s over both
 # instances), QUEUE_RATE (8 queued buyers/s), READ_ONLY_SECONDS (6), PHASES ("kill switchover
 # read-only"), DB_TIMEOUT_MS (2000), K6_CMD, PG_BIN_DIR, LOAD_LOCK (/tmp/flashsale-load.lock:
 # each load phase holds it, so no two load tests share the machine), FLASHSALE_BIN (the
@@ -39,7 +39,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 reduced=${FAILOVER_REDUCED:-0}
 if [ "$reduced" = 1 ]; then
-  load_seconds=${LOAD_SECONDS:-20}
+  load_seconds=${LOAD_SECONDS:-25}
   phases=${PHASES:-kill}
 else
   load_seconds=${LOAD_SECONDS:-30}
