@@ -121,8 +121,15 @@ cleanup() {
   set +e
   [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null
   [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}" 2>/dev/null
-  for i in 1 2 3; do [ -n "${node_pid[$i]:-}" ] && kill -TERM "${node_pid[$i]}" 2>/dev/null; done
-  for i in 1 2 3; do [ -n "${node_pid[$i]:-}" ] && wait "${node_pid[$i]}" 2>/dev/null; done
+  # Patroni stops its Postgres on TERM; a standby's Patroni may then wait for a primary that
+  # is gone to release it, so after 15 s whatever is left is killed.
+  local nodes=() i
+  for i in 1 2 3; do [ -n "${node_pid[$i]:-}" ] && nodes+=("${node_pid[$i]}"); done
+  if [ ${#nodes[@]} -gt 0 ]; then
+    kill -TERM "${nodes[@]}" 2>/dev/null
+    for _ in $(seq 1 75); do kill -0 "${nodes[@]}" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "${nodes[@]}" 2>/dev/null
+  fi
   # A Postgres whose Patroni died without stopping it.
   for pidfile in "$ha"/n?/data/postmaster.pid; do
     [ -f "$pidfile" ] && kill -9 "$(head -1 "$pidfile")" 2>/dev/null
@@ -137,12 +144,14 @@ trap 'exit 130' INT TERM
 
 # ---- the cluster ------------------------------------------------------------------------
 export HA_DIR=$ha PG_BIN_DIR=$pg_bin
-export ETCD_PORT=$(free_port) ETCD_PEER_PORT=$(free_port)
-export HAPROXY_RW_PORT=$(free_port) HAPROXY_RO_PORT=$(free_port)
-export PG_PORT_1=$(free_port) PG_PORT_2=$(free_port) PG_PORT_3=$(free_port)
-export REST_PORT_1=$(free_port) REST_PORT_2=$(free_port) REST_PORT_3=$(free_port)
+ETCD_PORT=$(free_port); ETCD_PEER_PORT=$(free_port)
+HAPROXY_RW_PORT=$(free_port); HAPROXY_RO_PORT=$(free_port)
+PG_PORT_1=$(free_port); PG_PORT_2=$(free_port); PG_PORT_3=$(free_port)
+REST_PORT_1=$(free_port); REST_PORT_2=$(free_port); REST_PORT_3=$(free_port)
 secret() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
-export PG_SUPERUSER_PASSWORD=$(secret) PG_REPLICATION_PASSWORD=$(secret) PG_REWIND_PASSWORD=$(secret)
+PG_SUPERUSER_PASSWORD=$(secret); PG_REPLICATION_PASSWORD=$(secret); PG_REWIND_PASSWORD=$(secret)
+export ETCD_PORT ETCD_PEER_PORT HAPROXY_RW_PORT HAPROXY_RO_PORT PG_PORT_1 PG_PORT_2 PG_PORT_3 \
+  REST_PORT_1 REST_PORT_2 REST_PORT_3 PG_SUPERUSER_PASSWORD PG_REPLICATION_PASSWORD PG_REWIND_PASSWORD
 app_password=$(secret)
 render() {  # template destination: fills only the template's own ${VARS}
   local vars
@@ -199,14 +208,14 @@ start_instance() {  # name port
   (PORT=$2 RUST_LOG=${RUST_LOG:-warn,flashsale::store::outage=info,flashsale::worker::live=info} NO_COLOR=1 \
     exec "$bin" >> "$out/$1.log" 2>&1) &
   pids+=($!)
-  eval "pid_$1=$!"
+  started=$!
 }
 wait_healthy() {  # base
   for _ in $(seq 1 240); do curl -fsS "$1/health" >/dev/null 2>&1 && return; sleep 0.25; done
   die "$1 did not become healthy"
 }
-start_instance a "$port_a"; wait_healthy "$base_a"
-start_instance b "$port_b"; wait_healthy "$base_b"
+start_instance a "$port_a"; pid_a=$started; wait_healthy "$base_a"
+start_instance b "$port_b"; pid_b=$started; wait_healthy "$base_b"
 "$venv/bin/python" "$here/webhook-receiver.py" --port "$port_r" --secret-file "$out/webhook-secret" \
   --log "$out/deliveries.jsonl" 2> "$out/receiver.log" &
 pids+=($!)
@@ -300,6 +309,7 @@ run_phase() {  # name
     -e PURCHASE_RATE="$purchase_rate" -e QUEUE_RATE="$queue_rate" -e RUN="$name-$(date +%s)" \
     "$here/scenarios/failover.js" > "$phase_dir/k6.txt" 2>&1 &
   local load=$!
+  pids+=("$load")
   sleep "$fault_after"
   "phase_${name//-/_}"
   wait "$load" || log "k6 exited with $? (see $phase_dir/k6.txt)"
@@ -412,8 +422,9 @@ PY
     local rejoin; rejoin=$(now_ms)
     start_node "$killed"
     if read -r leader sync < <("${tools[@]}" wait-cluster 120 3 "${rest_urls[@]}"); then
-      log "n$killed rejoined as a standby in $(seconds_since "$rejoin") s (leader $leader, synchronous standby $sync)"
-      echo "$(seconds_since "$rejoin")" > "$phase_dir/rejoin-seconds.txt"
+      local took; took=$(seconds_since "$rejoin")
+      log "n$killed rejoined as a standby in $took s (leader $leader, synchronous standby $sync)"
+      echo "$took" > "$phase_dir/rejoin-seconds.txt"
     else
       log "  FAIL: n$killed did not rejoin"; results+=("$name-rejoin FAIL"); failed_phases+=("$name-rejoin")
     fi
