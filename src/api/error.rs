@@ -14,6 +14,7 @@ use poem_openapi::{ApiResponse, Enum, Object};
 use super::models::{PurchaseView, SaleStateView};
 use crate::domain::{Purchase, SaleState};
 use crate::store::StoreError;
+use crate::telemetry::Throttle;
 
 /// The message of every 500: the details are only in the log.
 const INTERNAL_MESSAGE: &str = "internal error; see the service log";
@@ -235,8 +236,12 @@ impl From<StoreError> for ServerError {
                 ServerError::unavailable("the database is unavailable; retry in a second")
             }
             err if err.is_unavailable() => {
-                let (code, message) = err.cause();
-                tracing::warn!(code, message, "database unavailable");
+                // Once per request would be a line per buyer in an outage.
+                static LOGGED: Throttle = Throttle::new(std::time::Duration::from_secs(5));
+                if LOGGED.ready() {
+                    let (code, message) = err.cause();
+                    tracing::warn!(code, message, "database unavailable (the next 5 s: quiet)");
+                }
                 ServerError::unavailable("the database is unavailable; retry in a second")
             }
             StoreError::Batch(message) => {

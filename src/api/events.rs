@@ -382,7 +382,13 @@ fn live_events(
                         return Some((stream::iter(views), (store, next, filter, open)));
                     }
                     Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "event stream: read failed; retrying"),
+                    Err(err) => {
+                        static LOGGED: crate::telemetry::Throttle =
+                            crate::telemetry::Throttle::new(Duration::from_secs(10));
+                        if LOGGED.ready() {
+                            tracing::warn!(error = %err, "event stream: read failed; retrying (the next 10 s: quiet)");
+                        }
+                    }
                 }
                 tokio::time::sleep(STREAM_POLL).await;
             }

@@ -54,7 +54,11 @@ impl HealthApi {
             Ping::Unreachable => Some("the database does not answer"),
         };
         if let Some(problem) = problem {
-            tracing::warn!("health check: {problem}");
+            static LOGGED: crate::telemetry::Throttle =
+                crate::telemetry::Throttle::new(Duration::from_secs(10));
+            if LOGGED.ready() {
+                tracing::warn!("health check: {problem} (the next 10 s: quiet)");
+            }
             return HealthResponse::Unavailable(
                 ErrorBody::json(ErrorCode::Unavailable, problem),
                 1,

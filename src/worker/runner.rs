@@ -24,10 +24,15 @@ use super::slots::{InHand, reaped};
 use super::{BACKSTOP_INTERVAL, RunnerHealth};
 use crate::metrics::Metrics;
 use crate::store::{FreeSlots, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, Store, StoreError};
+use crate::telemetry::Throttle;
 
 /// Longest wait before a failed queue tick runs again (other jobs back off up to
 /// `max_backoff`): admission and expiry must resume soon after the fault is gone.
 const QUEUE_TICK_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How long a repeating failure of the runner's own loop stays quiet after it is logged
+/// (an outage would otherwise log every poll).
+const QUIET_FOR: Duration = Duration::from_secs(30);
 
 /// Runs one claimed job. Implementations must be idempotent: a job whose lease was lost
 /// while it still ran (its heartbeat could not reach the database for a whole lease) may
@@ -160,7 +165,10 @@ impl<H: JobHandler> Runner<H> {
                 next_backstop = Instant::now() + BACKSTOP_INTERVAL;
             }
             if let Err(err) = self.start_due_jobs(&mut in_hand).await {
-                tracing::warn!(error = %err, "claiming jobs failed; will poll again");
+                static LOGGED: Throttle = Throttle::new(QUIET_FOR);
+                if LOGGED.ready() {
+                    tracing::warn!(error = %err, "claiming jobs failed; will poll again (the next 30 s: quiet)");
+                }
             }
             let sleep = self.sleep_time(in_hand.free()).await;
             tokio::select! {
@@ -319,7 +327,10 @@ impl<H: JobHandler> Runner<H> {
         let mut listener = match PgListener::connect_with(self.store.pool()).await {
             Ok(listener) => listener,
             Err(err) => {
-                tracing::warn!(error = %err, "LISTEN connection failed; polling only");
+                static LOGGED: Throttle = Throttle::new(QUIET_FOR);
+                if LOGGED.ready() {
+                    tracing::warn!(error = %err, "LISTEN connection failed; polling only (the next 30 s: quiet)");
+                }
                 return None;
             }
         };

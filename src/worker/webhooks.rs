@@ -169,7 +169,13 @@ impl WebhookSender {
                         });
                     }
                 }
-                Err(err) => tracing::warn!(error = %err, "could not list webhook endpoints"),
+                Err(err) => {
+                    static LOGGED: crate::telemetry::Throttle =
+                        crate::telemetry::Throttle::new(Duration::from_secs(30));
+                    if LOGGED.ready() {
+                        tracing::warn!(error = %err, "could not list webhook endpoints (the next 30 s: quiet)");
+                    }
+                }
             }
             sender.count_deliveries().await;
             tokio::select! {
