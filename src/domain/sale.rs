@@ -1,7 +1,11 @@
-//! A sale, its derived state and the validation of a new one.
+//! A sale and its derived state; a new sale's validation is in `sale/new_sale.rs`.
 
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
+
+mod new_sale;
+
+pub use new_sale::{NewSale, NewSaleError};
 
 /// Largest stock one sale may have.
 pub const MAX_STOCK: i32 = 10_000_000;
@@ -164,100 +168,6 @@ pub struct Purchase {
     pub created_at: DateTime<Utc>,
 }
 
-/// A sale an admin asked for, checked and with its defaults filled in.
-#[derive(Debug, Clone)]
-pub struct NewSale {
-    pub sku: String,
-    pub name: String,
-    pub stock: i32,
-    /// `None` means "now" by the database clock.
-    pub starts_at: Option<DateTime<Utc>>,
-    /// `None` means one hour after the start.
-    pub ends_at: Option<DateTime<Utc>>,
-    pub checkout: Checkout,
-    pub hold_seconds: i32,
-    pub queue_capacity: i32,
-    pub max_active_holds: i32,
-}
-
-/// Why a requested sale is not valid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NewSaleError {
-    #[error(
-        "sku must be 1 to 64 characters of letters, digits, '-', '_' or '.', and not shaped \
-         like a sale id (a UUID: `{{sale}}` in a path resolves ids first)"
-    )]
-    BadSku,
-    #[error("name must be 1 to 200 characters without control characters")]
-    BadName,
-    #[error("stock must be between 1 and {MAX_STOCK}")]
-    BadStock,
-    #[error("holdSeconds must be between 1 and {MAX_HOLD_SECONDS}")]
-    BadHoldSeconds,
-    #[error("queueCapacity must be between 1 and {MAX_STOCK}")]
-    BadQueueCapacity,
-    #[error("maxActiveHolds must be between 0 and {MAX_STOCK}")]
-    BadMaxActiveHolds,
-    #[error("endsAt must be after startsAt")]
-    EndBeforeStart,
-    #[error("startsAt and endsAt must lie between the years 2000 and 9999")]
-    TimeOutOfRange,
-}
-
-/// The earliest and latest instants a sale may start or end: well inside what Postgres's
-/// `timestamptz` holds, so a client's year 200000 is a 400, never a database error.
-fn time_in_range(at: DateTime<Utc>) -> bool {
-    use chrono::Datelike;
-    (2000..=9999).contains(&at.year())
-}
-
-impl NewSale {
-    /// Checks every field; the database repeats the checks as constraints.
-    pub fn validate(&self) -> Result<(), NewSaleError> {
-        let sku_ok = (1..=64).contains(&self.sku.chars().count())
-            && self
-                .sku
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            // A sku that parses as an id would be shadowed by (or shadow) a sale's id.
-            && uuid::Uuid::parse_str(&self.sku).is_err();
-        if !sku_ok {
-            return Err(NewSaleError::BadSku);
-        }
-        if !(1..=200).contains(&self.name.trim().chars().count())
-            || self.name.chars().any(char::is_control)
-        {
-            return Err(NewSaleError::BadName);
-        }
-        if !(1..=MAX_STOCK).contains(&self.stock) {
-            return Err(NewSaleError::BadStock);
-        }
-        if !(1..=MAX_HOLD_SECONDS).contains(&self.hold_seconds) {
-            return Err(NewSaleError::BadHoldSeconds);
-        }
-        if !(1..=MAX_STOCK).contains(&self.queue_capacity) {
-            return Err(NewSaleError::BadQueueCapacity);
-        }
-        if !(0..=MAX_STOCK).contains(&self.max_active_holds) {
-            return Err(NewSaleError::BadMaxActiveHolds);
-        }
-        if !self
-            .starts_at
-            .into_iter()
-            .chain(self.ends_at)
-            .all(time_in_range)
-        {
-            return Err(NewSaleError::TimeOutOfRange);
-        }
-        if let (Some(start), Some(end)) = (self.starts_at, self.ends_at)
-            && end <= start
-        {
-            return Err(NewSaleError::EndBeforeStart);
-        }
-        Ok(())
-    }
-}
-
 /// Checks a buyer's user id: 1 to 128 characters, none of them control characters.
 pub fn valid_user_id(user_id: &str) -> bool {
     (1..=128).contains(&user_id.chars().count()) && !user_id.chars().any(char::is_control)
@@ -334,126 +244,6 @@ mod tests {
         sale.cancelled_at = Some(sale.starts_at);
         assert_eq!(sale.state(), SaleState::Cancelled);
         assert_eq!(sale.end_reason(), Some(EndReason::Cancelled));
-    }
-
-    #[test]
-    fn new_sale_validation_rejects_each_bad_field() {
-        let good = NewSale {
-            sku: "drop-1".into(),
-            name: "Drop".into(),
-            stock: 100,
-            starts_at: None,
-            ends_at: None,
-            checkout: Checkout::Instant,
-            hold_seconds: 600,
-            queue_capacity: 1000,
-            max_active_holds: 0,
-        };
-        assert_eq!(good.validate(), Ok(()));
-        let cases: Vec<(NewSale, NewSaleError)> = vec![
-            (
-                NewSale {
-                    sku: String::new(),
-                    ..good.clone()
-                },
-                NewSaleError::BadSku,
-            ),
-            (
-                NewSale {
-                    sku: "a b".into(),
-                    ..good.clone()
-                },
-                NewSaleError::BadSku,
-            ),
-            (
-                NewSale {
-                    sku: "6f1c1d2e-3b4a-4c5d-8e9f-0a1b2c3d4e5f".into(),
-                    ..good.clone()
-                },
-                NewSaleError::BadSku,
-            ),
-            (
-                NewSale {
-                    sku: "6f1c1d2e3b4a4c5d8e9f0a1b2c3d4e5f".into(),
-                    ..good.clone()
-                },
-                NewSaleError::BadSku,
-            ),
-            (
-                NewSale {
-                    sku: "x".repeat(65),
-                    ..good.clone()
-                },
-                NewSaleError::BadSku,
-            ),
-            (
-                NewSale {
-                    name: "  ".into(),
-                    ..good.clone()
-                },
-                NewSaleError::BadName,
-            ),
-            (
-                NewSale {
-                    name: "nul\u{0}byte".into(),
-                    ..good.clone()
-                },
-                NewSaleError::BadName,
-            ),
-            (
-                NewSale {
-                    stock: 0,
-                    ..good.clone()
-                },
-                NewSaleError::BadStock,
-            ),
-            (
-                NewSale {
-                    stock: MAX_STOCK + 1,
-                    ..good.clone()
-                },
-                NewSaleError::BadStock,
-            ),
-            (
-                NewSale {
-                    hold_seconds: 0,
-                    ..good.clone()
-                },
-                NewSaleError::BadHoldSeconds,
-            ),
-            (
-                NewSale {
-                    queue_capacity: 0,
-                    ..good.clone()
-                },
-                NewSaleError::BadQueueCapacity,
-            ),
-            (
-                NewSale {
-                    max_active_holds: -1,
-                    ..good.clone()
-                },
-                NewSaleError::BadMaxActiveHolds,
-            ),
-            (
-                NewSale {
-                    starts_at: Some(Utc::now()),
-                    ends_at: Some(Utc::now() - Duration::seconds(1)),
-                    ..good.clone()
-                },
-                NewSaleError::EndBeforeStart,
-            ),
-            (
-                NewSale {
-                    ends_at: DateTime::from_timestamp(400_000_000_000, 0),
-                    ..good.clone()
-                },
-                NewSaleError::TimeOutOfRange,
-            ),
-        ];
-        for (sale, expected) in cases {
-            assert_eq!(sale.validate(), Err(expected), "{sale:?}");
-        }
     }
 
     #[test]
