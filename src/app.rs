@@ -27,7 +27,7 @@ use crate::api::view_cache::SaleViewCache;
 use crate::config::Config;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use crate::metrics::Metrics;
-use crate::store::{self, JoinBatcher, PurchaseQueue, Store};
+use crate::store::{self, JoinBatcher, PurchaseBatcher, Store};
 use crate::worker::{
     LiveConfig, LiveHub, Runner, RunnerConfig, RunnerHealth, ServiceJobs, WebhookConfig,
     WebhookSender, supervise,
@@ -244,7 +244,7 @@ impl Application {
             limits: self.limits.clone(),
             admin_key: self.admin_key,
             tokens: self.tokens,
-            purchases: PurchaseQueue::new(
+            purchases: PurchaseBatcher::new(
                 self.store.clone(),
                 self.group_commit,
                 self.edge.db_timeout,

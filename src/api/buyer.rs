@@ -15,13 +15,13 @@ use super::rate_limit::RateLimits;
 use super::view_cache::SaleViewCache;
 use crate::domain::sale::valid_user_id;
 use crate::metrics::Metrics;
-use crate::store::{PurchaseOutcome, PurchaseQueue, Store};
+use crate::store::{PurchaseBatcher, PurchaseOutcome, Store};
 
 pub struct BuyerApi {
     pub store: Store,
     pub limits: Arc<RateLimits>,
     pub tokens: Arc<BuyerTokens>,
-    pub purchases: PurchaseQueue,
+    pub purchases: PurchaseBatcher,
     pub views: Arc<SaleViewCache>,
     pub metrics: Metrics,
 }

@@ -32,7 +32,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, OperationId, Tags};
 
 use crate::metrics::Metrics;
-use crate::store::{JoinBatcher, PurchaseQueue, Store};
+use crate::store::{JoinBatcher, PurchaseBatcher, Store};
 use crate::worker::{LiveConfig, LiveHub, RunnerHealth};
 use admin::AdminApi;
 use auth::AdminKey;
@@ -100,7 +100,7 @@ pub struct ApiState {
     pub admin_key: AdminKey,
     pub tokens: Arc<BuyerTokens>,
     /// Instant purchases go through group commit.
-    pub purchases: PurchaseQueue,
+    pub purchases: PurchaseBatcher,
     /// So do joins of a waiting room.
     pub joins: JoinBatcher,
     /// The public sale view's short-lived cache.
@@ -132,7 +132,7 @@ impl ApiState {
             }),
             admin_key,
             tokens: Arc::new(BuyerTokens::disabled()),
-            purchases: PurchaseQueue::new(store.clone(), true, EdgeLimits::default().db_timeout),
+            purchases: PurchaseBatcher::new(store.clone(), true, EdgeLimits::default().db_timeout),
             joins: JoinBatcher::new(store.clone(), EdgeLimits::default().db_timeout),
             views: Arc::new(SaleViewCache::new(std::time::Duration::ZERO)),
             metrics,

@@ -86,11 +86,13 @@ impl Event {
     }
 }
 
-/// A position in the event feed: the writing transaction, then the sale and its sequence.
-/// Written as `<tx>-<sale id without dashes>-<sequence>`, opaque to clients.
+/// A position in the event feed: the event's `feed_tx`, then the sale and its sequence.
+/// Written as `<feed_tx>-<sale id without dashes>-<sequence>`, opaque to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct FeedCursor {
-    pub tx_id: i64,
+    /// The feed position of the event's transaction: at least the writing transaction's id,
+    /// raised to the sale's previous `feed_tx` when that is larger (not a transaction id).
+    pub feed_tx: i64,
     pub sale_id: Uuid,
     pub sequence: i64,
 }
@@ -100,7 +102,7 @@ impl fmt::Display for FeedCursor {
         write!(
             f,
             "{}-{}-{}",
-            self.tx_id,
+            self.feed_tx,
             self.sale_id.simple(),
             self.sequence
         )
@@ -122,11 +124,11 @@ impl FromStr for FeedCursor {
             return Err(BadCursor);
         };
         let cursor = FeedCursor {
-            tx_id: tx.parse().map_err(|_| BadCursor)?,
+            feed_tx: tx.parse().map_err(|_| BadCursor)?,
             sale_id: Uuid::try_parse(sale).map_err(|_| BadCursor)?,
             sequence: sequence.parse().map_err(|_| BadCursor)?,
         };
-        if cursor.tx_id < 0 || cursor.sequence < 0 || sale.len() != 32 {
+        if cursor.feed_tx < 0 || cursor.sequence < 0 || sale.len() != 32 {
             return Err(BadCursor);
         }
         Ok(cursor)
@@ -192,7 +194,7 @@ mod tests {
     #[test]
     fn a_cursor_reads_back_what_it_wrote_and_refuses_anything_else() {
         let cursor = FeedCursor {
-            tx_id: 812,
+            feed_tx: 812,
             sale_id: Uuid::new_v4(),
             sequence: 7,
         };

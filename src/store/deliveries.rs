@@ -103,7 +103,7 @@ impl Store {
             return Ok(0);
         };
         let after = FeedCursor {
-            tx_id: endpoint.cursor_tx,
+            feed_tx: endpoint.cursor_tx,
             sale_id: endpoint.cursor_sale,
             sequence: endpoint.cursor_sequence,
         };
@@ -122,7 +122,7 @@ impl Store {
             })
             .collect();
         if !wanted.is_empty() {
-            let txs: Vec<i64> = wanted.iter().map(|event| event.cursor.tx_id).collect();
+            let txs: Vec<i64> = wanted.iter().map(|event| event.cursor.feed_tx).collect();
             let sales: Vec<Uuid> = wanted.iter().map(|event| event.sale_id).collect();
             let sequences: Vec<i64> = wanted.iter().map(|event| event.sequence).collect();
             sqlx::query(
@@ -145,7 +145,7 @@ impl Store {
               WHERE id = $1",
         )
         .bind(endpoint_id)
-        .bind(last.tx_id)
+        .bind(last.feed_tx)
         .bind(last.sale_id)
         .bind(last.sequence)
         .execute(&mut *tx)

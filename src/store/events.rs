@@ -49,7 +49,7 @@ impl From<EventRow> for Event {
             occurred_at: row.occurred_at,
             data: row.data.0,
             cursor: FeedCursor {
-                tx_id: row.feed_tx,
+                feed_tx: row.feed_tx,
                 sale_id: row.sale_id,
                 sequence: row.sequence,
             },
@@ -84,7 +84,7 @@ pub(super) async fn visible_events(
           LIMIT $6"
     );
     let rows = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql))
-        .bind(after.tx_id)
+        .bind(after.feed_tx)
         .bind(after.sale_id)
         .bind(after.sequence)
         .bind(filter.sale_id)
@@ -104,7 +104,7 @@ pub(super) async fn feed_horizon(conn: &mut PgConnection) -> Result<FeedCursor, 
             .await?;
     // Strictly after (tx_id - 1, max, max): every event of tx_id itself and above.
     Ok(FeedCursor {
-        tx_id: tx_id - 1,
+        feed_tx: tx_id - 1,
         sale_id: Uuid::max(),
         sequence: i64::MAX,
     })
@@ -173,8 +173,8 @@ impl Store {
             sqlx::query_as("SELECT feed_tx, sale_id, sequence FROM feed_pruned_through")
                 .fetch_optional(&mut *self.conn().await?)
                 .await?;
-        Ok(row.map(|(tx_id, sale_id, sequence)| FeedCursor {
-            tx_id,
+        Ok(row.map(|(feed_tx, sale_id, sequence)| FeedCursor {
+            feed_tx,
             sale_id,
             sequence,
         }))

@@ -85,7 +85,7 @@ type SoldOutBuyers = Option<Arc<HashMap<String, Purchase>>>;
 /// Every cache is keyed by sale id (ids are never reused); only the reference cache is
 /// keyed by name, and nothing is answered from it without a check.
 #[derive(Clone)]
-pub struct PurchaseQueue {
+pub struct PurchaseBatcher {
     store: Store,
     batchers: Batchers<Request>,
     /// Sold-out instant sales: a sold-out instant sale never sells again, so its buyer set is
@@ -102,7 +102,7 @@ pub struct PurchaseQueue {
     metrics: Option<crate::metrics::Metrics>,
 }
 
-impl PurchaseQueue {
+impl PurchaseBatcher {
     pub fn new(store: Store, batching: bool, answer_timeout: Duration) -> Self {
         Self {
             refs: SaleRefs::new(store.clone()),

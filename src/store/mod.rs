@@ -33,7 +33,7 @@ use sqlx::{PgPool, Postgres};
 pub use audit::{AuditCheck, AuditReport};
 pub use deliveries::{AttemptResult, AttemptTally, ClaimedDelivery, DeliveryView, ReplayOutcome};
 pub use events::{FeedFilter, Pruned};
-pub use group_commit::{MAX_BATCH, PurchaseQueue};
+pub use group_commit::{MAX_BATCH, PurchaseBatcher};
 pub use jobs::{
     FailedJob, FreeSlots, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, PRUNE_INTERVAL, RequeueOutcome,
 };

@@ -24,7 +24,7 @@ pub enum PurchaseOutcome {
     WrongCheckout,
     SaleNotFound,
     /// The sale with this id was archived: nothing about it is answered here, so that a
-    /// caller who reached it through a sku can look the sku up again (see `PurchaseQueue`).
+    /// caller who reached it through a sku can look the sku up again (see `PurchaseBatcher`).
     SaleArchived,
 }
 
@@ -269,7 +269,7 @@ pub struct BatchResult {
     pub bought: Vec<Purchase>,
     pub owned: Vec<Purchase>,
     /// False when the sale is archived or gone: nothing in the batch was about it.
-    pub sale_live: bool,
+    pub sale_unarchived: bool,
 }
 
 /// Runs [`BATCH_SQL`] on `conn` for `buyers` (distinct users) of the sale `sale_id`.
@@ -292,7 +292,7 @@ pub(super) async fn purchase_batch(
     for row in rows {
         let (Some(id), Some(user_id), Some(created_at)) = (row.id, row.user_id, row.created_at)
         else {
-            result.sale_live |= row.kind == "live";
+            result.sale_unarchived |= row.kind == "live";
             continue;
         };
         let purchase = Purchase {

@@ -95,8 +95,8 @@ impl JoinBatcher {
         let Some(target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(JoinOutcome::SaleNotFound);
         };
-        let (outcome, sale_live) = self.join_in(target, user_id).await?;
-        if sale_live || !target.cached {
+        let (outcome, sale_unarchived) = self.join_in(target, user_id).await?;
+        if sale_unarchived || !target.cached {
             return Ok(outcome);
         }
         match self.refs.resolve(sale_ref, true).await? {
@@ -148,7 +148,7 @@ async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<JoinR
                     .remove(&user)
                     .unwrap_or(JoinOutcome::SaleNotFound);
                 for reply in replies {
-                    let _ = reply.send(Ok((outcome.clone(), batch.sale_live)));
+                    let _ = reply.send(Ok((outcome.clone(), batch.sale_unarchived)));
                 }
             }
         }

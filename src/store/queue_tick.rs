@@ -32,16 +32,19 @@ pub struct TickReport {
     pub drawing: bool,
     pub expired: i64,
     pub admitted: i64,
-    /// Whether the queue still needs ticking (live sale or live holds).
-    pub live: bool,
+    /// Whether the queue still needs ticking (a scheduled or active sale, or holds left).
+    pub needs_tick: bool,
 }
 
 /// Which live holds [`return_holds`] takes back.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum HoldsToReturn {
-    /// The tick: up to `batch` holds past their expiry (every live hold when `every`, for a
-    /// cancelled or archived sale), skipping those a confirm or release has locked.
-    Due { batch: i64, every: bool },
+    /// The tick: up to `batch` holds past their expiry, skipping those a confirm or release
+    /// has locked.
+    Due { batch: i64 },
+    /// The tick of a cancelled or archived sale: up to `batch` live holds, due or not, all
+    /// void now; skipping locked ones like `Due`.
+    Void { batch: i64 },
     /// The archive: every live hold, waiting for those locked by a confirm in flight.
     All,
 }
@@ -73,7 +76,7 @@ pub(super) async fn return_holds(
     which: HoldsToReturn,
 ) -> Result<i64, StoreError> {
     let pick = match which {
-        HoldsToReturn::Due { .. } => {
+        HoldsToReturn::Due { .. } | HoldsToReturn::Void { .. } => {
             "SELECT ctid AS row_id FROM queue_entries
               WHERE sale_id = $1 AND status = 'held' AND (hold_expires_at <= now() OR $3)
               ORDER BY hold_expires_at LIMIT $2
@@ -106,7 +109,8 @@ pub(super) async fn return_holds(
     // Built from the two constant picks above.
     let query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(sale_id);
     let query = match which {
-        HoldsToReturn::Due { batch, every } => query.bind(batch).bind(every),
+        HoldsToReturn::Due { batch } => query.bind(batch).bind(false),
+        HoldsToReturn::Void { batch } => query.bind(batch).bind(true),
         HoldsToReturn::All => query,
     };
     Ok(query.fetch_one(pool).await?)
@@ -133,7 +137,7 @@ impl Store {
         };
         // Ticked while it can still admit or expire anything, whether or not anyone waits
         // right now: a join racing this tick is then seen by the next one at the latest.
-        report.live =
+        report.needs_tick =
             sale.held > 0 || matches!(sale.state(), SaleState::Scheduled | SaleState::Active);
         Ok(report)
     }
@@ -266,8 +270,12 @@ impl Store {
     /// Returns up to `batch` expired holds (all holds once the sale is cancelled or archived)
     /// to stock; see [`return_holds`].
     async fn expire_holds(&self, sale: &Sale, batch: i64) -> Result<i64, StoreError> {
-        let every = sale.cancelled_at.is_some() || sale.archived_at.is_some();
-        return_holds(&self.pool, sale.id, HoldsToReturn::Due { batch, every }).await
+        let which = if sale.cancelled_at.is_some() || sale.archived_at.is_some() {
+            HoldsToReturn::Void { batch }
+        } else {
+            HoldsToReturn::Due { batch }
+        };
+        return_holds(&self.pool, sale.id, which).await
     }
 
     /// Admits the head of the queue to holds while units are available.

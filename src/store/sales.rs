@@ -189,7 +189,7 @@ impl Store {
 
     /// Whether the sale with this id exists and is not archived: one primary-key probe, for
     /// answers from memory that must still be about the sku's current sale.
-    pub async fn is_live(&self, id: Uuid) -> Result<bool, StoreError> {
+    pub async fn is_unarchived(&self, id: Uuid) -> Result<bool, StoreError> {
         let live: Option<bool> =
             sqlx::query_scalar("SELECT archived_at IS NULL FROM sales WHERE id = $1")
                 .bind(id)

@@ -77,7 +77,7 @@ impl Store {
             .bind(new.event_types.as_deref())
             .bind(new.sale_id)
             .bind(secret_box::seal(self.secrets.as_deref(), id, &secret))
-            .bind(start.tx_id)
+            .bind(start.feed_tx)
             .bind(start.sale_id)
             .bind(start.sequence)
             .fetch_one(&mut *conn)

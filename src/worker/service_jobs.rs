@@ -124,7 +124,7 @@ impl ServiceJobs {
         }
         if report.admitted >= ADMIT_BATCH || report.expired >= ADMIT_BATCH || report.drawing {
             self.store.schedule_queue_tick(sale_id, None).await?;
-        } else if report.live {
+        } else if report.needs_tick {
             self.store
                 .schedule_next_queue_tick(sale_id, TICK_INTERVAL)
                 .await

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale::domain::SaleState;
-use flashsale::store::{PurchaseOutcome, PurchaseQueue, Store, StoreError};
+use flashsale::store::{PurchaseBatcher, PurchaseOutcome, Store, StoreError};
 use sqlx::PgPool;
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
@@ -22,8 +22,8 @@ async fn two_instances_batching_the_same_users_sell_the_stock_exactly_once_each(
     let sale = app.active_sale(150).await;
     let sku = sale["sku"].as_str().expect("sku").to_string();
     let instances = [
-        PurchaseQueue::new(app.store.clone(), true, Duration::from_secs(4)),
-        PurchaseQueue::new(app.store.clone(), true, Duration::from_secs(4)),
+        PurchaseBatcher::new(app.store.clone(), true, Duration::from_secs(4)),
+        PurchaseBatcher::new(app.store.clone(), true, Duration::from_secs(4)),
     ];
     // 300 users, each sending two requests, one through each instance, all at once.
     let barrier = Arc::new(Barrier::new(600));
@@ -74,7 +74,7 @@ async fn with_group_commit_off_the_same_burst_sells_the_same_way() {
     let app = spawn_app().await;
     let sale = app.active_sale(20).await;
     let sku = sale["sku"].as_str().expect("sku").to_string();
-    let queue = PurchaseQueue::new(app.store.clone(), false, Duration::from_secs(4));
+    let queue = PurchaseBatcher::new(app.store.clone(), false, Duration::from_secs(4));
     let barrier = Arc::new(Barrier::new(100));
     let mut tasks = Vec::new();
     for user in 0..100 {
@@ -152,7 +152,7 @@ async fn until_lock_wait(pool: &PgPool, sale_id: Uuid) -> bool {
 /// On a current-thread runtime every task queues its request before the sale's batcher
 /// runs again, so the whole crowd is one batch.
 fn crowd(
-    queue: &PurchaseQueue,
+    queue: &PurchaseBatcher,
     sku: &str,
     count: usize,
 ) -> Vec<JoinHandle<(String, Result<PurchaseOutcome, StoreError>)>> {
@@ -186,7 +186,7 @@ async fn a_crowd_whose_batch_straddles_the_opening_is_sold_by_batch_statements_n
         .execute(pool)
         .await
         .expect("open in a moment");
-    let queue = PurchaseQueue::new(app.store.clone(), true, Duration::from_secs(5));
+    let queue = PurchaseBatcher::new(app.store.clone(), true, Duration::from_secs(5));
     // Resolves and caches the sku, and starts the sale's batcher.
     let early = queue.purchase(&sku, "early").await.expect("purchase");
     assert!(
@@ -247,7 +247,7 @@ async fn a_buyer_the_batch_skips_as_already_bought_leaves_no_unit_unsold_and_is_
     let sale = app.active_sale(100).await;
     let (id, sku) = (id_of(&sale), sale["sku"].as_str().expect("sku").to_string());
     count_purchase_statements(pool).await;
-    let queue = PurchaseQueue::new(app.store.clone(), true, Duration::from_secs(5));
+    let queue = PurchaseBatcher::new(app.store.clone(), true, Duration::from_secs(5));
     // Resolves and caches the sku, and starts the sale's batcher.
     let first = queue.purchase(&sku, "first").await.expect("purchase");
     assert!(matches!(first, PurchaseOutcome::Purchased(_)), "{first:?}");

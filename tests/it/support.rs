@@ -9,7 +9,7 @@ use flashsale::api::rate_limit::{KeyedLimiter, RateLimits};
 use flashsale::api::view_cache::SaleViewCache;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use flashsale::metrics::Metrics;
-use flashsale::store::{self, JoinBatcher, PurchaseQueue, Store};
+use flashsale::store::{self, JoinBatcher, PurchaseBatcher, Store};
 use flashsale::worker::{LiveConfig, LiveHub};
 use poem::endpoint::BoxEndpoint;
 use poem::http::StatusCode;
@@ -194,7 +194,7 @@ pub fn client_with_hub(
         limits,
         admin_key: AdminKey::new(ADMIN_KEY.into()),
         tokens: Arc::new(tokens),
-        purchases: PurchaseQueue::new(store.clone(), true, edge.db_timeout)
+        purchases: PurchaseBatcher::new(store.clone(), true, edge.db_timeout)
             .with_metrics(metrics.clone()),
         joins: JoinBatcher::new(store.clone(), edge.db_timeout),
         views: Arc::new(SaleViewCache::new(Duration::ZERO)),

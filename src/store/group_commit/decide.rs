@@ -1,4 +1,4 @@
-//! Deciding one batch of [`PurchaseQueue`]: the statements that sell to it (the first, and
+//! Deciding one batch of [`PurchaseBatcher`]: the statements that sell to it (the first, and
 //! retries while the sale turns out sellable right after a refusal; see the parent module),
 //! and the one answer each of its requests gets. It answers only the requests it is handed
 //! and touches no batcher, only the sold-out memory.
@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{
-    BATCH_ATTEMPTS, MAX_REMEMBERED_BUYERS, PurchaseQueue, Reply, Request, SoldOutBuyers,
+    BATCH_ATTEMPTS, MAX_REMEMBERED_BUYERS, PurchaseBatcher, Reply, Request, SoldOutBuyers,
     sold_out_answer,
 };
 use crate::domain::Purchase;
@@ -18,7 +18,7 @@ use crate::store::batcher::claim;
 use crate::store::purchases::{BatchBuyer, BatchResult, PurchaseOutcome, purchase_batch};
 use crate::store::{StoreError, unanswered};
 
-impl PurchaseQueue {
+impl PurchaseBatcher {
     /// Records that the sale sold out, loading its (final) buyers when there are few enough.
     async fn mark_sold_out(&self, sale_id: Uuid) {
         let buyers = match self
@@ -74,7 +74,7 @@ impl PurchaseQueue {
                 Err(err) => return fail_all(sale_id, by_user, &err),
             };
             let took = started.elapsed();
-            if !result.sale_live {
+            if !result.sale_unarchived {
                 return self.answer_gone(sale_id, by_user).await;
             }
             for purchase in result.bought {
@@ -204,7 +204,7 @@ impl PurchaseQueue {
         remembered: SoldOutBuyers,
         mut by_user: HashMap<String, Vec<Reply>>,
     ) {
-        match self.store.is_live(sale_id).await {
+        match self.store.is_unarchived(sale_id).await {
             Ok(true) => {}
             Ok(false) => {
                 for reply in by_user.into_values().flatten() {

@@ -21,7 +21,7 @@ pub(super) struct JoinBatch {
     pub(super) outcomes: HashMap<String, JoinOutcome>,
     /// False when the sale is archived or gone: a caller who reached it through a cached
     /// reference asks again what the reference names now.
-    pub(super) sale_live: bool,
+    pub(super) sale_unarchived: bool,
 }
 
 /// What the locked queue row says about new waits.
@@ -114,7 +114,7 @@ pub(super) async fn join_batch(
             .collect();
         return Ok(JoinBatch {
             outcomes,
-            sale_live: false,
+            sale_unarchived: false,
         });
     };
     let sale = Sale::from(sale);
@@ -196,7 +196,7 @@ pub(super) async fn join_batch(
     }
     Ok(JoinBatch {
         outcomes,
-        sale_live: sale.archived_at.is_none(),
+        sale_unarchived: sale.archived_at.is_none(),
     })
 }
 
