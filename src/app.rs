@@ -18,6 +18,10 @@ use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use tokio::sync::watch;
 
+mod settings;
+
+pub use settings::token_settings;
+
 use crate::api::ApiState;
 use crate::api::auth::AdminKey;
 use crate::api::buyer_auth::BuyerTokens;
@@ -74,7 +78,7 @@ impl Application {
                  Set ADMIN_API_KEY before exposing this service."
             );
         }
-        let tokens = BuyerTokens::new(&config.token_settings());
+        let tokens = BuyerTokens::new(&settings::token_settings(config));
         if !tokens.enabled() {
             tracing::warn!(
                 "BUYER_TOKEN_SECRET is not set: buyer identity is NOT verified; any client can \
@@ -124,7 +128,7 @@ impl Application {
         let metrics = Metrics::new().context("Failed to set up metrics")?;
         let waited = |pool: &str| metrics.pool_wait.with_label_values(&[pool]);
         let mut store = Store::new(pool).with_pool_wait(waited("main"));
-        match config.secret_box().map_err(anyhow::Error::msg)? {
+        match settings::secret_box(config).map_err(anyhow::Error::msg)? {
             Some(secrets) => {
                 store = store.with_secret_box(Arc::new(secrets));
                 let resealed = store
@@ -165,9 +169,9 @@ impl Application {
                 poll_interval: Duration::from_millis(config.worker_poll_ms.max(10)),
                 ..RunnerConfig::default()
             },
-            webhook_config: config.webhook_config(),
+            webhook_config: settings::webhook_config(config),
             retention: config.event_retention(),
-            live_config: config.live_config(),
+            live_config: settings::live_config(config),
             embedded,
             lifecycle: config.lifecycle.clone(),
         })

@@ -259,46 +259,10 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// How the webhook sender behaves.
-    pub fn webhook_config(&self) -> crate::worker::WebhookConfig {
-        crate::worker::WebhookConfig {
-            concurrency: self.webhook_concurrency.clamp(1, 1024),
-            connect_timeout: Duration::from_millis(self.webhook_connect_timeout_ms.max(100)),
-            answer_timeout: Duration::from_millis(self.webhook_timeout_ms.max(100)),
-            retry_for: Duration::from_secs(self.webhook_retry_for_secs.max(1)),
-            base_backoff: Duration::from_millis(self.webhook_backoff_base_ms.max(10)),
-            max_backoff: Duration::from_secs(self.webhook_backoff_max_secs.max(1)),
-            allowed_networks: self.webhook_allowed_networks.clone(),
-            ..crate::worker::WebhookConfig::default()
-        }
-    }
-
     /// How long events and finished deliveries are kept: never less than the retry window
     /// (a pending delivery keeps its event anyway, this keeps the finished ones listable).
     pub fn event_retention(&self) -> Duration {
         Duration::from_secs(self.event_retention_secs.max(self.webhook_retry_for_secs))
-    }
-
-    /// How the live hub is tuned.
-    pub fn live_config(&self) -> crate::worker::LiveConfig {
-        crate::worker::LiveConfig {
-            max_streams: self.max_live_streams.max(1),
-            max_streams_per_client: self.max_streams_per_client,
-            refresh_every: Duration::from_millis(self.live_refresh_ms.max(100)),
-        }
-    }
-
-    /// How buyer tokens are checked.
-    pub fn token_settings(&self) -> crate::api::buyer_auth::TokenSettings {
-        crate::api::buyer_auth::TokenSettings {
-            secret: self
-                .buyer_token_secret
-                .as_ref()
-                .map(|s| s.expose_secret().to_string())
-                .filter(|s| !s.is_empty()),
-            audience: self.buyer_token_audience.clone(),
-            issuer: self.buyer_token_issuer.clone(),
-        }
     }
 
     /// The admin key, and whether it is the built-in development default.
@@ -313,19 +277,26 @@ impl Config {
         }
     }
 
-    /// The box sealing webhook secrets at rest, when `WEBHOOK_SECRET_KEY` is set.
-    pub fn secret_box(&self) -> Result<Option<crate::store::SecretBox>, crate::store::BadKey> {
+    /// The buyer-token secret, when one is set and not empty.
+    pub fn buyer_token_secret(&self) -> Option<String> {
+        self.buyer_token_secret
+            .as_ref()
+            .map(|secret| secret.expose_secret().to_string())
+            .filter(|secret| !secret.is_empty())
+    }
+
+    /// The webhook secret keys (current, previous), when set and not empty.
+    pub fn webhook_secret_keys(&self) -> (Option<String>, Option<String>) {
         let key = |value: &Option<SecretString>| {
             value
                 .as_ref()
                 .map(|key| key.expose_secret().trim().to_string())
                 .filter(|key| !key.is_empty())
         };
-        let Some(current) = key(&self.webhook_secret_key) else {
-            return Ok(None);
-        };
-        let previous = key(&self.webhook_secret_key_previous);
-        crate::store::SecretBox::new(&current, previous.as_deref()).map(Some)
+        (
+            key(&self.webhook_secret_key),
+            key(&self.webhook_secret_key_previous),
+        )
     }
 
     /// The database URL, when one is configured.

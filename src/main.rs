@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
             user_id,
             ttl_seconds,
         } => {
-            let settings = cli.config.token_settings();
+            let settings = flashsale::app::token_settings(&cli.config);
             let token = flashsale::api::buyer_auth::mint_token(&settings, &user_id, ttl_seconds)?;
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{token}").context("Failed to write the token")

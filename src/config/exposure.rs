@@ -28,7 +28,7 @@ impl Config {
                 admin_key.len()
             ));
         }
-        match self.token_settings().secret {
+        match self.buyer_token_secret() {
             Some(secret) if secret.len() < MIN_SECRET_BYTES => problems.push(format!(
                 "BUYER_TOKEN_SECRET is {} bytes: use at least {MIN_SECRET_BYTES}",
                 secret.len()
