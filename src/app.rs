@@ -30,12 +30,11 @@ use crate::api::rate_limit::{self, KeyedLimiter, RateLimits};
 use crate::api::view_cache::SaleViewCache;
 use crate::config::Config;
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use crate::live::{LiveConfig, LiveHub};
 use crate::metrics::Metrics;
+use crate::status::RunnerHealth;
 use crate::store::{self, JoinBatcher, PurchaseBatcher, Store};
-use crate::worker::{
-    LiveConfig, LiveHub, Runner, RunnerConfig, RunnerHealth, ServiceJobs, WebhookConfig,
-    WebhookSender, supervise,
-};
+use crate::worker::{Runner, RunnerConfig, ServiceJobs, WebhookConfig, WebhookSender, supervise};
 
 /// Name of the database the service uses on its embedded cluster.
 const EMBEDDED_DATABASE: &str = "flashsale";

@@ -8,6 +8,8 @@
 //! - [`store`] holds every SQL statement; the ones that guard an invariant say why they are
 //!   race-free under READ COMMITTED.
 //! - [`worker`] runs background jobs taken from the `jobs` table with SKIP LOCKED.
+//! - [`live`] fans sale changes out to the live streams (routes subscribe, its listener
+//!   hears `NOTIFY`); [`status`] holds what background work reports and `/health` reads.
 //! - [`domain`] holds plain types and rules: a sale's derived state, validation.
 //! - [`embedded_pg`] starts a private Postgres from the installed binaries when no
 //!   `DATABASE_URL` is given (and for the tests).
@@ -19,7 +21,9 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod embedded_pg;
+pub mod live;
 pub mod metrics;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

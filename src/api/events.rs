@@ -17,9 +17,9 @@ use super::drain::{Drain, until_drain};
 use super::error::{ErrorBody, ErrorCode, ServerError, admin_parse_error};
 use super::models::{EventPage, EventTypeView, EventView, PurchasePage, PurchaseView};
 use crate::domain::{EventType, FeedCursor};
+use crate::live::OpenStream;
 use crate::metrics::Metrics;
 use crate::store::{FeedFilter, Store};
-use crate::worker::OpenStream;
 
 /// How often an idle stream asks for new events.
 const STREAM_POLL: Duration = Duration::from_millis(250);

@@ -13,8 +13,8 @@ use super::ApiTags;
 use super::drain::Drain;
 use super::error::{ErrorBody, ErrorCode};
 use super::models::HealthView;
+use crate::status::RunnerHealth;
 use crate::store::{Ping, Store};
-use crate::worker::RunnerHealth;
 
 /// How long the database gets to answer before the service reports itself unhealthy.
 const DB_TIMEOUT: Duration = Duration::from_secs(2);

@@ -11,8 +11,8 @@ use futures_util::stream::{self, BoxStream};
 
 use super::models::{QueueStatusKind, QueueStatusView, QueueStreamEvent};
 use crate::domain::{EntryStatus, QueueEntry, Sale};
+use crate::live::{BuyerChanges, LiveHub, SaleUpdate, Subscription};
 use crate::store::{EntryChange, EntryChangeKind, LiveSale, StoreError};
-use crate::worker::{BuyerChanges, LiveHub, SaleUpdate, Subscription};
 
 /// A waiting buyer hears of a new position at most this often.
 const POSITION_EVERY: Duration = Duration::from_secs(1);

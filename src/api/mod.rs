@@ -31,9 +31,10 @@ use poem::middleware::{CatchPanic, RequestId, Tracing};
 use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, OperationId, Tags};
 
+use crate::live::{LiveConfig, LiveHub};
 use crate::metrics::Metrics;
+use crate::status::RunnerHealth;
 use crate::store::{JoinBatcher, PurchaseBatcher, Store};
-use crate::worker::{LiveConfig, LiveHub, RunnerHealth};
 use admin::AdminApi;
 use auth::AdminKey;
 use buyer::BuyerApi;
@@ -136,7 +137,7 @@ impl ApiState {
             joins: JoinBatcher::new(store.clone(), EdgeLimits::default().db_timeout),
             views: Arc::new(SaleViewCache::new(std::time::Duration::ZERO)),
             metrics,
-            webhook_retry_for: crate::worker::WebhookConfig::default().retry_for,
+            webhook_retry_for: crate::domain::events::DEFAULT_WEBHOOK_RETRY_FOR,
             drain: Drain::never(),
             metrics_token: None,
             store,
@@ -199,7 +200,7 @@ pub fn openapi_json(store: Store) -> prometheus::Result<String> {
 }
 
 /// The metrics text. Everything is in memory: the pools' connections are read here, the
-/// waiting rooms by a worker every few seconds ([`crate::worker::refresh_gauges`]), so a
+/// waiting rooms by a background task every few seconds (`worker::refresh_gauges`), so a
 /// scrape never touches the database.
 fn scrape(metrics: &Metrics, store: &Store, reserved: &Store) -> String {
     for (name, pool) in [("main", store.pool()), ("reserved", reserved.pool())] {

@@ -21,7 +21,7 @@ use super::journey::BuyerJourney;
 use super::models::{QueueStreamEvent, SaleStreamEvent, SaleView};
 use super::rate_limit::{RateLimits, client_ip, client_key};
 use crate::domain::{Checkout, Sale, SaleState};
-use crate::worker::{LiveHub, StreamsFull, Subscription};
+use crate::live::{LiveHub, StreamsFull, Subscription};
 
 /// Keep-alive comments on an idle stream, under common proxy idle timeouts.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use crate::api::buyer_auth::TokenSettings;
 use crate::config::Config;
+use crate::live::LiveConfig;
 use crate::store::{BadKey, SecretBox};
-use crate::worker::{LiveConfig, WebhookConfig};
+use crate::worker::WebhookConfig;
 
 /// How the webhook sender behaves.
 pub fn webhook_config(config: &Config) -> WebhookConfig {

@@ -3,6 +3,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// How long a webhook delivery is retried before it fails (`WEBHOOK_RETRY_FOR_SECS`'s
+/// default): a day.
+pub const DEFAULT_WEBHOOK_RETRY_FOR: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 

@@ -24,71 +24,26 @@
 //! [`Store::ensure_prune_job`]: crate::store::Store::ensure_prune_job
 
 mod gauges;
-mod live;
 mod runner;
 mod service_jobs;
 mod slots;
 mod webhooks;
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 pub use gauges::refresh_gauges;
-pub use live::{
-    BuyerChanges, LiveConfig, LiveHub, OpenStream, SALE_CHANGES_CHANNEL, SaleUpdate, StreamsFull,
-    Subscription,
-};
 pub use runner::{JobHandler, Runner, RunnerConfig, backoff};
 pub use service_jobs::{ADMIT_BATCH, PRUNE_SLICE, ServiceJobs};
 pub use webhooks::{WebhookConfig, WebhookSender, retry_delay};
 
+pub use crate::status::RunnerHealth;
+
 /// How often the runner makes sure every live waiting room has a tick due and counts the
 /// failed jobs: the longest a waiting room can go unticked after a lost tick.
 pub const BACKSTOP_INTERVAL: Duration = Duration::from_secs(5);
-/// A runner that has not finished a round for this long is reported by `/health`.
-pub const STALL_AFTER: Duration = Duration::from_secs(30);
-
-/// When the job runner last finished a round, shared with the health check.
-#[derive(Debug, Clone)]
-pub struct RunnerHealth {
-    started: Instant,
-    /// Milliseconds since `started` at the last beat; -1 before the first.
-    last_beat_ms: Arc<AtomicI64>,
-}
-
-impl Default for RunnerHealth {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            last_beat_ms: Arc::new(AtomicI64::new(-1)),
-        }
-    }
-}
-
-impl RunnerHealth {
-    fn beat(&self) {
-        let now = self.started.elapsed().as_millis() as i64;
-        self.last_beat_ms.store(now, Ordering::Relaxed);
-    }
-
-    /// How long since the last round finished (since start when none has).
-    pub fn since_last_beat(&self) -> Duration {
-        let beat = self.last_beat_ms.load(Ordering::Relaxed).max(0) as u64;
-        self.started
-            .elapsed()
-            .saturating_sub(Duration::from_millis(beat))
-    }
-
-    /// False when the runner has not finished a round for `STALL_AFTER`.
-    pub fn is_progressing(&self) -> bool {
-        self.since_last_beat() < STALL_AFTER
-    }
-}
-
 /// Runs the background task `start` makes (the job runner, the webhook sender) until
 /// `shutdown`, starting it again whenever it dies (a panic or an error): background work
 /// must not stop for good because one round went wrong.

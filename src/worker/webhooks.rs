@@ -78,7 +78,7 @@ impl Default for WebhookConfig {
             concurrency: 16,
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(10),
-            retry_for: Duration::from_secs(24 * 3600),
+            retry_for: crate::domain::events::DEFAULT_WEBHOOK_RETRY_FOR,
             idle_poll: Duration::from_millis(200),
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(3600),

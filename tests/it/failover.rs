@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use flashsale::live::{LiveConfig, LiveHub};
 use flashsale::metrics::Metrics;
 use flashsale::store::{self, Store};
-use flashsale::worker::{LiveConfig, LiveHub};
 use poem::http::StatusCode;
 use serde_json::json;
 use sqlx::Connection;

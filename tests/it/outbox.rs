@@ -506,6 +506,19 @@ async fn retention_prunes_old_events_but_keeps_those_a_pending_delivery_needs_an
         .await;
     assert_eq!(status, StatusCode::CREATED, "{hook}");
     let hook: Uuid = id_of(&hook);
+    // Its fan-out has read every event (a new endpoint starts at the feed's horizon, which
+    // other tests' open transactions can hold below these events; retention would then
+    // keep them for it, rightly).
+    sqlx::query(
+        "UPDATE webhook_endpoints SET (cursor_tx, cursor_sale, cursor_sequence) =
+             (SELECT feed_tx, sale_id, sequence FROM events
+               ORDER BY feed_tx DESC, sale_id DESC, sequence DESC LIMIT 1)
+          WHERE id = $1",
+    )
+    .bind(hook)
+    .execute(app.store.pool())
+    .await
+    .expect("fanned out");
     sqlx::query(
         "INSERT INTO webhook_deliveries (endpoint_id, event_tx, sale_id, sequence, retry_until)
          SELECT $1, feed_tx, sale_id, sequence, now() + interval '1 hour'

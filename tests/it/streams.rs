@@ -258,10 +258,10 @@ async fn streams_refuse_what_they_cannot_follow_with_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_cannot_take_every_stream_and_an_ipv6_64_is_one_client() {
     let store = flashsale::store::Store::new(crate::support::fresh_database(4).await);
-    let live = flashsale::worker::LiveHub::new(
+    let live = flashsale::live::LiveHub::new(
         store.clone(),
         flashsale::metrics::Metrics::new().expect("metrics"),
-        flashsale::worker::LiveConfig {
+        flashsale::live::LiveConfig {
             max_streams: 100,
             max_streams_per_client: 2,
             refresh_every: Duration::from_secs(60),

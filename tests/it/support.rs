@@ -8,9 +8,9 @@ use flashsale::api::buyer_auth::BuyerTokens;
 use flashsale::api::rate_limit::{KeyedLimiter, RateLimits};
 use flashsale::api::view_cache::SaleViewCache;
 use flashsale::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use flashsale::live::{LiveConfig, LiveHub};
 use flashsale::metrics::Metrics;
 use flashsale::store::{self, JoinBatcher, PurchaseBatcher, Store};
-use flashsale::worker::{LiveConfig, LiveHub};
 use poem::endpoint::BoxEndpoint;
 use poem::http::StatusCode;
 use poem::test::{TestClient, TestResponse};
@@ -189,7 +189,7 @@ pub fn client_with_hub(
     let metrics = live.metrics().clone();
     let app = flashsale::api::app(ApiState {
         reserved: store.clone(),
-        runner_health: flashsale::worker::RunnerHealth::default(),
+        runner_health: flashsale::status::RunnerHealth::default(),
         edge,
         limits,
         admin_key: AdminKey::new(ADMIN_KEY.into()),
