@@ -3,14 +3,18 @@
 # Postgres. Starts a service on the embedded database when none answers at BASE_URL.
 # After `just up`, runs against the compose stack (its .data/compose.env) with no setting.
 #
-#   stress/run-stress.sh [purchase-load|duplicate-user|status-polling|mixed-workload|queue-journey|all]
+#   stress/run-stress.sh [purchase-load|duplicate-user|status-polling|mixed-workload|queue-journey|all] [k6 run options...]
 #
+# Options after the scenario go to `k6 run` as they are (e.g. `--out json=results.json`); a
+# relative json or csv output file, there or in K6_OUT, lands in the scenario's results folder.
 # Knobs (environment): see the table in stress/README.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 scenario=${1:-purchase-load}
+shift || true
+k6_options=("$@")
 log() { printf '[stress] %s\n' "$*" >&2; }
 # After `just up`, the compose stack's URL, database and development admin key (where
 # nothing is set); otherwise the defaults of a service on the embedded database.
@@ -110,6 +114,20 @@ report_delivery() {  # sku out run_ended_epoch
     "${WEBHOOK_LAG_TIMEOUT:-120}" | tee "$2/webhooks.txt"
 }
 
+# An output (`json=FILE`, `csv=FILE`, ...) with a relative file placed in the folder FOLDER.
+output_in() {  # output folder
+  local kind=${1%%=*} file=${1#*=}
+  case $kind in
+    json|csv)
+      if [ "$file" != "$1" ] && [ "${file#/}" = "$file" ]; then echo "$kind=$2/$file"; return; fi ;;
+  esac
+  echo "$1"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
 run_scenario() {
   local name=$1
   local script="$here/scenarios/$name.js"
@@ -127,12 +145,32 @@ run_scenario() {
     dashboard=(K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 K6_WEB_DASHBOARD_PERIOD=2s
                K6_WEB_DASHBOARD_EXPORT="$out/dashboard.html")
   fi
+  # Per-sample export: K6_OUT (one output, as k6 reads it) and the options after the scenario;
+  # a relative json/csv file goes into the scenario's folder (`all` keeps one per scenario).
+  local options=() option pending=""
+  if [ -n "${K6_OUT:-}" ]; then options+=(--out "$(output_in "$K6_OUT" "$out")"); fi
+  for option in ${k6_options[@]+"${k6_options[@]}"}; do
+    if [ -n "$pending" ]; then options+=("$(output_in "$option" "$out")"); pending=""; continue; fi
+    case $option in
+      --out|-o) options+=("$option"); pending=1 ;;
+      --out=*) options+=("--out=$(output_in "${option#--out=}" "$out")") ;;
+      *) options+=("$option") ;;
+    esac
+  done
+  # Progress every PROGRESS_INTERVAL s (10; 0: none) from k6's REST API on a port of its own.
+  local api progress_pid=""
+  api=127.0.0.1:$(free_port)
+  if [ "${PROGRESS_INTERVAL:-10}" != 0 ]; then
+    python3 "$here/progress.py" "$api" "${PROGRESS_INTERVAL:-10}" "$out/progress.txt" &
+    progress_pid=$!
+  fi
   # shellcheck disable=SC2086
-  env "${dashboard[@]}" TEST_SKU="$sku" REPORT_DIR="$out" SCENARIO_NAME="$name" \
+  env -u K6_OUT "${dashboard[@]}" TEST_SKU="$sku" REPORT_DIR="$out" SCENARIO_NAME="$name" \
     K6_SYSTEM_TAGS="$system_tags" \
-    $k6 run --quiet --address 127.0.0.1:0 "$script" \
+    $k6 run --quiet --address "$api" ${options[@]+"${options[@]}"} "$script" \
     2>&1 | tee "$out/k6.txt" || status=$?
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  if [ -n "$progress_pid" ]; then kill "$progress_pid" 2>/dev/null || true; wait "$progress_pid" 2>/dev/null || true; fi
   local ended
   ended=$(date +%s.%N)
   if ! "$here/verify-invariants.sh" "$sku" > "$out/invariants.txt" 2>&1; then

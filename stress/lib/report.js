@@ -182,6 +182,8 @@ const TRENDS = [
   ['whole journey', 'journey_duration'],
   ['purchase request', 'http_req_duration{endpoint:purchase}'],
 ];
+// A read-only scenario's one request, when there is no trend above.
+const READ_TREND = ['sale view request', 'http_req_duration{endpoint:sale_view}'];
 
 // The VUs a run's scenarios (the floor aside) run at most, each scenario's beside it.
 function scenarioVUs() {
@@ -229,7 +231,7 @@ export function summaryOf(data) {
       summary.reasons.push({ label, count: names.length ? count(m, names) : undefined, meaning });
     });
   }
-  for (const [label, name] of TRENDS) {
+  for (const [label, name] of journey || purchases ? TRENDS : [READ_TREND]) {
     if (m[name] && m[name].values.avg !== undefined) {
       const v = m[name].values;
       summary.trends.push({ label, name, avg: v.avg, p95: v['p(95)'], p99: v['p(99)'] });
@@ -247,7 +249,7 @@ export function summaryOf(data) {
 function vusText(s) {
   if (s.vus === undefined) return '–';
   const each = s.scenarios.length > 1 ? s.scenarios.map(([name, vus]) => `${name} ${int(vus)}`).join(' + ') : '';
-  const notes = [each, s.vusMax !== undefined ? `${int(s.vusMax)} allocated with the floor` : ''].filter(Boolean);
+  const notes = [each, s.vusMax !== undefined ? `${int(s.vusMax)} allocated` : ''].filter(Boolean);
   return `${int(s.vus)}${notes.length ? ` (${notes.join('; ')})` : ''}`;
 }
 
