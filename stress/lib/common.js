@@ -2,6 +2,7 @@
 // calls, sale setup and outcome classification.
 import http from 'k6/http';
 import { sleep } from 'k6';
+import exec from 'k6/execution';
 import { Counter } from 'k6/metrics';
 import crypto from 'k6/crypto';
 import encoding from 'k6/encoding';
@@ -12,6 +13,25 @@ export const ADMIN_API_KEY = __ENV.ADMIN_API_KEY || 'dev-admin-key';
 export function envInt(name, fallback) {
   const value = parseInt(__ENV[name] || '', 10);
   return Number.isFinite(value) ? value : fallback;
+}
+
+// DEBUG=1: one VU logs its journey step by step (the plan's logVUProgress): VU 1 of the
+// scenario, i.e. the VU that runs its first iteration (k6 numbers VUs across scenarios and the
+// floor takes the low numbers), or k6's VU DEBUG_VU when set. Every other VU stays quiet, so
+// the log stays readable at 5,000 VUs.
+const DEBUG = __ENV.DEBUG === '1' || __ENV.DEBUG === 'true';
+const DEBUG_VU = envInt('DEBUG_VU', 0);
+let debugVU = false;
+
+export function debugging() {
+  if (!DEBUG) return false;
+  if (DEBUG_VU) return exec.vu.idInTest === DEBUG_VU;
+  if (!debugVU && exec.scenario.name !== 'floor' && exec.scenario.iterationInTest === 0) debugVU = true;
+  return debugVU;
+}
+
+export function debugLog(message) {
+  if (debugging()) console.log(`[VU ${exec.vu.idInTest} ${exec.scenario.name} #${exec.vu.iterationInScenario}] ${message}`);
 }
 
 // A request's tags: `endpoint` for the per-endpoint figures, and `name` (k6's URL grouping)
@@ -63,8 +83,9 @@ export function runSku(scenario) {
   return __ENV.TEST_SKU || `${scenario}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
 }
 
-// Creates a sale (deleting an old one with the same sku first) and waits until it is active.
-export function createSale(sku, stock, extra) {
+// Creates a sale (deleting an old one with the same sku first) and waits until its public
+// view shows `state` (default active; `scheduled` for a sale that opens later).
+export function createSale(sku, stock, extra, state = 'active') {
   const params = Object.assign(adminParams('admin_delete_sale'), { responseCallback: http.expectedStatuses(200, 404) });
   http.del(`${BASE_URL}/api/v1/admin/sales/${sku}`, null, params);
   const body = Object.assign({ sku, name: `k6 ${sku}`, stock }, extra || {});
@@ -74,12 +95,12 @@ export function createSale(sku, stock, extra) {
   }
   for (let i = 0; i < 100; i++) {
     const view = http.get(`${BASE_URL}/api/v1/sales/${sku}`, { tags: tags('sale_view') });
-    if (view.status === 200 && view.json('state') === 'active') {
+    if (view.status === 200 && view.json('state') === state) {
       return view.json();
     }
     sleep(0.1);
   }
-  throw new Error(`sale ${sku} never became active`);
+  throw new Error(`sale ${sku} never became ${state}`);
 }
 
 export function saleAdminView(sku) {

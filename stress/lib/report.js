@@ -7,6 +7,9 @@
 import http from 'k6/http';
 import exec from 'k6/execution';
 import { BASE_URL } from './common.js';
+import { formatDuration, int, k6Duration } from './format.js';
+
+export { formatDuration, int, k6Duration };
 
 const REPORT_DIR = (__ENV.REPORT_DIR || '.').replace(/\/$/, '');
 const SCENARIO = __ENV.SCENARIO_NAME || 'k6';
@@ -73,7 +76,8 @@ export function measuredValue(metric, rule) {
   if (value === undefined && agg === 'p(50)') value = metric.values.med;
   if (value === undefined) return { agg, text: 'n/a (add it to summaryTrendStats)' };
   let text;
-  if (metric.type === 'trend' && metric.contains === 'time') text = k6Duration(value);
+  if (metric.type === 'trend' && !metric.values.max && !metric.values.min && !metric.values.avg) text = '– (no samples)';
+  else if (metric.type === 'trend' && metric.contains === 'time') text = k6Duration(value);
   else if (metric.type === 'rate' && agg === 'rate') text = `${(100 * value).toFixed(2)}%`;
   else if (metric.type === 'counter' && agg === 'rate') text = `${value.toFixed(2)}/s`;
   else text = Number.isInteger(value) ? String(value) : value.toFixed(2);
@@ -108,34 +112,6 @@ function countersOf(metrics) {
 }
 
 const ms = (value) => (value === undefined ? '–' : `${value.toFixed(1)}`);
-
-// 1234567 -> "1,234,567".
-export function int(value) {
-  return String(Math.round(value)).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
-}
-
-// Milliseconds as k6 prints them in its own summary: 638.43µs, 104.98ms, 1.52s, 2m3s.
-export function k6Duration(value) {
-  if (value < 1) return `${(value * 1000).toFixed(2)}µs`;
-  if (value < 1000) return `${value.toFixed(2)}ms`;
-  if (value < 60000) return `${(value / 1000).toFixed(2)}s`;
-  const seconds = Math.round(value / 1000);
-  return `${Math.floor(seconds / 60)}m${seconds % 60}s`;
-}
-
-// Milliseconds for a person: 0.42 ms, 523 ms, 1.52 s, 2 min 3 s, 1 h 5 min.
-export function formatDuration(value) {
-  if (value === undefined || value === null || !Number.isFinite(value)) return '–';
-  if (value < 10) return `${value.toFixed(2)} ms`;
-  if (value < 1000) return `${Math.round(value)} ms`;
-  if (value < 60000) return `${(value / 1000).toFixed(2)} s`;
-  const seconds = Math.round(value / 1000);
-  if (seconds < 3600) {
-    return seconds % 60 ? `${Math.floor(seconds / 60)} min ${seconds % 60} s` : `${seconds / 60} min`;
-  }
-  const minutes = Math.round(seconds / 60);
-  return minutes % 60 ? `${Math.floor(minutes / 60)} h ${minutes % 60} min` : `${minutes / 60} h`;
-}
 
 // The teardown's verdict on the books (queue-journey): confirmed orders, counted by walking
 // every buyer's purchases, plus what is left and held must be the starting quantity.
