@@ -273,7 +273,7 @@ part2() {
 # default settings (as run-stress.sh starts one).
 part3() {
   local status=0 results limit
-  limit=$(python3 -c "print(int(330 * $stage_scale) + 360)")
+  limit=$(python3 -c "print(int(420 * $stage_scale) + 360)")
   log "journey ($label): STAGE_SCALE=$stage_scale, stock $journey_stock (at most ${limit}s)"
   env BASE_URL="$base" DATABASE_URL="$db" INITIAL_STOCK="$journey_stock" STAGE_SCALE="$stage_scale" \
     WEBHOOKS="${WEBHOOKS:-0}" FLASHSALE_BIN="$svc_bin" \
