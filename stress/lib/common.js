@@ -1,7 +1,7 @@
 // Shared helpers for the flashsale k6 scenarios: configuration from the environment, admin
 // calls, sale setup and outcome classification.
 import http from 'k6/http';
-import { sleep } from 'k6';
+import { check, sleep } from 'k6';
 import exec from 'k6/execution';
 import { Counter } from 'k6/metrics';
 import crypto from 'k6/crypto';
@@ -114,9 +114,11 @@ export function audit(sku) {
 }
 
 // The outcome of a purchase response: success, sold_out, not_active, duplicate,
-// rate_limited, or error (anything unexpected, 5xx included).
+// rate_limited, timeout (no answer in k6's request timeout), or error (anything unexpected,
+// 5xx included).
 export function purchaseOutcome(res) {
   if (res.status === 201) return 'success';
+  if (res.status === 0 && res.error_code === 1050) return 'timeout';
   let code = null;
   try {
     code = res.json('code');
@@ -138,11 +140,14 @@ export function purchaseCounters() {
     not_active: new Counter('purchase_not_active'),
     duplicate: new Counter('purchase_duplicate'),
     rate_limited: new Counter('purchase_rate_limited'),
+    timeout: new Counter('purchase_timeout'),
     error: new Counter('purchase_error'),
   };
 }
 
-// One instant purchase for userId, counted by outcome.
+// One instant purchase for userId, counted by outcome and checked: the answer is one the
+// API documents for a purchase, and a 201 carries this buyer's purchase (`checks` must stay
+// at 100%).
 export function buy(sku, userId, counters) {
   const res = http.post(
     `${BASE_URL}/api/v1/sales/${sku}/purchases`,
@@ -151,6 +156,11 @@ export function buy(sku, userId, counters) {
   );
   const outcome = purchaseOutcome(res);
   counters[outcome].add(1);
+  check(res, {
+    'purchase: 201, or 409/429 with a documented code': () => outcome !== 'error' && outcome !== 'timeout',
+    "purchase: a 201 carries the buyer's purchase": (r) => r.status !== 201 || (r.json('userId') === userId && !!r.json('id')),
+  });
+  debugLog(`purchase for ${userId} -> ${res.status} ${outcome} in ${res.timings.duration.toFixed(1)} ms`);
   return outcome;
 }
 

@@ -137,15 +137,16 @@ export function booksLine(books) {
 // family with no metric is a 0, and a reason outside the family is "–".
 const count = (metrics, names) => names.reduce((sum, name) => sum + (metrics[name] ? metrics[name].values.count || 0 : 0), 0);
 
-// [label, the purchase scenarios' counters, queue-journey's counters, what it means]
+// [label, the purchase scenarios' counters, queue-journey's counters, what it means (one
+// text, or [for purchases, for journeys])]
 const REASONS = [
   ['sold out', ['purchase_sold_out'], ['journey_sold_out'], 'nothing left when they asked'],
   ['sale ended', ['purchase_not_active'], ['journey_sale_ended'], 'the sale was over'],
-  ['timeout', ['purchase_timeout'], ['journey_gave_up'], 'requests that timed out / buyers who gave up (JOURNEY_TIMEOUT)'],
+  ['timeout', ['purchase_timeout'], ['journey_gave_up'], ['no answer within the request timeout', 'buyers who gave up after JOURNEY_TIMEOUT']],
   ['expired hold', [], ['journey_hold_expired'], 'holds that ran out before the confirm (the buyer joined again)'],
   ['API error', ['purchase_error'], ['journey_server_errors', 'journey_unexpected'], '5xx, failed or unexpected answers'],
   ['duplicate', ['purchase_duplicate'], [], 'ALREADY_PURCHASED'],
-  ['rate limited', ['purchase_rate_limited'], ['journey_rate_limited'], '429 (retried in the journey)'],
+  ['rate limited', ['purchase_rate_limited'], ['journey_rate_limited'], ['429 RATE_LIMITED', '429 RATE_LIMITED, retried']],
   ['queue full', [], ['journey_queue_full'], '503 QUEUE_FULL, retried'],
   ['abandoned', [], ['journey_abandoned'], 'held, then walked away (ABANDON_RATE)'],
   ['attempts exhausted', [], ['journey_attempts_exhausted'], '5 attempts, every hold expired'],
@@ -204,7 +205,8 @@ export function summaryOf(data) {
     REASONS.forEach(([label, purchaseNames, journeyNames, meaning], index) => {
       const names = journey ? journeyNames : purchaseNames;
       if (!names.length && index >= NAMED_REASONS) return;
-      summary.reasons.push({ label, count: names.length ? count(m, names) : undefined, meaning });
+      const text = Array.isArray(meaning) ? meaning[journey ? 1 : 0] : meaning;
+      summary.reasons.push({ label, count: names.length ? count(m, names) : undefined, meaning: text });
     });
   }
   for (const [label, name] of journey || purchases ? TRENDS : [READ_TREND]) {

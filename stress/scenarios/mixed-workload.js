@@ -1,6 +1,7 @@
 // mixed-workload: VUS buyers (default 1,000) each fire one purchase at once against
 // INITIAL_STOCK units, while POLL_VUS readers (default 500) poll the sale view. Same
-// correctness thresholds as purchase-load: exactly the stock sells, no error.
+// correctness thresholds as purchase-load: exactly the stock sells, no error, no false
+// duplicate, every answer checked (checks at 100%).
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { auditTeardown, BASE_URL, buy, createSale, envInt, purchaseCounters, runSku, tags } from '../lib/common.js';
@@ -24,6 +25,8 @@ export const options = {
   thresholds: withEndpoints({
     purchase_success: [`count==${Math.min(STOCK, VUS)}`],
     purchase_error: ['count==0'],
+    purchase_duplicate: ['count==0'],
+    checks: ['rate==1'],
     'http_req_failed': ['rate<0.001'],
     'http_req_duration{endpoint:purchase}': ['p(50)<500', 'p(95)<1000', 'p(99)<2000'],
     'http_req_duration{endpoint:sale_view}': ['p(95)<500', 'p(99)<1000'],

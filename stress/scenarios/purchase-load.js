@@ -1,7 +1,7 @@
 // purchase-load: VUS buyers (default 1,000) each fire one instant purchase, all at once,
-// against INITIAL_STOCK units (default 100). Exactly the stock must sell, with no error. First
-// the same burst hits /health/live (the floor: the load generator's own latency; FLOOR=0
-// skips it).
+// against INITIAL_STOCK units (default 100). Exactly the stock must sell, with no error and no
+// false duplicate; every answer is checked (checks at 100%). First the same burst hits
+// /health/live (the floor: the load generator's own latency; FLOOR=0 skips it).
 import { auditTeardown, buy, createSale, envInt, purchaseCounters, runSku } from '../lib/common.js';
 import { FLOOR, floor, floorBurst, handleSummary, withEndpoints } from '../lib/report.js';
 
@@ -21,6 +21,8 @@ export const options = {
   thresholds: withEndpoints({
     purchase_success: [`count==${expectedSuccess}`],
     purchase_error: ['count==0'],
+    purchase_duplicate: ['count==0'],
+    checks: ['rate==1'],
     'http_req_failed{endpoint:purchase}': ['rate==0'],
     'http_req_duration{endpoint:purchase}': ['p(50)<500', 'p(95)<1000', 'p(99)<2000'],
   }, ['purchase', 'floor', 'sale_view', 'admin_audit']),
