@@ -35,14 +35,14 @@ duration = values("http_req_duration")
 reqs = values("http_reqs")
 extra = []
 for key in ("purchase_success", "purchase_sold_out", "purchase_duplicate", "purchase_rate_limited",
-            "purchase_error", "journey_purchased", "journey_sold_out", "journey_hold_expired",
+            "purchase_timeout", "purchase_error", "journey_purchased", "journey_sold_out", "journey_hold_expired",
             "journey_abandoned", "journey_gave_up", "journey_stream_fallbacks"):
     if key in metrics:
         extra.append(f"{key.split('_', 1)[1]}={int(values(key).get('count', 0))}")
 invariants = "invariants PASS"
 try:
     with open(os.path.join(folder, "invariants.txt")) as f:
-        if "all PASS" not in f.read():
+        if "ALL INVARIANTS PASSED" not in f.read():
             invariants = "invariants FAIL"
 except OSError:
     invariants = "invariants ?"
