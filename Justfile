@@ -55,9 +55,9 @@ psql *args:
 invariants sku:
     just psql -v ON_ERROR_STOP=1 -v sku={{sku}} -f stress/invariants.sql
 
-# Run a k6 scenario (default purchase-load) against BASE_URL or a service it starts.
-stress scenario="purchase-load":
-    stress/run-stress.sh {{scenario}}
+# Run a k6 scenario (default purchase-load) against BASE_URL or a service it starts; k6 run options may follow (--out json=results.json).
+stress scenario="purchase-load" *k6_options:
+    stress/run-stress.sh {{scenario}} {{k6_options}}
 
 # The container and the compose file for real: images (podman, no registry needed), up, k6 purchase-load + invariants, down.
 compose-check:
