@@ -109,23 +109,28 @@ fn sale_stream_parse_error(err: poem::Error) -> SaleStreamResponse {
     SaleStreamResponse::BadRequest(ErrorBody::json(ErrorCode::InvalidRequest, err.to_string()))
 }
 
-/// The refusal of a stream, as `(429, body)` for a client over its share or `(503, body)`
-/// for a full instance.
-fn streams_full(full: StreamsFull) -> (bool, Json<ErrorBody>) {
+/// The refusal of a stream: `too_many` (429) for a client over its share, `unavailable`
+/// (503) for a full instance, each with `Retry-After`.
+fn refuse<R>(
+    full: StreamsFull,
+    too_many: fn(Json<ErrorBody>, u64) -> R,
+    unavailable: fn(Json<ErrorBody>, u64) -> R,
+) -> R {
+    let retry = STREAMS_FULL_RETRY_SECONDS;
     match full {
-        StreamsFull::Client => (
-            true,
+        StreamsFull::Client => too_many(
             ErrorBody::json(
                 ErrorCode::TooManyStreams,
                 "this client holds as many live streams as one client may; close one, or poll",
             ),
+            retry,
         ),
-        StreamsFull::Instance => (
-            false,
+        StreamsFull::Instance => unavailable(
             ErrorBody::json(
                 ErrorCode::TooManyStreams,
                 "this instance serves as many live streams as it may; retry later, or poll",
             ),
+            retry,
         ),
     }
 }
@@ -202,13 +207,11 @@ impl StreamsApi {
         let subscription = match self.live.subscribe(found.id, self.client(req)) {
             Ok(subscription) => subscription,
             Err(full) => {
-                let (client, body) = streams_full(full);
-                let retry = STREAMS_FULL_RETRY_SECONDS;
-                return Ok(if client {
-                    QueueStreamResponse::TooMany(body, retry)
-                } else {
-                    QueueStreamResponse::Unavailable(body, retry)
-                });
+                return Ok(refuse(
+                    full,
+                    QueueStreamResponse::TooMany,
+                    QueueStreamResponse::Unavailable,
+                ));
             }
         };
         let changes = subscription.buyer(&user_id.0);
@@ -265,13 +268,11 @@ impl StreamsApi {
         let subscription = match self.live.subscribe(found.id, self.client(req)) {
             Ok(subscription) => subscription,
             Err(full) => {
-                let (client, body) = streams_full(full);
-                let retry = STREAMS_FULL_RETRY_SECONDS;
-                return Ok(if client {
-                    SaleStreamResponse::TooMany(body, retry)
-                } else {
-                    SaleStreamResponse::Unavailable(body, retry)
-                });
+                return Ok(refuse(
+                    full,
+                    SaleStreamResponse::TooMany,
+                    SaleStreamResponse::Unavailable,
+                ));
             }
         };
         Ok(SaleStreamResponse::Ok(
