@@ -53,6 +53,14 @@ fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(value.to_string()))
 }
 
+/// A secret setting's value, trimmed; `None` when unset or blank.
+fn trimmed(value: &Option<SecretString>) -> Option<String> {
+    value
+        .as_ref()
+        .map(|value| value.expose_secret().trim().to_string())
+        .filter(|value| !value.is_empty())
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "flashsale",
@@ -267,13 +275,9 @@ impl Config {
 
     /// The admin key, and whether it is the built-in development default.
     pub fn admin_key(&self) -> (String, bool) {
-        match self
-            .admin_api_key
-            .as_ref()
-            .map(|k| k.expose_secret().trim())
-        {
-            Some(key) if !key.is_empty() => (key.to_string(), false),
-            _ => (DEV_ADMIN_KEY.to_string(), true),
+        match trimmed(&self.admin_api_key) {
+            Some(key) => (key, false),
+            None => (DEV_ADMIN_KEY.to_string(), true),
         }
     }
 
@@ -287,15 +291,9 @@ impl Config {
 
     /// The webhook secret keys (current, previous), when set and not empty.
     pub fn webhook_secret_keys(&self) -> (Option<String>, Option<String>) {
-        let key = |value: &Option<SecretString>| {
-            value
-                .as_ref()
-                .map(|key| key.expose_secret().trim().to_string())
-                .filter(|key| !key.is_empty())
-        };
         (
-            key(&self.webhook_secret_key),
-            key(&self.webhook_secret_key_previous),
+            trimmed(&self.webhook_secret_key),
+            trimmed(&self.webhook_secret_key_previous),
         )
     }
 

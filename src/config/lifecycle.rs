@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use super::secret;
 
@@ -58,9 +58,6 @@ impl Lifecycle {
 
     /// The metrics token, when one is set and not empty.
     pub fn metrics_token(&self) -> Option<String> {
-        self.metrics_token
-            .as_ref()
-            .map(|token| token.expose_secret().trim().to_string())
-            .filter(|token| !token.is_empty())
+        super::trimmed(&self.metrics_token)
     }
 }
