@@ -5,10 +5,12 @@
 -- `sale` is the sale's id (archived sales too) or the sku of a live sale; `-v sku=...` is
 -- accepted as well.
 --
--- Checks: the sale exists; purchases <= stock; one purchase per user; sold + held + available
--- = stock; no negative counter; `sold` equals the purchases recorded; `held` equals the live
--- holds of the queue; the queue length equals the waiting entries; every confirmed hold has
--- its purchase; every purchase has its `purchase.created` event (counting those retention
+-- Everything counts units (each order's and each hold's `quantity`), not rows. Checks: the
+-- sale exists; units purchased <= stock; every buyer within the sale's per-customer limit
+-- (no order above `max_per_order`, each buyer's orders a gapless chain of `units_before`);
+-- sold + held + available = stock; no negative counter; `sold` equals the units purchased;
+-- `held` equals the units of the live holds; the queue length equals the waiting entries;
+-- every confirmed hold has its purchase of the same quantity; every purchase has its `purchase.created` event (counting those retention
 -- pruned); the sale's event sequence runs from 1 (or past the pruned prefix) to the sale's
 -- last number with no gap and no repeat.
 --
@@ -34,15 +36,32 @@ CREATE TEMP TABLE flashsale_audit AS
 -- flashsale:audit:begin
 WITH sale AS (
     SELECT * FROM sales WHERE id = current_setting('flashsale.audit_sale')::uuid
-), bought AS (
-    SELECT count(*) AS purchases, count(DISTINCT p.user_id) AS buyers
+), orders AS (
+    SELECT p.user_id, p.quantity, p.units_before, s.per_customer_limit, s.max_per_order,
+           COALESCE(sum(p.quantity) OVER (PARTITION BY p.user_id ORDER BY p.units_before
+                                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                    0) AS owned_before
       FROM purchases p JOIN sale s ON p.sale_id = s.id
+), per_buyer AS (
+    SELECT user_id, count(*) AS n, sum(quantity) AS units, max(per_customer_limit) AS lim,
+           count(*) FILTER (WHERE quantity > max_per_order) AS orders_too_large,
+           count(*) FILTER (WHERE units_before <> owned_before) AS broken_links
+      FROM orders GROUP BY user_id
+), bought AS (
+    SELECT COALESCE(sum(n), 0) AS purchases, COALESCE(sum(units), 0) AS units,
+           count(*) AS buyers,
+           count(*) FILTER (WHERE units > lim) AS over_limit,
+           COALESCE(max(units), 0) AS most_units,
+           COALESCE(sum(orders_too_large), 0) AS orders_too_large,
+           COALESCE(sum(broken_links), 0) AS broken_links
+      FROM per_buyer
 ), entries AS (
-    SELECT count(*) FILTER (WHERE e.status = 'held') AS holds,
+    SELECT COALESCE(sum(e.quantity) FILTER (WHERE e.status = 'held'), 0) AS holds,
            count(*) FILTER (WHERE e.status = 'queued') AS queued,
            count(*) FILTER (WHERE e.status = 'purchased') AS confirmed,
            count(*) FILTER (WHERE e.status = 'purchased' AND NOT EXISTS (
                SELECT 1 FROM purchases p WHERE p.sale_id = e.sale_id AND p.user_id = e.user_id
+                  AND p.quantity = e.quantity
            )) AS confirmed_without_purchase,
            count(*) FILTER (WHERE e.status = 'held' AND e.hold_expires_at IS NULL) AS holds_without_expiry
       FROM queue_entries e JOIN sale s ON e.sale_id = s.id
@@ -62,12 +81,16 @@ WITH sale AS (
            current_setting('flashsale.audit_sale'), count(*))
       FROM sale
     UNION ALL
-    SELECT 2, 'purchases_within_stock', b.purchases <= s.stock,
-           format('purchases=%s stock=%s', b.purchases, s.stock)
+    SELECT 2, 'purchases_within_stock', b.units <= s.stock,
+           format('units=%s orders=%s stock=%s', b.units, b.purchases, s.stock)
       FROM sale s, bought b
     UNION ALL
-    SELECT 3, 'one_purchase_per_user', b.purchases = b.buyers,
-           format('purchases=%s distinct_users=%s', b.purchases, b.buyers)
+    SELECT 3, 'buyers_within_limit',
+           b.over_limit = 0 AND b.orders_too_large = 0 AND b.broken_links = 0,
+           format('buyers=%s orders=%s over_limit=%s most_units=%s per_customer_limit=%s '
+                  'orders_above_max=%s broken_chain_links=%s', b.buyers, b.purchases,
+                  b.over_limit, b.most_units, s.per_customer_limit, b.orders_too_large,
+                  b.broken_links)
       FROM sale s, bought b
     UNION ALL
     SELECT 4, 'counters_balance', s.sold + s.held + s.available = s.stock,
@@ -78,12 +101,12 @@ WITH sale AS (
            format('available=%s held=%s sold=%s', s.available, s.held, s.sold)
       FROM sale s
     UNION ALL
-    SELECT 6, 'sold_matches_purchases', s.sold = b.purchases,
-           format('sold=%s purchases=%s', s.sold, b.purchases)
+    SELECT 6, 'sold_matches_purchases', s.sold = b.units,
+           format('sold=%s units_purchased=%s orders=%s', s.sold, b.units, b.purchases)
       FROM sale s, bought b
     UNION ALL
     SELECT 7, 'held_matches_live_holds', s.held = e.holds AND e.holds_without_expiry = 0,
-           format('held=%s live_holds=%s holds_without_expiry=%s', s.held, e.holds,
+           format('held=%s units_of_live_holds=%s holds_without_expiry=%s', s.held, e.holds,
                   e.holds_without_expiry)
       FROM sale s, entries e
     UNION ALL

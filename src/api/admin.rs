@@ -189,7 +189,7 @@ impl AdminApi {
                     outcome: RemovalKind::Archived,
                     sale_id: sale.id,
                     voided_holds,
-                    sale: Some(AdminSaleView::from(&*sale)),
+                    sale: Some(Box::new(AdminSaleView::from(&*sale))),
                 }
             }
             RemoveOutcome::NotFound => {

@@ -52,7 +52,9 @@ pub enum PurchaseResponse {
     /// Bought: the purchase is committed.
     #[oai(status = 201)]
     Created(Json<PurchaseView>),
-    /// `INVALID_REQUEST`: malformed JSON, missing, unknown or invalid `userId`.
+    /// `INVALID_REQUEST`: malformed JSON, missing, unknown or invalid `userId`, a
+    /// `quantity` outside 1-100; `QUANTITY_TOO_LARGE` (with `maxPerOrder`): more units than
+    /// the sale's `maxPerOrder`.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
@@ -64,8 +66,11 @@ pub enum PurchaseResponse {
     /// `SALE_NOT_FOUND`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// Refused: `SOLD_OUT`; `ALREADY_PURCHASED` (with `purchase`, the one the user owns);
-    /// `SALE_NOT_ACTIVE` (with `state`); `WRONG_CHECKOUT` (a queued sale).
+    /// Refused, nothing bought: `SOLD_OUT`; `INSUFFICIENT_STOCK` (with `available`, fewer
+    /// units than asked for); `LIMIT_REACHED` (with `remaining`, what the buyer may still
+    /// buy); `ALREADY_PURCHASED` (a sale whose per-customer limit is 1, with `purchase`, the
+    /// one the user owns); `SALE_NOT_ACTIVE` (with `state`); `WRONG_CHECKOUT` (a queued
+    /// sale).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// `RATE_LIMITED`: too many requests for this user; retry after `Retry-After` seconds.
@@ -142,13 +147,21 @@ impl BuyerApi {
         })
     }
 
-    /// Buy one unit (instant checkout)
+    /// Buy (instant checkout)
     ///
-    /// One unit per user per sale. The answer comes after the purchase is committed.
+    /// One order of `quantity` units (default 1), all or nothing, within the sale's
+    /// `maxPerOrder` and the buyer's `perCustomerLimit` over all their orders (both 1 by
+    /// default: one unit per user per sale). The answer comes after the order is committed.
+    ///
+    /// With the limit 1 a repeat is the same order: it answers 409 `ALREADY_PURCHASED` with
+    /// the purchase. Above 1 every request is a new order, until the limit (then 409
+    /// `LIMIT_REACHED`).
     ///
     /// A 503 `UNAVAILABLE` with `outcomeUnknown: true` means the purchase was sent to the
-    /// database but its answer was lost: it may have committed. Retry the same request: it
-    /// answers 201 (it had not) or 409 `ALREADY_PURCHASED` with the purchase (it had).
+    /// database but its answer was lost: it may have committed. With the limit 1, retry the
+    /// same request: it answers 201 (it had not) or 409 `ALREADY_PURCHASED` with the
+    /// purchase (it had). Above 1, read `GET /api/v1/users/{userId}/purchases` before
+    /// ordering again.
     #[oai(path = "/:sale/purchases", method = "post", operation_id = "purchase")]
     #[tracing::instrument(skip_all, fields(sale = %sale.0, user))]
     async fn purchase(
@@ -159,7 +172,7 @@ impl BuyerApi {
         sale: Path<String>,
         body: Json<PurchaseRequest>,
     ) -> Result<PurchaseResponse, ServerError> {
-        let claimed = match body.0.claimed_user() {
+        let (claimed, quantity) = match body.0.claimed_user() {
             Ok(claimed) => claimed,
             Err(body) => return Ok(PurchaseResponse::BadRequest(body)),
         };
@@ -177,7 +190,11 @@ impl BuyerApi {
                 retry_after,
             ));
         }
-        let outcome = match self.purchases.purchase(&sale.0, &user_id).await {
+        let outcome = match self
+            .purchases
+            .purchase_units(&sale.0, &user_id, quantity)
+            .await
+        {
             Ok(outcome) => outcome,
             Err(err) => {
                 let name = if err.is_unavailable() {
@@ -202,6 +219,15 @@ impl BuyerApi {
                 PurchaseResponse::Conflict(ErrorBody::already_purchased(purchase))
             }
             PurchaseOutcome::SoldOut => conflict(ErrorCode::SoldOut, "the sale is sold out"),
+            PurchaseOutcome::InsufficientStock { available } => {
+                PurchaseResponse::Conflict(ErrorBody::insufficient_stock(available))
+            }
+            PurchaseOutcome::LimitReached { remaining } => {
+                PurchaseResponse::Conflict(ErrorBody::limit_reached(remaining))
+            }
+            PurchaseOutcome::QuantityTooLarge { max_per_order } => {
+                PurchaseResponse::BadRequest(ErrorBody::quantity_too_large(max_per_order))
+            }
             PurchaseOutcome::NotActive(state) => {
                 PurchaseResponse::Conflict(ErrorBody::not_active(state))
             }
@@ -219,7 +245,9 @@ impl BuyerApi {
 
     /// A user's purchase in a sale
     ///
-    /// By the sale's id this works for archived sales too: a purchase is never lost.
+    /// The user's first order in the sale (their only one with the default limit 1; all of
+    /// them are listed by `GET /api/v1/users/{userId}/purchases`). By the sale's id this
+    /// works for archived sales too: a purchase is never lost.
     #[oai(
         path = "/:sale/purchases/:user_id",
         method = "get",
@@ -260,6 +288,9 @@ fn outcome_name(outcome: &PurchaseOutcome) -> &'static str {
         PurchaseOutcome::Purchased(_) => "purchased",
         PurchaseOutcome::AlreadyPurchased(_) => "already_purchased",
         PurchaseOutcome::SoldOut => "sold_out",
+        PurchaseOutcome::InsufficientStock { .. } => "insufficient_stock",
+        PurchaseOutcome::LimitReached { .. } => "limit_reached",
+        PurchaseOutcome::QuantityTooLarge { .. } => "quantity_too_large",
         PurchaseOutcome::NotActive(_) => "not_active",
         PurchaseOutcome::WrongCheckout => "wrong_checkout",
         PurchaseOutcome::SaleNotFound => "sale_not_found",

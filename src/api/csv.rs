@@ -7,7 +7,8 @@ use uuid::Uuid;
 use crate::domain::Purchase;
 use crate::store::Store;
 
-/// Purchases read per query: memory stays at one page, whatever the sale.
+/// Buyers read per query (with all their orders, at most the sale's per-customer limit
+/// each): memory stays at one page, whatever the sale.
 const CSV_PAGE: i64 = 5000;
 
 /// Every purchase of the sale as CSV, a page at a time.
@@ -15,7 +16,8 @@ pub fn purchases(
     store: Store,
     sale_id: Uuid,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    let header = stream::once(async { Ok(b"purchase_id,sale_id,user_id,created_at\n".to_vec()) });
+    let header =
+        stream::once(async { Ok(b"purchase_id,sale_id,user_id,created_at,quantity\n".to_vec()) });
     let pages = stream::unfold(Some(None::<String>), move |after| {
         let store = store.clone();
         async move {
@@ -26,7 +28,7 @@ pub fn purchases(
             {
                 Ok(page) if page.is_empty() => None,
                 Ok(page) => {
-                    let next = (page.len() as i64 == CSV_PAGE)
+                    let next = (buyers_in(&page) == CSV_PAGE)
                         .then(|| page.last().map(|p| p.user_id.clone()));
                     Some((Ok(csv_rows(&page)), next.flatten().map(Some)))
                 }
@@ -44,16 +46,30 @@ fn csv_rows(purchases: &[Purchase]) -> Vec<u8> {
     let mut out = String::with_capacity(purchases.len() * 110);
     for purchase in purchases {
         out.push_str(&format!(
-            "{},{},{},{}\n",
+            "{},{},{},{},{}\n",
             purchase.id,
             purchase.sale_id,
             csv_field(&purchase.user_id),
             purchase
                 .created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            purchase.quantity
         ));
     }
     out.into_bytes()
+}
+
+/// The buyers a page holds (its orders come grouped by buyer).
+pub fn buyers_in(page: &[Purchase]) -> i64 {
+    let mut buyers = 0;
+    let mut last: Option<&str> = None;
+    for purchase in page {
+        if last != Some(purchase.user_id.as_str()) {
+            buyers += 1;
+            last = Some(&purchase.user_id);
+        }
+    }
+    buyers
 }
 
 /// A CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180). The value

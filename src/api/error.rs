@@ -42,8 +42,16 @@ pub enum ErrorCode {
     SkuTaken,
     /// Nothing left to sell.
     SoldOut,
-    /// The user already bought from this sale; the body carries the purchase.
+    /// The user already bought from this sale (its per-customer limit is 1); the body
+    /// carries the purchase.
     AlreadyPurchased,
+    /// Some units are left, fewer than the order asks for; the body carries `available`.
+    InsufficientStock,
+    /// The order would take the buyer past the sale's per-customer limit; the body carries
+    /// `remaining`, the units the buyer may still buy.
+    LimitReached,
+    /// The order asks for more units than the sale's `maxPerOrder`, which the body carries.
+    QuantityTooLarge,
     /// The sale is scheduled, ended or cancelled; the body carries the state.
     SaleNotActive,
     /// The sale uses the other checkout.
@@ -101,8 +109,15 @@ pub struct ErrorBody {
     pub message: String,
     /// With `SALE_NOT_ACTIVE`: the sale's current state.
     pub state: Option<SaleStateView>,
-    /// With `ALREADY_PURCHASED`: the purchase the user already owns.
-    pub purchase: Option<PurchaseView>,
+    /// With `ALREADY_PURCHASED`: the purchase the user already owns. (Boxed: the largest
+    /// field, and every handler returns this body by value in its response enum.)
+    pub purchase: Option<Box<PurchaseView>>,
+    /// With `INSUFFICIENT_STOCK`: the units left (fewer than asked for).
+    pub available: Option<i64>,
+    /// With `LIMIT_REACHED`: the units the buyer may still buy in this sale (0 at the limit).
+    pub remaining: Option<i64>,
+    /// With `QUANTITY_TOO_LARGE`: the most units one order of this sale may ask for.
+    pub max_per_order: Option<i64>,
     /// With `UNAVAILABLE` on a write: `true` when the write was sent but its answer was lost,
     /// so it may or may not have taken effect. Buyer writes are safe to retry: a purchase or
     /// confirm retried answers 201, or `ALREADY_PURCHASED` with the purchase.
@@ -116,6 +131,9 @@ impl ErrorBody {
             message: message.into(),
             state: None,
             purchase: None,
+            available: None,
+            remaining: None,
+            max_per_order: None,
             outcome_unknown: None,
         }
     }
@@ -150,7 +168,40 @@ impl ErrorBody {
             ErrorCode::AlreadyPurchased,
             "this user already bought from this sale",
         );
-        body.purchase = Some(purchase.into());
+        body.purchase = Some(Box::new(purchase.into()));
+        Json(body)
+    }
+
+    /// `INSUFFICIENT_STOCK`, carrying the units left.
+    pub fn insufficient_stock(available: i32) -> Json<Self> {
+        let mut body = Self::new(
+            ErrorCode::InsufficientStock,
+            format!("only {available} units are left, fewer than the order asks for"),
+        );
+        body.available = Some(available.into());
+        Json(body)
+    }
+
+    /// `LIMIT_REACHED`, carrying what remains of the buyer's limit.
+    pub fn limit_reached(remaining: i32) -> Json<Self> {
+        let mut body = Self::new(
+            ErrorCode::LimitReached,
+            format!(
+                "the order would pass this sale's per-customer limit; {remaining} more units \
+                 may be bought"
+            ),
+        );
+        body.remaining = Some(remaining.into());
+        Json(body)
+    }
+
+    /// `QUANTITY_TOO_LARGE`, carrying the sale's `maxPerOrder`.
+    pub fn quantity_too_large(max_per_order: i32) -> Json<Self> {
+        let mut body = Self::new(
+            ErrorCode::QuantityTooLarge,
+            format!("one order of this sale may ask for at most {max_per_order} units"),
+        );
+        body.max_per_order = Some(max_per_order.into());
         Json(body)
     }
 

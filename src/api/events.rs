@@ -103,7 +103,7 @@ pub enum PurchasesContent {
 #[oai(bad_request_handler = "purchases_parse_error")]
 pub enum PurchasesResponse {
     /// A page of purchases in `userId` order (JSON), or with `Accept: text/csv` or
-    /// `format=csv` every purchase as CSV (`purchase_id,sale_id,user_id,created_at`),
+    /// `format=csv` every purchase as CSV (`purchase_id,sale_id,user_id,created_at,quantity`),
     /// streamed in constant memory. A CSV cut short by a failure ends without its final
     /// chunk, so a client sees a broken transfer, never a short file that looks whole.
     #[oai(status = 200)]
@@ -307,7 +307,8 @@ impl EventsApi {
         /// JSON: continue after this cursor (a `nextCursor`).
         #[oai(validator(max_length = 128))]
         after: Query<Option<String>>,
-        /// JSON: at most this many (1-1000, default 100).
+        /// JSON: the orders of at most this many buyers (1-1000, default 100; one order
+        /// each in a sale whose per-customer limit is 1).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
         /// `csv` for the whole sale as CSV, `json` for a page; wins over `Accept`. Default:
@@ -332,7 +333,7 @@ impl EventsApi {
             .store
             .purchases_page(found.id, after.0.as_deref(), limit)
             .await?;
-        let next_cursor = (page.len() as i64 == limit)
+        let next_cursor = (super::csv::buyers_in(&page) == limit)
             .then(|| page.last().map(|p| p.user_id.clone()))
             .flatten();
         Ok(PurchasesResponse::Ok(PurchasesContent::Page(Json(

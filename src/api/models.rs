@@ -128,6 +128,13 @@ pub struct CreateSaleRequest {
     /// as many as there is stock.
     #[oai(validator(minimum(value = "0"), maximum(value = "10000000")))]
     pub max_active_holds: MaybeUndefined<i32>,
+    /// Most units one buyer may own in this sale, over all their orders (1-100); default 1.
+    #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+    pub per_customer_limit: MaybeUndefined<i32>,
+    /// Most units one order (an instant purchase, or a queued hold) may ask for
+    /// (1-`perCustomerLimit`); default `perCustomerLimit`.
+    #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+    pub max_per_order: MaybeUndefined<i32>,
 }
 
 /// An optional field: absent means the default; an explicit `null` is refused (the schema
@@ -143,17 +150,21 @@ fn optional<T>(field: MaybeUndefined<T>, name: &str) -> Result<Option<T>, String
 }
 
 impl PurchaseRequest {
-    /// The `userId` the request names, if any; `null` is refused.
-    pub fn claimed_user(self) -> Result<Option<String>, Json<ErrorBody>> {
-        optional(self.user_id, "userId")
-            .map(|user| user.map(|user| user.0))
-            .map_err(|message| ErrorBody::json(ErrorCode::InvalidRequest, message))
+    /// The `userId` the request names, if any, and the units it asks for (default 1);
+    /// `null` is refused for either.
+    pub fn claimed_user(self) -> Result<(Option<String>, i32), Json<ErrorBody>> {
+        let invalid = |message| ErrorBody::json(ErrorCode::InvalidRequest, message);
+        let user = optional(self.user_id, "userId").map_err(invalid)?;
+        let quantity = optional(self.quantity, "quantity").map_err(invalid)?;
+        Ok((user.map(|user| user.0), quantity.unwrap_or(1)))
     }
 }
 
 impl CreateSaleRequest {
     /// The domain's new sale, or why a field is unacceptable.
     pub fn into_domain(self) -> Result<domain::NewSale, String> {
+        let per_customer_limit =
+            optional(self.per_customer_limit, "perCustomerLimit")?.unwrap_or(1);
         Ok(domain::NewSale {
             sku: self.sku.0,
             name: self.name.0,
@@ -167,6 +178,9 @@ impl CreateSaleRequest {
             queue_capacity: optional(self.queue_capacity, "queueCapacity")?
                 .unwrap_or(domain::queue::DEFAULT_QUEUE_CAPACITY),
             max_active_holds: optional(self.max_active_holds, "maxActiveHolds")?.unwrap_or(0),
+            per_customer_limit,
+            max_per_order: optional(self.max_per_order, "maxPerOrder")?
+                .unwrap_or(per_customer_limit),
         })
     }
 }
@@ -181,6 +195,10 @@ pub struct PurchaseRequest {
     /// given (else 403 `FORBIDDEN`).
     #[oai(validator(min_length = 1, max_length = 128))]
     pub user_id: MaybeUndefined<StrictString>,
+    /// Units to buy (or, joining a queue, to hold) in this order, all or nothing: 1-100 and
+    /// at most the sale's `maxPerOrder` (else 400 `QUANTITY_TOO_LARGE`); default 1.
+    #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+    pub quantity: MaybeUndefined<i32>,
 }
 
 /// One message of a sale's public live stream (SSE `event: sale`, `id:` the sale's event
@@ -216,6 +234,10 @@ pub struct SaleView {
     pub checkout: CheckoutView,
     /// Buyers waiting in the queue (0 for instant sales).
     pub queue_length: i32,
+    /// Most units one buyer may own in this sale, over all their orders.
+    pub per_customer_limit: i32,
+    /// Most units one order may ask for.
+    pub max_per_order: i32,
 }
 
 impl From<&Sale> for SaleView {
@@ -234,6 +256,8 @@ impl From<&Sale> for SaleView {
             sold_out: sale.is_sold_out(),
             checkout: sale.checkout.into(),
             queue_length: sale.queue_length,
+            per_customer_limit: sale.per_customer_limit,
+            max_per_order: sale.max_per_order,
         }
     }
 }
@@ -311,7 +335,7 @@ impl From<&Sale> for AdminSaleView {
     }
 }
 
-/// A committed purchase.
+/// A committed purchase: one order of `quantity` units.
 #[derive(Object, Debug, Clone)]
 #[oai(rename_all = "camelCase")]
 pub struct PurchaseView {
@@ -319,6 +343,8 @@ pub struct PurchaseView {
     pub sale_id: Uuid,
     pub user_id: String,
     pub created_at: DateTime<Utc>,
+    /// Units bought by this order.
+    pub quantity: i32,
 }
 
 impl From<Purchase> for PurchaseView {
@@ -328,6 +354,7 @@ impl From<Purchase> for PurchaseView {
             sale_id: purchase.sale_id,
             user_id: purchase.user_id,
             created_at: purchase.created_at,
+            quantity: purchase.quantity,
         }
     }
 }

@@ -90,7 +90,7 @@ impl QueueApi {
         sale: Path<String>,
         body: Json<PurchaseRequest>,
     ) -> Result<JoinResponse, ServerError> {
-        let claimed = match body.0.claimed_user() {
+        let (claimed, quantity) = match body.0.claimed_user() {
             Ok(claimed) => claimed,
             Err(body) => return Ok(JoinResponse::BadRequest(body)),
         };
@@ -104,7 +104,7 @@ impl QueueApi {
                 ));
             }
         };
-        let outcome = self.joins.join(&sale.0, &user_id).await?;
+        let outcome = self.joins.join_units(&sale.0, &user_id, quantity).await?;
         self.count("join", join_outcome_name(&outcome));
         Ok(match outcome {
             JoinOutcome::Queued(entry) | JoinOutcome::Held(entry) => {
@@ -123,6 +123,9 @@ impl QueueApi {
                 QUEUE_FULL_RETRY_SECONDS,
             ),
             JoinOutcome::WrongCheckout => JoinResponse::Conflict(wrong_checkout()),
+            JoinOutcome::QuantityTooLarge { max_per_order } => {
+                JoinResponse::BadRequest(ErrorBody::quantity_too_large(max_per_order))
+            }
             JoinOutcome::SaleNotFound => JoinResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
         })
     }
@@ -303,6 +306,7 @@ fn join_outcome_name(outcome: &JoinOutcome) -> &'static str {
         JoinOutcome::SoldOut => "sold_out",
         JoinOutcome::NotActive(_) => "not_active",
         JoinOutcome::QueueFull => "queue_full",
+        JoinOutcome::QuantityTooLarge { .. } => "quantity_too_large",
         JoinOutcome::WrongCheckout => "wrong_checkout",
         JoinOutcome::SaleNotFound => "sale_not_found",
     }

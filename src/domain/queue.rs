@@ -10,7 +10,7 @@ pub const DEFAULT_QUEUE_CAPACITY: i32 = 100_000;
 pub enum EntryStatus {
     /// Waiting for a hold.
     Queued,
-    /// Holding one unit until `hold_expires_at`.
+    /// Holding the entry's units until `hold_expires_at`.
     Held,
     /// Confirmed: bought.
     Purchased,
@@ -53,6 +53,8 @@ pub struct QueueEntry {
     pub status: EntryStatus,
     pub joined_at: DateTime<Utc>,
     pub hold_expires_at: Option<DateTime<Utc>>,
+    /// Units asked for at the join: the hold reserves them, the confirm buys them.
+    pub quantity: i32,
     /// The highest ticket admitted so far in this sale.
     pub admitted_upto: i64,
     /// Buyers waiting in this sale now.
@@ -113,6 +115,7 @@ mod tests {
             status: EntryStatus::Queued,
             joined_at: Utc::now(),
             hold_expires_at: None,
+            quantity: 1,
             admitted_upto,
             waiting: 10,
             shuffled: true,

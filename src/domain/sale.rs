@@ -13,6 +13,8 @@ pub const MAX_STOCK: i32 = 10_000_000;
 pub const MAX_HOLD_SECONDS: i32 = 86_400;
 /// Hold duration when the admin gives none.
 pub const DEFAULT_HOLD_SECONDS: i32 = 600;
+/// Most units one buyer may own in one sale (`perCustomerLimit`), and so most in one order.
+pub const MAX_PER_CUSTOMER_LIMIT: i32 = 100;
 /// How long a sale lasts when the admin gives no end.
 pub const DEFAULT_DURATION: Duration = Duration::hours(1);
 
@@ -112,6 +114,10 @@ pub struct Sale {
     pub max_active_holds: i32,
     /// Buyers waiting in the queue now (0 for instant sales).
     pub queue_length: i32,
+    /// Most units one buyer may own in this sale, over all their orders.
+    pub per_customer_limit: i32,
+    /// Most units one order (a purchase, or a queued hold) may ask for.
+    pub max_per_order: i32,
     pub cancelled_at: Option<DateTime<Utc>>,
     /// Set when the sale was deleted while it had purchases or holds (see [`SaleState::Archived`]).
     pub archived_at: Option<DateTime<Utc>>,
@@ -159,13 +165,15 @@ impl Sale {
     }
 }
 
-/// A committed purchase: one unit of one sale, owned by one user.
+/// A committed purchase (an order): `quantity` units of one sale, owned by one user. A
+/// buyer may have several orders in a sale, together at most its `per_customer_limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purchase {
     pub id: Uuid,
     pub sale_id: Uuid,
     pub user_id: String,
     pub created_at: DateTime<Utc>,
+    pub quantity: i32,
 }
 
 /// Checks a buyer's user id: 1 to 128 characters, none of them control characters.
@@ -196,6 +204,8 @@ mod tests {
             queue_capacity: 100,
             max_active_holds: 0,
             queue_length: 0,
+            per_customer_limit: 1,
+            max_per_order: 1,
             cancelled_at: None,
             archived_at: None,
             created_at: start,

@@ -144,23 +144,29 @@ impl Store {
         feed_horizon(&mut *self.conn().await?).await
     }
 
-    /// A page of a sale's purchases in user-id order, after `after_user` (from the first
-    /// when `None`). Purchases are never deleted, so paging by the unique `(sale, user)` key
-    /// returns each purchase once, and every purchase committed before a page is read.
+    /// A page of a sale's purchases: every order of up to `buyers` buyers in user-id order
+    /// after `after_user` (from the first when `None`), each buyer's orders in the order
+    /// they were bought. Purchases are never deleted, so paging by the user id returns each
+    /// purchase once, and every purchase committed before a page is read.
     pub async fn purchases_page(
         &self,
         sale_id: Uuid,
         after_user: Option<&str>,
-        limit: i64,
+        buyers: i64,
     ) -> Result<Vec<Purchase>, StoreError> {
         let rows = sqlx::query_as::<_, PurchaseRow>(
-            "SELECT id, sale_id, user_id, created_at FROM purchases
-              WHERE sale_id = $1 AND ($2::text IS NULL OR user_id > $2)
-              ORDER BY user_id LIMIT $3",
+            "WITH page AS (
+                 SELECT DISTINCT user_id FROM purchases
+                  WHERE sale_id = $1 AND ($2::text IS NULL OR user_id > $2)
+                  ORDER BY user_id LIMIT $3
+             )
+             SELECT id, sale_id, user_id, created_at, quantity FROM purchases
+              WHERE sale_id = $1 AND user_id IN (SELECT user_id FROM page)
+              ORDER BY user_id, units_before",
         )
         .bind(sale_id)
         .bind(after_user)
-        .bind(limit)
+        .bind(buyers)
         .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(Purchase::from).collect())

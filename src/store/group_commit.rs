@@ -20,9 +20,17 @@
 //! and a buyer whose deadline passes while still in line is withdrawn from the batch (see
 //! `batcher::Answer`).
 //!
+//! Orders ask for a quantity, all or nothing (see `purchases/batch.rs`). In a sale with the
+//! per-customer limit 1 (the default) a buyer's repeats are one order: the extra requests
+//! of a user in a batch hear `ALREADY_PURCHASED` with the first's purchase, as before
+//! quantities. Above 1 every request is an order of its own: a user's second request in a
+//! batch is decided by the next statement of that batch (each statement sees every buyer
+//! once), after their first.
+//!
 //! Once a batch sees an instant sale's stock at zero it cannot come back, so later buyers of
 //! that sale sell nothing: for stocks up to [`MAX_REMEMBERED_BUYERS`] the final buyer list is
-//! loaded once and tells a repeat buyer (`ALREADY_PURCHASED`) from the rest (`SOLD_OUT`);
+//! loaded once and tells a repeat buyer (`ALREADY_PURCHASED`, or `LIMIT_REACHED` when the
+//! order would pass the limit) from the rest (`SOLD_OUT`);
 //! larger ones take one indexed read. A buyer who names the sale by id skips the batcher for
 //! that; one who names it by a cached sku goes through it, so that one primary-key read per
 //! batch confirms the sku still names that sale. Several instances each run their own
@@ -46,10 +54,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::batcher::{self, Batchers};
-use super::purchases::PurchaseOutcome;
+use super::purchases::{Owned, PurchaseOutcome};
 use super::sale_refs::{SaleRefs, Target};
 use super::{Store, StoreError};
-use crate::domain::{Checkout, Purchase, SaleState};
+use crate::domain::{Checkout, SaleState};
 
 /// Most buyers decided by one statement.
 pub const MAX_BATCH: usize = 2048;
@@ -71,6 +79,11 @@ type Reply = batcher::Reply<PurchaseOutcome>;
 
 struct Request {
     user_id: String,
+    /// Units the order asks for.
+    quantity: i32,
+    /// The sale's per-customer limit (the same for every request of a batch): 1 merges a
+    /// user's repeats into one order.
+    limit: i32,
     reply: Reply,
     /// When the buyer stops waiting (and hears `OutcomeUnknown` if their statement was
     /// sent): a batch sends a retry only if it can be answered before its earliest buyer's
@@ -78,8 +91,8 @@ struct Request {
     answer_by: Instant,
 }
 
-/// The final buyers of a sold-out instant sale, or `None` when too many to hold.
-type SoldOutBuyers = Option<Arc<HashMap<String, Purchase>>>;
+/// What the final buyers of a sold-out instant sale own, or `None` when too many to hold.
+type SoldOutBuyers = Option<Arc<HashMap<String, Owned>>>;
 
 /// The instant-checkout front door: group commit per sale, with the sold-out fast path.
 /// Every cache is keyed by sale id (ids are never reused); only the reference cache is
@@ -126,42 +139,58 @@ impl PurchaseBatcher {
         self
     }
 
-    /// Buys one unit of the sale `sale_ref` (UUID or sku) for `user_id`, exactly like
-    /// [`Store::purchase`], batched with the other buyers of that sale.
+    /// Buys one unit of the sale `sale_ref` (UUID or sku) for `user_id`: an order of one
+    /// ([`PurchaseBatcher::purchase_units`]).
+    pub async fn purchase(
+        &self,
+        sale_ref: &str,
+        user_id: &str,
+    ) -> Result<PurchaseOutcome, StoreError> {
+        self.purchase_units(sale_ref, user_id, 1).await
+    }
+
+    /// Buys `quantity` units of the sale `sale_ref` (UUID or sku) for `user_id` as one
+    /// order, all or nothing, exactly like [`Store::purchase`], batched with the other
+    /// buyers of that sale.
     ///
     /// Every answer is about the sale the reference names when the request arrives: an
     /// answer that came from a cached resolution and says the sale is gone or archived is
     /// thrown away, the reference read again and the purchase tried on what it names now;
     /// an answer from the sold-out memory, when the sale was reached through a cached sku,
     /// is given only after the sale is checked to be still live.
-    pub async fn purchase(
+    pub async fn purchase_units(
         &self,
         sale_ref: &str,
         user_id: &str,
+        quantity: i32,
     ) -> Result<PurchaseOutcome, StoreError> {
         let Some(mut target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(PurchaseOutcome::SaleNotFound);
         };
-        let mut outcome = self.purchase_in(target, user_id).await?;
+        let mut outcome = self.purchase_in(target, user_id, quantity).await?;
         if target.cached
             && matches!(
                 outcome,
-                PurchaseOutcome::SaleArchived | PurchaseOutcome::SaleNotFound
+                PurchaseOutcome::SaleArchived
+                    | PurchaseOutcome::SaleNotFound
+                    | PurchaseOutcome::QuantityTooLarge { .. }
             )
         {
             let Some(fresh) = self.refs.resolve(sale_ref, true).await? else {
                 return Ok(PurchaseOutcome::SaleNotFound);
             };
             target = fresh;
-            outcome = self.purchase_in(target, user_id).await?;
+            outcome = self.purchase_in(target, user_id, quantity).await?;
         }
         if !matches!(outcome, PurchaseOutcome::SaleArchived) {
             return Ok(outcome);
         }
         // Named by its id (or archived a moment ago): say what is true of it.
         Ok(match self.store.find_purchase(target.id, user_id).await? {
-            Some(purchase) => PurchaseOutcome::AlreadyPurchased(purchase),
-            None => PurchaseOutcome::NotActive(SaleState::Archived),
+            Some(purchase) if target.per_customer_limit == 1 => {
+                PurchaseOutcome::AlreadyPurchased(purchase)
+            }
+            _ => PurchaseOutcome::NotActive(SaleState::Archived),
         })
     }
 
@@ -169,10 +198,20 @@ impl PurchaseBatcher {
         &self,
         target: Target,
         user_id: &str,
+        quantity: i32,
     ) -> Result<PurchaseOutcome, StoreError> {
         let answer_by = Instant::now() + self.answer_timeout;
+        // A sale's max_per_order never changes (a cached target is checked again fresh).
+        if quantity > target.max_per_order {
+            return Ok(PurchaseOutcome::QuantityTooLarge {
+                max_per_order: target.max_per_order,
+            });
+        }
         if !self.batching || target.checkout == Checkout::Queued {
-            return self.store.purchase(target.id, user_id, answer_by).await;
+            return self
+                .store
+                .purchase(target.id, user_id, quantity, answer_by)
+                .await;
         }
         // Reached by id or by a sku read just now, a sold-out sale is answered from memory at
         // once. Through a cached sku it goes to the batcher, which checks once per batch that
@@ -182,15 +221,21 @@ impl PurchaseBatcher {
         {
             let owned = match buyers {
                 Some(buyers) => buyers.get(user_id).cloned(),
-                None => self.store.find_purchase(target.id, user_id).await?,
+                None => self
+                    .store
+                    .owned_of(target.id, &[user_id])
+                    .await?
+                    .remove(user_id),
             };
-            return Ok(sold_out_answer(owned));
+            return Ok(sold_out_answer(owned, quantity, target.per_customer_limit));
         }
         let (reply, answer) = batcher::reply_channel();
         self.enqueue(
             target.id,
             Request {
                 user_id: user_id.to_string(),
+                quantity,
+                limit: target.per_customer_limit,
                 reply,
                 answer_by,
             },
@@ -210,10 +255,15 @@ impl PurchaseBatcher {
     }
 }
 
-/// What a sold-out sale answers a buyer: their purchase, or `SOLD_OUT`.
-fn sold_out_answer(owned: Option<Purchase>) -> PurchaseOutcome {
+/// What a sold-out sale with the per-customer `limit` answers a buyer's order of
+/// `quantity`: their purchase (limit 1), `LIMIT_REACHED` when the order would pass the
+/// limit, else `SOLD_OUT`.
+fn sold_out_answer(owned: Option<Owned>, quantity: i32, limit: i32) -> PurchaseOutcome {
     match owned {
-        Some(purchase) => PurchaseOutcome::AlreadyPurchased(purchase),
-        None => PurchaseOutcome::SoldOut,
+        Some(owned) if limit == 1 => PurchaseOutcome::AlreadyPurchased(owned.first),
+        Some(owned) if owned.units + quantity > limit => PurchaseOutcome::LimitReached {
+            remaining: (limit - owned.units).max(0),
+        },
+        _ => PurchaseOutcome::SoldOut,
     }
 }

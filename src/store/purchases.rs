@@ -1,4 +1,17 @@
-//! Instant purchases: the one statement that sells a unit, and the reads around it.
+//! Instant purchases: the one statement that sells an order, and the reads around it. The
+//! group-commit statement is in `purchases/batch.rs`.
+//!
+//! An order buys `quantity` units, all or nothing. A buyer's orders in a sale form a chain
+//! (`units_before`, unique per buyer and sale: see the quantities migration), which is how
+//! every statement here keeps a buyer within the sale's `per_customer_limit` without a lock
+//! of its own.
+
+mod batch;
+
+pub(super) use batch::purchase_batch;
+pub use batch::{BatchBuyer, BatchResult};
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
@@ -12,12 +25,27 @@ use crate::domain::{Checkout, Purchase, Sale, SaleState};
 /// The result of an instant purchase attempt. Refusals are values, not errors.
 #[derive(Debug, Clone)]
 pub enum PurchaseOutcome {
-    /// Committed: the unit is the buyer's.
+    /// Committed: the order's units are the buyer's.
     Purchased(Purchase),
-    /// The user already owns a unit of this sale (returned, so a retry learns it won).
+    /// A sale with a limit of one: the user already owns its unit (their order is returned,
+    /// so a retry learns it won).
     AlreadyPurchased(Purchase),
     /// Nothing left to sell.
     SoldOut,
+    /// Some units are left, fewer than the order asks for (`available` of them, read after
+    /// the refusal).
+    InsufficientStock {
+        available: i32,
+    },
+    /// The order would take the buyer past the sale's per-customer limit; `remaining` is
+    /// what the buyer may still buy (0 at the limit).
+    LimitReached {
+        remaining: i32,
+    },
+    /// The order asks for more than the sale's `max_per_order`.
+    QuantityTooLarge {
+        max_per_order: i32,
+    },
     /// Scheduled, ended by time, or cancelled.
     NotActive(SaleState),
     /// The sale uses the queued checkout.
@@ -34,6 +62,7 @@ pub(super) struct PurchaseRow {
     sale_id: Uuid,
     user_id: String,
     created_at: DateTime<Utc>,
+    quantity: i32,
 }
 
 impl From<PurchaseRow> for Purchase {
@@ -43,39 +72,56 @@ impl From<PurchaseRow> for Purchase {
             sale_id: row.sale_id,
             user_id: row.user_id,
             created_at: row.created_at,
+            quantity: row.quantity,
         }
     }
 }
 
-/// Sells one unit of an active instant sale to `$3`, in one statement.
+/// What a buyer owns in a sale: their first order and the units of all their orders.
+#[derive(Debug, Clone)]
+pub struct Owned {
+    pub first: Purchase,
+    pub units: i32,
+}
+
+/// Sells `$5` units of an active instant sale to `$2` as one order, in one statement.
 ///
 /// Race-free under READ COMMITTED:
 /// - No oversell: the UPDATE locks the sale row; a concurrent buyer blocks on that lock and,
-///   when it is released, Postgres re-evaluates `available > 0` against the newly committed
-///   row (EvalPlanQual), never against the statement's older snapshot. `CHECK (available >= 0)`
-///   and `sales_counters_balance` back this up.
-/// - No double sale: the plain INSERT (no ON CONFLICT) hits `purchases_one_per_user`. A
-///   concurrent insert of the same (sale, user) waits for the first transaction; if it
-///   committed, this statement fails with 23505 and the whole statement, decrement included,
-///   is rolled back, so a user racing themselves loses no unit.
+///   when it is released, Postgres re-evaluates `available >= $5` against the newly
+///   committed row (EvalPlanQual), never against the statement's older snapshot.
+///   `CHECK (available >= 0)` and `sales_counters_balance` back this up.
+/// - The buyer's limit: `owned` is read with the statement's snapshot, which may miss an
+///   order of the same buyer committed since (another request, another instance). The order
+///   is inserted as the next link of the buyer's chain (`units_before` = what `owned` saw),
+///   with a plain INSERT: if an order committed since, it has that same `units_before`, so
+///   `purchases_chain` fails with 23505 and the whole statement, decrement included, is
+///   rolled back (the caller reads why and may try again). An insert that succeeds therefore
+///   saw every earlier order of the buyer, and `units_before + $5 <= per_customer_limit`
+///   was checked against the truth. With the limit 1 this is the old one-purchase-per-user
+///   key: a user racing themselves loses no unit.
 /// - Cancel, archive, start and end are re-checked on the locked row with the statement's
 ///   `now()`.
-/// - The unit that sells out the sale queues the state job in the same statement.
+/// - The order that sells out the sale queues the state job in the same statement.
 ///
 /// The buyer is answered after the implicit commit of this single statement.
 const PURCHASE_SQL: &str = "
-    WITH taken AS (
-        UPDATE sales SET available = available - 1, sold = sold + 1
-         WHERE id = $1 AND checkout = 'instant' AND available > 0
+    WITH owned AS (
+        SELECT COALESCE(sum(quantity), 0)::int AS units FROM purchases
+         WHERE sale_id = $1 AND user_id = $2
+    ), taken AS (
+        UPDATE sales SET available = available - $5, sold = sold + $5
+         WHERE id = $1 AND checkout = 'instant' AND available >= $5
+           AND $5 <= max_per_order AND (SELECT units FROM owned) + $5 <= per_customer_limit
            AND cancelled_at IS NULL AND archived_at IS NULL
            AND starts_at <= now() AND now() < ends_at
         RETURNING id, available
     ), sold_out_job AS (
         INSERT INTO jobs (kind, sale_id) SELECT $4, id FROM taken WHERE available = 0
     )
-    INSERT INTO purchases (id, sale_id, user_id)
-    SELECT $3, id, $2 FROM taken
-    RETURNING id, sale_id, user_id, created_at";
+    INSERT INTO purchases (id, sale_id, user_id, quantity, units_before)
+    SELECT $3, id, $2, $5, (SELECT units FROM owned) FROM taken
+    RETURNING id, sale_id, user_id, created_at, quantity";
 
 /// How often a purchase that failed while the sale looked sellable right after is retried
 /// (the statement saw `now()` a moment before the start, for example).
@@ -89,14 +135,16 @@ impl Store {
         &self,
         sale_id: Uuid,
         user_id: &str,
+        quantity: i32,
         cut_off: tokio::time::Instant,
     ) -> Result<PurchaseOutcome, StoreError> {
         let mut conn = self.conn_until(cut_off).await?;
-        let bought = tokio::time::timeout_at(cut_off, purchase(&mut conn, sale_id, user_id)).await;
+        let bought =
+            tokio::time::timeout_at(cut_off, purchase(&mut conn, sale_id, user_id, quantity)).await;
         bought.unwrap_or_else(|_| Err(unanswered(&mut conn, "purchase")))
     }
 
-    /// The user's purchase in the sale `sale_id`, if any. `None` for an unknown sale too;
+    /// The user's first order in the sale `sale_id`, if any. `None` for an unknown sale too;
     /// callers that must tell the two apart look the sale up first.
     pub async fn find_purchase(
         &self,
@@ -113,6 +161,7 @@ async fn purchase(
     conn: &mut PgConnection,
     sale_id: Uuid,
     user_id: &str,
+    quantity: i32,
 ) -> Result<PurchaseOutcome, StoreError> {
     let mut refusal = PurchaseOutcome::SaleNotFound;
     for _ in 0..PURCHASE_ATTEMPTS {
@@ -121,15 +170,16 @@ async fn purchase(
             .bind(user_id)
             .bind(Uuid::new_v4())
             .bind(JobKind::SyncSaleState.as_str())
+            .bind(quantity)
             .fetch_optional(&mut *conn)
             .await;
         match attempt {
             Ok(Some(row)) => return Ok(PurchaseOutcome::Purchased(row.into())),
             Ok(None) => {}
-            Err(err) if violated_constraint(&err) == Some("purchases_one_per_user") => {}
+            Err(err) if violated_constraint(&err) == Some("purchases_chain") => {}
             Err(err) => return Err(StoreError::after_write(err)),
         }
-        match classify_refusal(conn, sale_id, user_id).await? {
+        match classify_refusal(conn, sale_id, user_id, quantity).await? {
             Some(outcome) => refusal = outcome,
             // The sale is sellable now: the refusal was a boundary moment; try again.
             None => continue,
@@ -139,13 +189,16 @@ async fn purchase(
     Ok(refusal)
 }
 
-/// Why a purchase that sold nothing was refused, read after the fact; `None` when the sale is
-/// sellable now. Order matters: an archived sale answers nothing else; a duplicate is never
-/// reported as sold out, and a sold-out sale says so whatever else its state is.
+/// Why a purchase that sold nothing was refused, read after the fact; `None` when the sale
+/// could sell the order now. Order matters: an archived sale answers nothing else; a
+/// repeat buyer of a limit-one sale hears `ALREADY_PURCHASED`, and any buyer the order
+/// would take past the limit `LIMIT_REACHED`, never `SOLD_OUT`; a sold-out sale says so
+/// whatever else its state is.
 async fn classify_refusal(
     conn: &mut PgConnection,
     sale_id: Uuid,
     user_id: &str,
+    quantity: i32,
 ) -> Result<Option<PurchaseOutcome>, StoreError> {
     let Some(sale) = sale_by_id(conn, sale_id).await? else {
         return Ok(Some(PurchaseOutcome::SaleNotFound));
@@ -153,13 +206,41 @@ async fn classify_refusal(
     if sale.archived_at.is_some() {
         return Ok(Some(PurchaseOutcome::SaleArchived));
     }
-    if let Some(existing) = find_purchase(conn, sale.id, user_id).await? {
-        return Ok(Some(PurchaseOutcome::AlreadyPurchased(existing)));
-    }
-    Ok(refusal_for(&sale))
+    let owned = owned_by(conn, sale.id, &[user_id]).await?.remove(user_id);
+    Ok(refusal_for_buyer(&sale, owned, quantity))
 }
 
-fn refusal_for(sale: &Sale) -> Option<PurchaseOutcome> {
+/// Why the sale refuses this buyer's order of `quantity` now, given what they own (read
+/// after the sale); `None` when it could sell it.
+pub(super) fn refusal_for_buyer(
+    sale: &Sale,
+    owned: Option<Owned>,
+    quantity: i32,
+) -> Option<PurchaseOutcome> {
+    if sale.archived_at.is_some() {
+        return Some(PurchaseOutcome::SaleArchived);
+    }
+    if quantity > sale.max_per_order {
+        return Some(PurchaseOutcome::QuantityTooLarge {
+            max_per_order: sale.max_per_order,
+        });
+    }
+    if let Some(owned) = owned {
+        if sale.per_customer_limit == 1 {
+            return Some(PurchaseOutcome::AlreadyPurchased(owned.first));
+        }
+        if owned.units + quantity > sale.per_customer_limit {
+            return Some(PurchaseOutcome::LimitReached {
+                remaining: (sale.per_customer_limit - owned.units).max(0),
+            });
+        }
+    }
+    refusal_for(sale, quantity)
+}
+
+/// Why the sale refuses an order of `quantity` from a buyer within their limit; `None` when
+/// it could sell it now.
+fn refusal_for(sale: &Sale, quantity: i32) -> Option<PurchaseOutcome> {
     if sale.archived_at.is_some() {
         return Some(PurchaseOutcome::SaleArchived);
     }
@@ -170,6 +251,11 @@ fn refusal_for(sale: &Sale) -> Option<PurchaseOutcome> {
         return Some(PurchaseOutcome::SoldOut);
     }
     match sale.state() {
+        SaleState::Active if sale.available < quantity => {
+            Some(PurchaseOutcome::InsufficientStock {
+                available: sale.available,
+            })
+        }
         SaleState::Active => None,
         state => Some(PurchaseOutcome::NotActive(state)),
     }
@@ -180,176 +266,87 @@ pub(super) async fn find_purchase(
     sale_id: Uuid,
     user_id: &str,
 ) -> Result<Option<Purchase>, StoreError> {
-    let row = sqlx::query_as::<_, PurchaseRow>(
-        "SELECT id, sale_id, user_id, created_at FROM purchases
-          WHERE sale_id = $1 AND user_id = $2",
-    )
-    .bind(sale_id)
-    .bind(user_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(Purchase::from))
+    Ok(owned_by(conn, sale_id, &[user_id])
+        .await?
+        .remove(user_id)
+        .map(|owned| owned.first))
 }
 
-/// One buyer in a group-commit batch.
-#[derive(Debug, Clone)]
-pub struct BatchBuyer {
-    pub user_id: String,
-    pub purchase_id: Uuid,
-}
-
-/// Sells to a batch of distinct users of one sale in one statement: one row lock and one
-/// commit (one WAL flush) for the whole batch.
-///
-/// Race-free under READ COMMITTED:
-/// - `locked` takes the sale row with FOR NO KEY UPDATE (the lock an UPDATE of the counters
-///   takes anyway; plain FOR UPDATE would also block the foreign-key checks of every insert
-///   that references the sale) and returns its latest committed version. Everything that
-///   inserts a purchase of this sale (this statement, [`PURCHASE_SQL`], a confirm) does so
-///   under that row lock, so no insert of this sale is in flight while we hold it.
-/// - Winners are the first `available` fresh users in arrival order; the INSERT skips (ON
-///   CONFLICT DO NOTHING) a user who bought elsewhere after this statement's snapshot (a
-///   retry through another instance), instead of failing the whole batch. The decrement is
-///   the number of rows actually inserted, so no unit is burnt by a skipped duplicate and
-///   `available` can never go below zero (the CHECKs back this up).
-/// - Sellability (checkout, window, cancel, archive) is decided on the locked row. Users
-///   who own a purchase are reported only while the sale is not archived: an archived
-///   sale's buyers are never told about it through a sku that now names another sale.
-/// - Refused users are left for the caller, who reads why the sale refuses now, runs this
-///   statement again for them while it is sellable, and reads their purchases after a
-///   final refusal: nobody hears `SOLD_OUT` while units remain or after they bought.
-const BATCH_SQL: &str = "
-    WITH req AS (
-        SELECT u.user_id, u.purchase_id, u.ord
-          FROM unnest($2::text[], $3::uuid[]) WITH ORDINALITY AS u(user_id, purchase_id, ord)
-    ), locked AS (
-        SELECT available, archived_at IS NULL AS live,
-               checkout = 'instant' AND cancelled_at IS NULL AND archived_at IS NULL
-                   AND starts_at <= now() AND now() < ends_at AS sellable
-          FROM sales WHERE id = $1
-           FOR NO KEY UPDATE
-    ), owned AS (
-        SELECT p.id, p.user_id, p.created_at FROM purchases p
-         WHERE p.sale_id = $1 AND p.user_id = ANY($2::text[])
-           AND EXISTS (SELECT 1 FROM locked WHERE live)
-    ), fresh AS (
-        SELECT r.user_id, r.purchase_id, row_number() OVER (ORDER BY r.ord) AS place
-          FROM req r WHERE NOT EXISTS (SELECT 1 FROM owned o WHERE o.user_id = r.user_id)
-    ), bought AS (
-        INSERT INTO purchases (id, sale_id, user_id)
-        SELECT f.purchase_id, $1, f.user_id FROM fresh f
-         WHERE f.place <= (SELECT available FROM locked WHERE sellable)
-        ON CONFLICT ON CONSTRAINT purchases_one_per_user DO NOTHING
-        RETURNING id, user_id, created_at
-    ), taken AS (
-        UPDATE sales SET available = available - (SELECT count(*) FROM bought),
-                         sold = sold + (SELECT count(*) FROM bought)
-         WHERE id = $1 AND (SELECT count(*) FROM bought) > 0
-        RETURNING available
-    ), sold_out_job AS (
-        INSERT INTO jobs (kind, sale_id) SELECT $4, $1 FROM taken WHERE available = 0
-    )
-    SELECT 'bought' AS kind, id, user_id, created_at FROM bought
-    UNION ALL
-    SELECT 'owned', id, user_id, created_at FROM owned
-    UNION ALL
-    SELECT 'live', NULL, NULL, NULL FROM locked WHERE live";
-
-#[derive(FromRow)]
-struct BatchRow {
-    kind: String,
-    id: Option<Uuid>,
-    user_id: Option<String>,
-    created_at: Option<DateTime<Utc>>,
-}
-
-/// What a batch did for each user: bought now, owned already, or refused.
-#[derive(Debug, Default)]
-pub struct BatchResult {
-    pub bought: Vec<Purchase>,
-    pub owned: Vec<Purchase>,
-    /// False when the sale is archived or gone: nothing in the batch was about it.
-    pub sale_unarchived: bool,
-}
-
-/// Runs [`BATCH_SQL`] on `conn` for `buyers` (distinct users) of the sale `sale_id`.
-pub(super) async fn purchase_batch(
+/// What each of `users` owns in the sale, read now: their first order and their units.
+/// Users who own nothing are absent.
+pub(super) async fn owned_by(
     conn: &mut PgConnection,
     sale_id: Uuid,
-    buyers: &[BatchBuyer],
-) -> Result<BatchResult, StoreError> {
-    let users: Vec<&str> = buyers.iter().map(|b| b.user_id.as_str()).collect();
-    let ids: Vec<Uuid> = buyers.iter().map(|b| b.purchase_id).collect();
-    let rows = sqlx::query_as::<_, BatchRow>(BATCH_SQL)
-        .bind(sale_id)
-        .bind(&users)
-        .bind(&ids)
-        .bind(JobKind::SyncSaleState.as_str())
-        .fetch_all(conn)
-        .await
-        .map_err(StoreError::after_write)?;
-    let mut result = BatchResult::default();
-    for row in rows {
-        let (Some(id), Some(user_id), Some(created_at)) = (row.id, row.user_id, row.created_at)
-        else {
-            result.sale_unarchived |= row.kind == "live";
-            continue;
-        };
-        let purchase = Purchase {
-            id,
-            sale_id,
-            user_id,
-            created_at,
-        };
-        if row.kind == "bought" {
-            result.bought.push(purchase);
-        } else {
-            result.owned.push(purchase);
-        }
-    }
-    Ok(result)
+    users: &[&str],
+) -> Result<HashMap<String, Owned>, StoreError> {
+    let rows: Vec<(Uuid, String, DateTime<Utc>, i32, i32)> = sqlx::query_as(
+        "SELECT DISTINCT ON (user_id) id, user_id, created_at, quantity,
+                (sum(quantity) OVER (PARTITION BY user_id))::int
+           FROM purchases WHERE sale_id = $1 AND user_id = ANY($2::text[])
+          ORDER BY user_id, units_before",
+    )
+    .bind(sale_id)
+    .bind(users)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, user_id, created_at, quantity, units)| {
+            let first = Purchase {
+                id,
+                sale_id,
+                user_id: user_id.clone(),
+                created_at,
+                quantity,
+            };
+            (user_id, Owned { first, units })
+        })
+        .collect())
 }
 
 impl Store {
-    /// Every purchase of the sale when it has at most `limit` (else `None`).
-    pub async fn buyers_if_at_most(
+    /// What every buyer of the sale owns, when the sale has at most `limit` orders (else
+    /// `None`).
+    pub async fn owners_if_at_most(
         &self,
         sale_id: Uuid,
         limit: i64,
-    ) -> Result<Option<Vec<Purchase>>, StoreError> {
-        let rows = sqlx::query_as::<_, PurchaseRow>(
-            "SELECT id, sale_id, user_id, created_at FROM purchases WHERE sale_id = $1 LIMIT $2",
+    ) -> Result<Option<HashMap<String, Owned>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let orders: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM purchases WHERE sale_id = $1 LIMIT $2) o",
         )
         .bind(sale_id)
         .bind(limit + 1)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_one(&mut *conn)
         .await?;
-        Ok((rows.len() as i64 <= limit).then(|| rows.into_iter().map(Purchase::from).collect()))
+        if orders > limit {
+            return Ok(None);
+        }
+        let users: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT user_id FROM purchases WHERE sale_id = $1")
+                .bind(sale_id)
+                .fetch_all(&mut *conn)
+                .await?;
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        Ok(Some(owned_by(&mut conn, sale_id, &users).await?))
     }
 
-    /// The purchases these users own in the sale, read now.
-    pub async fn purchases_of(
+    /// What each of these users owns in the sale, read now (absent: nothing).
+    pub async fn owned_of(
         &self,
         sale_id: Uuid,
         users: &[&str],
-    ) -> Result<Vec<Purchase>, StoreError> {
-        let rows = sqlx::query_as::<_, PurchaseRow>(
-            "SELECT id, sale_id, user_id, created_at FROM purchases
-              WHERE sale_id = $1 AND user_id = ANY($2::text[])",
-        )
-        .bind(sale_id)
-        .bind(users)
-        .fetch_all(&mut *self.conn().await?)
-        .await?;
-        Ok(rows.into_iter().map(Purchase::from).collect())
+    ) -> Result<HashMap<String, Owned>, StoreError> {
+        owned_by(&mut *self.conn().await?, sale_id, users).await
     }
 
-    /// Why an instant purchase in the sale `sale_id` would be refused now, for a user known
-    /// not to own one; `None` when the sale is sellable.
+    /// Why an instant purchase of one unit in the sale `sale_id` would be refused now, for a
+    /// user known to own nothing; `None` when the sale is sellable.
     pub async fn refusal_now(&self, sale_id: Uuid) -> Result<Option<PurchaseOutcome>, StoreError> {
         Ok(match self.sale_by_id(sale_id).await? {
             None => Some(PurchaseOutcome::SaleNotFound),
-            Some(sale) => refusal_for(&sale),
+            Some(sale) => refusal_for(&sale, 1),
         })
     }
 }

@@ -39,7 +39,7 @@ pub enum ConfirmOutcome {
 pub enum LeaveOutcome {
     /// Left the queue while waiting.
     Left,
-    /// Released a hold: the unit is back in stock.
+    /// Released a hold: its units are back in stock.
     Released,
     /// Nothing to leave (already purchased, expired or left).
     Finished(EntryStatus),
@@ -81,7 +81,7 @@ impl Store {
         find_entry(&mut *self.conn().await?, sale_id, user_id).await
     }
 
-    /// Turns the buyer's live hold into a purchase.
+    /// Turns the buyer's live hold into a purchase of the units it holds.
     ///
     /// Race-free under READ COMMITTED: the first UPDATE locks the entry and decides, against
     /// the database clock, that the hold is live (`hold_expires_at > now()`); the expiry
@@ -100,24 +100,26 @@ impl Store {
         }
         let mut conn = self.conn().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let confirmed = sqlx::query(
+        let confirmed: Option<i32> = sqlx::query_scalar(
             "UPDATE queue_entries SET status = 'purchased', finished_at = now()
-              WHERE sale_id = $1 AND user_id = $2 AND status = 'held' AND hold_expires_at > now()",
+              WHERE sale_id = $1 AND user_id = $2 AND status = 'held' AND hold_expires_at > now()
+             RETURNING quantity",
         )
         .bind(sale.id)
         .bind(user_id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if confirmed.rows_affected() == 0 {
+        let Some(quantity) = confirmed else {
             tx.rollback().await?;
             return self.confirm_refusal(&mut conn, sale, user_id).await;
-        }
+        };
         let moved: Option<bool> = sqlx::query_scalar(
-            "UPDATE sales SET held = held - 1, sold = sold + 1
+            "UPDATE sales SET held = held - $2, sold = sold + $2
               WHERE id = $1 AND cancelled_at IS NULL AND archived_at IS NULL
              RETURNING available = 0 AND held = 0",
         )
         .bind(sale.id)
+        .bind(quantity)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(sold_out) = moved else {
@@ -133,13 +135,20 @@ impl Store {
             // end of the window; queued in this transaction, so it cannot be lost.
             jobs::enqueue(&mut tx, JobKind::SyncSaleState, sale.id, None).await?;
         }
+        // The next link of the buyer's chain (see the quantities migration): a queued buyer
+        // has one entry, so one order, and `units_before` is 0 unless the chain already has
+        // one (then the insert fails on `purchases_chain` and the confirm rolls back). The
+        // sale row is locked above, as by every insert of a purchase of this sale.
         let purchase = sqlx::query_as::<_, PurchaseRow>(
-            "INSERT INTO purchases (id, sale_id, user_id) VALUES ($1, $2, $3)
-             RETURNING id, sale_id, user_id, created_at",
+            "INSERT INTO purchases (id, sale_id, user_id, quantity, units_before)
+             SELECT $1, $2, $3, $4, COALESCE(sum(quantity), 0)::int FROM purchases
+              WHERE sale_id = $2 AND user_id = $3
+             RETURNING id, sale_id, user_id, created_at, quantity",
         )
         .bind(Uuid::new_v4())
         .bind(sale.id)
         .bind(user_id)
+        .bind(quantity)
         .fetch_one(&mut *tx)
         .await?;
         // Sent and unanswered, the commit may or may not have happened: a retry answers
@@ -177,7 +186,7 @@ impl Store {
         })
     }
 
-    /// Leaves the queue, or releases a hold: the unit goes back to stock at once and the
+    /// Leaves the queue, or releases a hold: its units go back to stock at once and the
     /// next buyer is admitted by a tick queued in the same transaction.
     ///
     /// Race-free under READ COMMITTED: the entry UPDATE locks the row and re-checks its status,
@@ -193,7 +202,7 @@ impl Store {
         }
         let mut conn = self.conn().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let before: Option<(String,)> = sqlx::query_as(
+        let before: Option<(String, i32)> = sqlx::query_as(
             "WITH target AS (
                  SELECT status FROM queue_entries
                   WHERE sale_id = $1 AND user_id = $2 FOR UPDATE
@@ -201,13 +210,14 @@ impl Store {
              UPDATE queue_entries e SET status = 'left', finished_at = now()
                FROM target
               WHERE e.sale_id = $1 AND e.user_id = $2 AND e.status IN ('queued', 'held')
-             RETURNING target.status",
+             RETURNING target.status, e.quantity",
         )
         .bind(sale.id)
         .bind(user_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let outcome = match before.and_then(|(status,)| EntryStatus::parse(&status)) {
+        let quantity = before.as_ref().map_or(0, |(_, quantity)| *quantity);
+        let outcome = match before.and_then(|(status, _)| EntryStatus::parse(&status)) {
             Some(EntryStatus::Queued) => {
                 sqlx::query("UPDATE sale_queues SET waiting = waiting - 1 WHERE sale_id = $1")
                     .bind(sale.id)
@@ -217,9 +227,10 @@ impl Store {
             }
             Some(EntryStatus::Held) => {
                 sqlx::query(
-                    "UPDATE sales SET held = held - 1, available = available + 1 WHERE id = $1",
+                    "UPDATE sales SET held = held - $2, available = available + $2 WHERE id = $1",
                 )
                 .bind(sale.id)
+                .bind(quantity)
                 .execute(&mut *tx)
                 .await?;
                 enqueue_queue_tick(&mut tx, sale.id, None).await?;
@@ -273,7 +284,7 @@ impl Store {
     /// A buyer's purchases across sales, newest first.
     pub async fn user_purchases(&self, user_id: &str) -> Result<Vec<Purchase>, StoreError> {
         let rows = sqlx::query_as::<_, PurchaseRow>(
-            "SELECT id, sale_id, user_id, created_at FROM purchases
+            "SELECT id, sale_id, user_id, created_at, quantity FROM purchases
               WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1000",
         )
         .bind(user_id)

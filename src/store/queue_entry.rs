@@ -16,6 +16,7 @@ pub(super) struct EntryRow {
     status: String,
     joined_at: DateTime<Utc>,
     hold_expires_at: Option<DateTime<Utc>>,
+    quantity: i32,
     admitted_upto: i64,
     waiting: i32,
     shuffled: bool,
@@ -32,6 +33,7 @@ impl From<EntryRow> for QueueEntry {
             status: EntryStatus::parse(&row.status).unwrap_or(EntryStatus::Left),
             joined_at: row.joined_at,
             hold_expires_at: row.hold_expires_at,
+            quantity: row.quantity,
             admitted_upto: row.admitted_upto,
             waiting: row.waiting,
             shuffled: row.shuffled,
@@ -58,6 +60,7 @@ macro_rules! entry_columns_sql {
     () => {
         concat!(
             "SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at, ",
+            "e.quantity, ",
             queue_counters_sql!(),
             " FROM queue_entries e JOIN sale_queues q ON q.sale_id = e.sale_id"
         )

@@ -43,6 +43,10 @@ pub enum JoinOutcome {
     NotActive(SaleState),
     /// The queue holds `queue_capacity` buyers already.
     QueueFull,
+    /// The join asks for more units than the sale's `max_per_order`.
+    QuantityTooLarge {
+        max_per_order: i32,
+    },
     WrongCheckout,
     SaleNotFound,
 }
@@ -62,6 +66,8 @@ type Reply = batcher::Reply<(JoinOutcome, bool)>;
 
 struct JoinRequest {
     user_id: String,
+    /// Units the hold is to reserve.
+    quantity: i32,
     reply: Reply,
 }
 
@@ -92,15 +98,27 @@ impl JoinBatcher {
     /// arrives: one decided on a cached resolution that found the sale archived or gone is
     /// thrown away, and the reference read again.
     pub async fn join(&self, sale_ref: &str, user_id: &str) -> Result<JoinOutcome, StoreError> {
+        self.join_units(sale_ref, user_id, 1).await
+    }
+
+    /// [`JoinBatcher::join`] for a hold of `quantity` units (at most the sale's
+    /// `max_per_order`). A buyer already in the queue keeps the quantity they joined with.
+    pub async fn join_units(
+        &self,
+        sale_ref: &str,
+        user_id: &str,
+        quantity: i32,
+    ) -> Result<JoinOutcome, StoreError> {
         let Some(target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(JoinOutcome::SaleNotFound);
         };
-        let (outcome, sale_unarchived) = self.join_in(target, user_id).await?;
-        if sale_unarchived || !target.cached {
+        let (outcome, sale_unarchived) = self.join_in(target, user_id, quantity).await?;
+        let too_large = matches!(outcome, JoinOutcome::QuantityTooLarge { .. });
+        if (sale_unarchived && !too_large) || !target.cached {
             return Ok(outcome);
         }
         match self.refs.resolve(sale_ref, true).await? {
-            Some(fresh) => Ok(self.join_in(fresh, user_id).await?.0),
+            Some(fresh) => Ok(self.join_in(fresh, user_id, quantity).await?.0),
             None => Ok(JoinOutcome::SaleNotFound),
         }
     }
@@ -109,14 +127,20 @@ impl JoinBatcher {
         &self,
         target: Target,
         user_id: &str,
+        quantity: i32,
     ) -> Result<(JoinOutcome, bool), StoreError> {
         if target.checkout != Checkout::Queued {
             return Ok((JoinOutcome::WrongCheckout, true));
+        }
+        if quantity > target.max_per_order {
+            let max_per_order = target.max_per_order;
+            return Ok((JoinOutcome::QuantityTooLarge { max_per_order }, true));
         }
         let (reply, answer) = batcher::reply_channel();
         let answer_by = Instant::now() + self.answer_timeout;
         let request = JoinRequest {
             user_id: user_id.to_string(),
+            quantity,
             reply,
         };
         self.batchers.send(target.id, request, || {
@@ -133,14 +157,16 @@ async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<JoinR
     // One place per user: a user's extra requests in the batch are repeats of the first.
     let mut by_user: HashMap<String, Vec<Reply>> = HashMap::new();
     let mut users = Vec::new();
+    let mut quantities = HashMap::new();
     for request in batch {
         let replies = by_user.entry(request.user_id.clone()).or_default();
         if replies.is_empty() {
+            quantities.insert(request.user_id.clone(), request.quantity);
             users.push(request.user_id);
         }
         replies.push(request.reply);
     }
-    match decide_joins(&store, sale_id, &mut by_user, users, cut_off).await {
+    match decide_joins(&store, sale_id, &mut by_user, (users, &quantities), cut_off).await {
         Ok(mut batch) => {
             for (user, replies) in by_user {
                 let outcome = batch
@@ -170,7 +196,7 @@ async fn decide_joins(
     store: &Store,
     sale_id: Uuid,
     by_user: &mut HashMap<String, Vec<Reply>>,
-    mut users: Vec<String>,
+    (mut users, quantities): (Vec<String>, &HashMap<String, i32>),
     cut_off: Instant,
 ) -> Result<JoinBatch, StoreError> {
     let mut conn = store.conn_until(cut_off).await?;
@@ -182,7 +208,7 @@ async fn decide_joins(
         return Ok(JoinBatch::default());
     }
     let committing = AtomicBool::new(false);
-    let joined = join_batch(&mut conn, sale_id, &users, &committing);
+    let joined = join_batch(&mut conn, sale_id, (&users, quantities), &committing);
     match tokio::time::timeout_at(cut_off, joined).await {
         Ok(result) => result,
         Err(_) if committing.load(Ordering::Acquire) => Err(unanswered(&mut conn, "join batch")),

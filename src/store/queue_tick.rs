@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
+
+mod holds;
+
+pub(super) use holds::{HoldsToReturn, return_holds};
 
 use super::jobs::enqueue_queue_tick;
 use super::{Store, StoreError};
@@ -34,86 +37,6 @@ pub struct TickReport {
     pub admitted: i64,
     /// Whether the queue still needs ticking (a scheduled or active sale, or holds left).
     pub needs_tick: bool,
-}
-
-/// Which live holds [`return_holds`] takes back.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum HoldsToReturn {
-    /// The tick: up to `batch` holds past their expiry, skipping those a confirm or release
-    /// has locked.
-    Due { batch: i64 },
-    /// The tick of a cancelled or archived sale: up to `batch` live holds, due or not, all
-    /// void now; skipping locked ones like `Due`.
-    Void { batch: i64 },
-    /// The archive: every live hold, waiting for those locked by a confirm in flight.
-    All,
-}
-
-/// Ends live holds as `expired` and moves their units from `held` back to `available`, in
-/// one statement; an archived sale's `archived` event counts them as voided. Returns how
-/// many.
-///
-/// Race-free under READ COMMITTED: the entries are locked before they change, and the
-/// UPDATE re-checks `status = 'held'`, so a hold confirmed, released or expired by someone
-/// else first is left alone, and a hold is returned once. The tick skips locked entries
-/// (SKIP LOCKED: it never waits on a buyer); the archive waits for them, because a confirm
-/// in flight fails on the archived sale and rolls back, and then the hold must be voided.
-/// Entries are locked before the sale row, the order a confirm or release takes, so neither
-/// form deadlocks with a buyer. The units move in the same statement, so
-/// `sold + held + available = stock` holds at its commit.
-///
-/// The locked entries are updated by the row ids the lock returned (`ctid = ANY(...)`, a TID
-/// scan; a row we hold locked cannot move, and a lock taken on a newer version returns that
-/// version's id), here and in [`Store::admit`], as in the draw. Joined to the locked set by
-/// key instead, a plan made on statistics older than the crowd walked every entry of the
-/// sale: EXPLAIN ANALYZE at 200,000 entries, a merge join 57 ms and a nested loop 23 s (past
-/// the statement timeout, as in CI) to update 500; by row id 0.8 ms. Not by `user_id =
-/// ANY` either: on those statistics the planner made it a filter over the sale's entries
-/// (1.8 s).
-pub(super) async fn return_holds(
-    pool: &PgPool,
-    sale_id: Uuid,
-    which: HoldsToReturn,
-) -> Result<i64, StoreError> {
-    let pick = match which {
-        HoldsToReturn::Due { .. } | HoldsToReturn::Void { .. } => {
-            "SELECT ctid AS row_id FROM queue_entries
-              WHERE sale_id = $1 AND status = 'held' AND (hold_expires_at <= now() OR $3)
-              ORDER BY hold_expires_at LIMIT $2
-                FOR UPDATE SKIP LOCKED"
-        }
-        HoldsToReturn::All => {
-            "SELECT ctid AS row_id FROM queue_entries WHERE sale_id = $1 AND status = 'held' FOR UPDATE"
-        }
-    };
-    let sql = format!(
-        "WITH due AS ({pick}
-         ), returned AS (
-             UPDATE queue_entries e SET status = 'expired', finished_at = now()
-              WHERE e.ctid = ANY(ARRAY(SELECT row_id FROM due)) AND e.status = 'held'
-             RETURNING 1
-         ), moved AS (
-             UPDATE sales SET held = held - (SELECT count(*) FROM returned),
-                              available = available + (SELECT count(*) FROM returned)
-              WHERE id = $1 AND (SELECT count(*) FROM returned) > 0
-         ), counted AS (
-             UPDATE sale_queues SET expired = expired + (SELECT count(*) FROM returned)
-              WHERE sale_id = $1 AND (SELECT count(*) FROM returned) > 0
-         ), recorded AS (
-             UPDATE sale_events
-                SET voided_holds = COALESCE(voided_holds, 0) + (SELECT count(*) FROM returned)
-              WHERE sale_id = $1 AND state = 'archived' AND (SELECT count(*) FROM returned) > 0
-         )
-         SELECT count(*) FROM returned"
-    );
-    // Built from the two constant picks above.
-    let query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(sale_id);
-    let query = match which {
-        HoldsToReturn::Due { batch } => query.bind(batch).bind(false),
-        HoldsToReturn::Void { batch } => query.bind(batch).bind(true),
-        HoldsToReturn::All => query,
-    };
-    Ok(query.fetch_one(pool).await?)
 }
 
 impl Store {
@@ -278,7 +201,8 @@ impl Store {
         return_holds(&self.pool, sale.id, which).await
     }
 
-    /// Admits the head of the queue to holds while units are available.
+    /// Admits the head of the queue to holds while units are available, each hold
+    /// reserving its entry's `quantity`.
     ///
     /// Race-free under READ COMMITTED: the sale row is locked first (FOR NO KEY UPDATE, the
     /// lock the counter UPDATE takes anyway; FOR UPDATE would also block the foreign-key
@@ -291,15 +215,23 @@ impl Store {
     /// the lock. While the draw is still dealing, only tickets already dealt (`<= drawn`)
     /// are taken: every later join's ticket is above them, so nobody who joined after the
     /// opening passes a pre-queued buyer not drawn yet (a stale `drawn` only admits fewer).
+    ///
+    /// Units: `room` counts units. The head is taken in ticket order up to `room` entries
+    /// (each asks for one unit at least), and admitted while the running sum of their
+    /// quantities fits in `room`: strictly in ticket order, a hold never split. An entry
+    /// asking for more than `available + held` (under the lock) can never be served, since
+    /// stock never comes back past that; it is passed over rather than blocking everyone
+    /// behind it (its poll says `sold_out`). A skipped-locked entry is passed over as before.
     async fn admit(&self, sale_id: Uuid, batch: i64) -> Result<i64, StoreError> {
         let mut conn = self.conn().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let room: Option<(i64, i32, i64)> = sqlx::query_as(
+        let room: Option<(i64, i32, i64, i64)> = sqlx::query_as(
             "SELECT LEAST(s.available::bigint, $2,
                           CASE WHEN s.max_active_holds > 0
                                THEN GREATEST(s.max_active_holds - s.held, 0)
                                ELSE s.available END),
                     s.hold_seconds,
+                    (s.available + s.held)::bigint,
                     CASE WHEN q.prequeue_size IS NULL THEN q.drawn ELSE 9223372036854775807 END
                FROM sales s JOIN sale_queues q ON q.sale_id = s.id
               WHERE s.id = $1 AND s.checkout = 'queued' AND s.cancelled_at IS NULL
@@ -310,25 +242,34 @@ impl Store {
         .bind(batch)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((room, hold_seconds, front_limit)) = room.filter(|(room, _, _)| *room > 0) else {
+        let Some((room, hold_seconds, servable, front_limit)) =
+            room.filter(|(room, _, _, _)| *room > 0)
+        else {
             tx.commit().await?;
             return Ok(0);
         };
         let (admitted, front): (i64, Option<i64>) = sqlx::query_as(
             "WITH head AS (
-                 SELECT ctid AS row_id FROM queue_entries
+                 SELECT ctid AS row_id, ticket, quantity FROM queue_entries
                   WHERE sale_id = $1 AND status = 'queued' AND ticket <= $4
                   ORDER BY ticket LIMIT $2
                   FOR UPDATE SKIP LOCKED
+             ), fitting AS (
+                 SELECT row_id FROM (
+                     SELECT row_id, sum(quantity) OVER (ORDER BY ticket) AS through
+                       FROM head WHERE quantity <= $5
+                 ) h
+                  WHERE through <= $2
              ), admitted AS (
                  UPDATE queue_entries e
                     SET status = 'held', admitted_at = now(),
                         hold_expires_at = now() + make_interval(secs => $3)
-                  WHERE e.ctid = ANY(ARRAY(SELECT row_id FROM head))
-                 RETURNING e.ticket
+                  WHERE e.ctid = ANY(ARRAY(SELECT row_id FROM fitting))
+                 RETURNING e.ticket, e.quantity
              ), moved AS (
-                 UPDATE sales SET available = available - (SELECT count(*) FROM admitted),
-                                  held = held + (SELECT count(*) FROM admitted)
+                 UPDATE sales
+                    SET available = available - (SELECT COALESCE(sum(quantity), 0) FROM admitted),
+                        held = held + (SELECT COALESCE(sum(quantity), 0) FROM admitted)
                   WHERE id = $1
              )
              SELECT count(*), max(ticket) FROM admitted",
@@ -337,6 +278,7 @@ impl Store {
         .bind(room)
         .bind(hold_seconds as f64)
         .bind(front_limit)
+        .bind(servable)
         .fetch_one(&mut *tx)
         .await?;
         if admitted > 0 {

@@ -26,6 +26,9 @@ const REF_CACHE_ENTRIES: u64 = 10_000;
 pub(super) struct Target {
     pub id: Uuid,
     pub checkout: Checkout,
+    /// The sale's per-customer limit and largest order (never changed after creation).
+    pub per_customer_limit: i32,
+    pub max_per_order: i32,
     /// Taken from the cache rather than read for this request: the name may since have come
     /// to mean another sale (a delete and re-create of its sku, on any instance).
     pub cached: bool,
@@ -37,7 +40,7 @@ pub(super) struct Target {
 #[derive(Clone)]
 pub(super) struct SaleRefs {
     store: Store,
-    cache: Cache<String, (Uuid, Checkout, bool)>,
+    cache: Cache<String, Target>,
 }
 
 impl SaleRefs {
@@ -58,12 +61,10 @@ impl SaleRefs {
         sale_ref: &str,
         fresh: bool,
     ) -> Result<Option<Target>, StoreError> {
-        if !fresh && let Some((id, checkout, via_sku)) = self.cache.get(sale_ref) {
+        if !fresh && let Some(target) = self.cache.get(sale_ref) {
             return Ok(Some(Target {
-                id,
-                checkout,
                 cached: true,
-                via_sku,
+                ..target
             }));
         }
         let Some(sale) = self.store.resolve_sale(sale_ref).await? else {
@@ -71,13 +72,15 @@ impl SaleRefs {
             return Ok(None);
         };
         let via_sku = sale.id.to_string() != sale_ref.to_ascii_lowercase();
-        self.cache
-            .insert(sale_ref.to_string(), (sale.id, sale.checkout, via_sku));
-        Ok(Some(Target {
+        let target = Target {
             id: sale.id,
             checkout: sale.checkout,
+            per_customer_limit: sale.per_customer_limit,
+            max_per_order: sale.max_per_order,
             cached: false,
             via_sku,
-        }))
+        };
+        self.cache.insert(sale_ref.to_string(), target);
+        Ok(Some(target))
     }
 }

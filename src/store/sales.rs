@@ -19,7 +19,7 @@ mod ending;
 pub(super) const SALE_COLUMNS: &str = "id, sku, name, stock, available, held, sold, starts_at, \
      ends_at, checkout, hold_seconds, queue_capacity, max_active_holds, \
      COALESCE((SELECT q.waiting FROM sale_queues q WHERE q.sale_id = id), 0) AS queue_length, \
-     cancelled_at, archived_at, created_at, now() AS observed_at";
+     per_customer_limit, max_per_order, cancelled_at, archived_at, created_at, now() AS observed_at";
 
 #[derive(FromRow)]
 pub(super) struct SaleRow {
@@ -37,6 +37,8 @@ pub(super) struct SaleRow {
     queue_capacity: i32,
     max_active_holds: i32,
     queue_length: i32,
+    per_customer_limit: i32,
+    max_per_order: i32,
     cancelled_at: Option<DateTime<Utc>>,
     archived_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
@@ -61,6 +63,8 @@ impl From<SaleRow> for Sale {
             queue_capacity: row.queue_capacity,
             max_active_holds: row.max_active_holds,
             queue_length: row.queue_length,
+            per_customer_limit: row.per_customer_limit,
+            max_per_order: row.max_per_order,
             cancelled_at: row.cancelled_at,
             archived_at: row.archived_at,
             created_at: row.created_at,
@@ -110,9 +114,10 @@ impl Store {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let sql = format!(
             "INSERT INTO sales (id, sku, name, stock, available, starts_at, ends_at, checkout, \
-                                hold_seconds, queue_capacity, max_active_holds)
+                                hold_seconds, queue_capacity, max_active_holds, \
+                                per_customer_limit, max_per_order)
              SELECT $1, $2, $3, $4, $4, start_at, COALESCE($6, start_at + interval '1 hour'),
-                    $7, $8, $9, $10
+                    $7, $8, $9, $10, $11, $12
                FROM (SELECT COALESCE($5, now()) AS start_at) AS s
              RETURNING {SALE_COLUMNS}"
         );
@@ -127,6 +132,8 @@ impl Store {
             .bind(new.hold_seconds)
             .bind(new.queue_capacity)
             .bind(new.max_active_holds)
+            .bind(new.per_customer_limit)
+            .bind(new.max_per_order)
             .fetch_one(&mut *tx)
             .await;
         let sale: Sale = match inserted {

@@ -87,7 +87,7 @@ async fn the_admin_view_lists_sales_with_live_counters_and_the_audit_passes() {
         .iter()
         .filter_map(|check| check["name"].as_str())
         .collect();
-    assert!(names.contains(&"one_purchase_per_user") && names.contains(&"counters_balance"));
+    assert!(names.contains(&"buyers_within_limit") && names.contains(&"counters_balance"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

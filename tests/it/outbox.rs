@@ -425,22 +425,23 @@ async fn the_csv_export_of_a_hundred_thousand_purchases_matches_the_table() {
     assert_eq!(response.0.status(), StatusCode::OK);
     assert_eq!(response.0.content_type(), Some("text/csv"));
     let csv = response.0.into_body().into_string().await.expect("body");
-    let rows: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT id, user_id, created_at FROM purchases WHERE sale_id = $1 ORDER BY user_id",
+    let rows: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>, i32)> = sqlx::query_as(
+        "SELECT id, user_id, created_at, quantity FROM purchases WHERE sale_id = $1
+          ORDER BY user_id, units_before",
     )
     .bind(sale)
     .fetch_all(pool)
     .await
     .expect("purchases");
-    let mut expected = String::from("purchase_id,sale_id,user_id,created_at\n");
-    for (id, user, at) in &rows {
+    let mut expected = String::from("purchase_id,sale_id,user_id,created_at,quantity\n");
+    for (id, user, at, quantity) in &rows {
         let user = if user.contains(',') {
             format!("\"{}\"", user.replace('"', "\"\""))
         } else {
             user.clone()
         };
         let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        expected.push_str(&format!("{id},{sale},{user},{at}\n"));
+        expected.push_str(&format!("{id},{sale},{user},{at},{quantity}\n"));
     }
     assert_eq!(rows.len(), 100_000);
     assert!(csv == expected, "the CSV differs from the table");

@@ -70,7 +70,7 @@ pub struct RemovedSaleView {
     pub voided_holds: i64,
     /// The archived sale as it is now (absent when deleted).
     #[oai(skip_serializing_if_is_none)]
-    pub sale: Option<AdminSaleView>,
+    pub sale: Option<Box<AdminSaleView>>,
 }
 
 /// A background job that failed for good.

@@ -56,13 +56,13 @@ impl QueueStatsView {
 pub enum QueueStatusKind {
     /// Waiting; see `position`.
     Queued,
-    /// Holding a unit until `holdExpiresAt`: confirm before then.
+    /// Holding `quantity` units until `holdExpiresAt`: confirm before then.
     Held,
     /// Confirmed: bought.
     Purchased,
     /// The hold ran out; join again to queue anew.
     Expired,
-    /// Nothing left and nothing held: the buyer's turn will not come.
+    /// Fewer units left and held than the buyer asked for: their turn will not come.
     SoldOut,
     /// Left the queue or released the hold.
     Left,
@@ -89,6 +89,8 @@ pub struct QueueStatusView {
     pub hold_expires_at: Option<DateTime<Utc>>,
     /// Joined before the opening: the order among pre-queued buyers is drawn at the opening.
     pub prequeue: bool,
+    /// Units asked for at the join: the hold reserves them, the confirm buys them.
+    pub quantity: i32,
     /// Poll again after this many milliseconds (grows with the distance to the front).
     pub poll_after_ms: u32,
 }
@@ -98,7 +100,14 @@ impl QueueStatusView {
     /// shows `sold_out` or `closed`.
     pub fn new(entry: &QueueEntry, sale: Option<&Sale>) -> Self {
         let status = match (entry.status, sale) {
-            (EntryStatus::Queued, Some(sale)) if sale.is_sold_out() => QueueStatusKind::SoldOut,
+            // Stock never comes back past what is available and held now.
+            (EntryStatus::Queued, Some(sale))
+                if sale.is_sold_out()
+                    || i64::from(sale.available) + i64::from(sale.held)
+                        < i64::from(entry.quantity) =>
+            {
+                QueueStatusKind::SoldOut
+            }
             (EntryStatus::Queued, Some(sale))
                 if matches!(
                     sale.state(),
@@ -123,6 +132,7 @@ impl QueueStatusView {
                 .hold_expires_at
                 .filter(|_| status == QueueStatusKind::Held),
             prequeue: entry.prequeue,
+            quantity: entry.quantity,
             poll_after_ms: entry.poll_after_ms(),
         }
     }

@@ -33,11 +33,12 @@ pub(super) fn not_in_queue() -> Json<ErrorBody> {
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "join_parse_error")]
 pub enum JoinResponse {
-    /// In the queue (`queued`, with the position) or already holding a unit (`held`).
-    /// Joining again returns the current entry.
+    /// In the queue (`queued`, with the position) or already holding its units (`held`).
+    /// Joining again returns the current entry (with the quantity it asked for first).
     #[oai(status = 202)]
     Accepted(Json<QueueStatusView>),
-    /// `INVALID_REQUEST`.
+    /// `INVALID_REQUEST`; `QUANTITY_TOO_LARGE` (with `maxPerOrder`): more units than the
+    /// sale's `maxPerOrder`.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.

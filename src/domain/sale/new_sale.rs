@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Checkout, MAX_HOLD_SECONDS, MAX_STOCK};
+use super::{Checkout, MAX_HOLD_SECONDS, MAX_PER_CUSTOMER_LIMIT, MAX_STOCK};
 
 /// A sale an admin asked for, checked and with its defaults filled in.
 #[derive(Debug, Clone)]
@@ -19,6 +19,10 @@ pub struct NewSale {
     pub hold_seconds: i32,
     pub queue_capacity: i32,
     pub max_active_holds: i32,
+    /// Most units one buyer may own in the sale (1 by default).
+    pub per_customer_limit: i32,
+    /// Most units in one order; the admin's default is `per_customer_limit`.
+    pub max_per_order: i32,
 }
 
 /// Why a requested sale is not valid.
@@ -39,6 +43,10 @@ pub enum NewSaleError {
     BadQueueCapacity,
     #[error("maxActiveHolds must be between 0 and {MAX_STOCK}")]
     BadMaxActiveHolds,
+    #[error("perCustomerLimit must be between 1 and {MAX_PER_CUSTOMER_LIMIT}")]
+    BadPerCustomerLimit,
+    #[error("maxPerOrder must be between 1 and perCustomerLimit")]
+    BadMaxPerOrder,
     #[error("endsAt must be after startsAt")]
     EndBeforeStart,
     #[error("startsAt and endsAt must lie between the years 2000 and 9999")]
@@ -82,6 +90,12 @@ impl NewSale {
         if !(0..=MAX_STOCK).contains(&self.max_active_holds) {
             return Err(NewSaleError::BadMaxActiveHolds);
         }
+        if !(1..=MAX_PER_CUSTOMER_LIMIT).contains(&self.per_customer_limit) {
+            return Err(NewSaleError::BadPerCustomerLimit);
+        }
+        if !(1..=self.per_customer_limit).contains(&self.max_per_order) {
+            return Err(NewSaleError::BadMaxPerOrder);
+        }
         if !self
             .starts_at
             .into_iter()
@@ -116,6 +130,8 @@ mod tests {
             hold_seconds: 600,
             queue_capacity: 1000,
             max_active_holds: 0,
+            per_customer_limit: 4,
+            max_per_order: 2,
         };
         assert_eq!(good.validate(), Ok(()));
         let cases: Vec<(NewSale, NewSaleError)> = vec![
@@ -202,6 +218,35 @@ mod tests {
                     ..good.clone()
                 },
                 NewSaleError::BadMaxActiveHolds,
+            ),
+            (
+                NewSale {
+                    per_customer_limit: 0,
+                    max_per_order: 0,
+                    ..good.clone()
+                },
+                NewSaleError::BadPerCustomerLimit,
+            ),
+            (
+                NewSale {
+                    per_customer_limit: MAX_PER_CUSTOMER_LIMIT + 1,
+                    ..good.clone()
+                },
+                NewSaleError::BadPerCustomerLimit,
+            ),
+            (
+                NewSale {
+                    max_per_order: 0,
+                    ..good.clone()
+                },
+                NewSaleError::BadMaxPerOrder,
+            ),
+            (
+                NewSale {
+                    max_per_order: 5,
+                    ..good.clone()
+                },
+                NewSaleError::BadMaxPerOrder,
             ),
             (
                 NewSale {

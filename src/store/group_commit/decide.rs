@@ -13,9 +13,10 @@ use super::{
     BATCH_ATTEMPTS, MAX_REMEMBERED_BUYERS, PurchaseBatcher, Reply, Request, SoldOutBuyers,
     sold_out_answer,
 };
-use crate::domain::Purchase;
 use crate::store::batcher::claim;
-use crate::store::purchases::{BatchBuyer, BatchResult, PurchaseOutcome, purchase_batch};
+use crate::store::purchases::{
+    BatchBuyer, BatchResult, Owned, PurchaseOutcome, purchase_batch, refusal_for_buyer,
+};
 use crate::store::{StoreError, unanswered};
 
 impl PurchaseBatcher {
@@ -23,29 +24,49 @@ impl PurchaseBatcher {
     async fn mark_sold_out(&self, sale_id: Uuid) {
         let buyers = match self
             .store
-            .buyers_if_at_most(sale_id, MAX_REMEMBERED_BUYERS)
+            .owners_if_at_most(sale_id, MAX_REMEMBERED_BUYERS)
             .await
         {
-            Ok(Some(buyers)) => Some(Arc::new(
-                buyers
-                    .into_iter()
-                    .map(|purchase| (purchase.user_id.clone(), purchase))
-                    .collect(),
-            )),
+            Ok(Some(owners)) => Some(Arc::new(owners)),
             // Too many to hold, or the read failed: answer from the database instead.
             Ok(None) | Err(_) => None,
         };
         self.sold_out.insert(sale_id, buyers);
     }
 
-    /// Decides one batch and answers every request in it: one statement, and up to
-    /// [`BATCH_ATTEMPTS`] in all while it refuses buyers of a sale that is sellable right
-    /// after (see the `group_commit` module comment).
+    /// Decides one batch and answers every request in it. With the per-customer limit 1 a
+    /// user's requests are one order; above it each request is an order, and the batch is
+    /// decided in rounds, each user's first request in the first, their second in the next,
+    /// and so on (one statement sees each buyer once).
     pub(super) async fn decide(&self, sale_id: Uuid, batch: Vec<Request>) {
+        if batch.iter().all(|request| request.limit <= 1) {
+            return self.decide_round(sale_id, batch).await;
+        }
+        let mut rounds: Vec<Vec<Request>> = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for request in batch {
+            let round = seen.entry(request.user_id.clone()).or_default();
+            if rounds.len() <= *round {
+                rounds.push(Vec::new());
+            }
+            rounds[*round].push(request);
+            *round += 1;
+        }
+        for round in rounds {
+            self.decide_round(sale_id, round).await;
+        }
+    }
+
+    /// Decides one round: one statement, and up to [`BATCH_ATTEMPTS`] in all while it
+    /// refuses buyers the sale could serve right after (see the `group_commit` module
+    /// comment).
+    async fn decide_round(&self, sale_id: Uuid, batch: Vec<Request>) {
         let Some(answer_by) = batch.iter().map(|request| request.answer_by).min() else {
             return;
         };
-        // One entry per user: a user's extra requests in the same batch are repeats.
+        let limit = batch.iter().map(|request| request.limit).max().unwrap_or(1);
+        // One entry per user: a user's extra requests in the same round are repeats (only
+        // with the limit 1: above it, rounds hold each user once).
         let mut by_user: HashMap<String, Vec<Reply>> = HashMap::new();
         let mut buyers = Vec::new();
         for request in batch {
@@ -54,12 +75,19 @@ impl PurchaseBatcher {
                 buyers.push(BatchBuyer {
                     user_id: request.user_id,
                     purchase_id: Uuid::new_v4(),
+                    quantity: request.quantity,
                 });
             }
             replies.push(request.reply);
         }
+        let quantities: HashMap<String, i32> = buyers
+            .iter()
+            .map(|buyer| (buyer.user_id.clone(), buyer.quantity))
+            .collect();
         if let Some(remembered) = self.sold_out.get(&sale_id) {
-            return self.answer_sold_out(sale_id, remembered, by_user).await;
+            return self
+                .answer_sold_out(sale_id, remembered, by_user, &quantities, limit)
+                .await;
         }
         // The first statement may take the whole answer timeout, as a lone purchase would.
         let mut cut_off = Instant::now() + self.answer_timeout;
@@ -82,26 +110,33 @@ impl PurchaseBatcher {
                     answer_owner(replies, purchase, true);
                 }
             }
-            for purchase in result.owned {
-                if let Some(replies) = by_user.remove(&purchase.user_id) {
-                    answer_owner(replies, purchase, false);
+            if limit == 1 {
+                for owned in result.owned {
+                    if let Some(replies) = by_user.remove(&owned.first.user_id) {
+                        answer_owner(replies, owned.first, false);
+                    }
                 }
             }
             if by_user.is_empty() {
                 return;
             }
-            // The rest were refused: the stock ran out, or the sale is not sellable.
-            match self.store.refusal_now(sale_id).await {
-                Ok(Some(refusal)) => return self.answer_refused(sale_id, refusal, by_user).await,
-                Ok(None) => {}
-                Err(err) => return fail_all(sale_id, by_user, &err),
+            // The rest were refused: each hears why the sale refuses their order now, except
+            // those it could serve now (the statement's now() fell just before the opening,
+            // or its INSERT skipped a buyer who bought through another instance, leaving
+            // units unsold).
+            if let Err(err) = self
+                .answer_refused(sale_id, &mut by_user, &quantities)
+                .await
+            {
+                return fail_all(sale_id, by_user, &err);
             }
-            // Sellable now, yet they were refused: the statement's now() fell just before the
-            // opening, or its INSERT skipped a buyer who bought through another instance
-            // (leaving that unit unsold). Decide them again, only if the statement can be
-            // answered before the first of them stops waiting (judged by what this one took):
-            // else nothing is sent, and they hear a retry-safe 503 now rather than
-            // `OutcomeUnknown` for a statement never sent.
+            if by_user.is_empty() {
+                return;
+            }
+            // Decide those again, only if the statement can be answered before the first of
+            // them stops waiting (judged by what this one took): else nothing is sent, and
+            // they hear a retry-safe 503 now rather than `OutcomeUnknown` for a statement
+            // never sent.
             if attempt == BATCH_ATTEMPTS || Instant::now() + took > answer_by {
                 break;
             }
@@ -157,40 +192,54 @@ impl PurchaseBatcher {
         answer_all(by_user, &gone);
     }
 
-    /// Answers refused buyers when the sale refuses everyone now for `refusal`.
+    /// Answers the refused buyers the sale refuses now, each with their own reason, and
+    /// leaves in `by_user` those it could serve now (to be decided again).
     ///
-    /// Their purchases are read after the refusal, not before, so that nobody who bought
-    /// hears `SOLD_OUT`: an instant sale's stock never comes back, so every purchase of
-    /// theirs committed before the read that found it at zero, and this later read sees it
-    /// (one skipped by the batch's INSERT, or one taking the last unit on another
-    /// instance). An archived or removed sale's buyers are told nothing about it here.
+    /// What they own is read after the sale, not before, so that nobody who bought hears
+    /// `SOLD_OUT`: an instant sale's stock never comes back, so every purchase of theirs
+    /// committed before the read that found it at zero, and this later read sees it (one
+    /// skipped by the batch's INSERT, or one taking the last unit on another instance).
+    /// Units only leave `available`, so `INSUFFICIENT_STOCK` carries at most what the
+    /// statement left. An archived or removed sale's buyers are told nothing about it here.
     async fn answer_refused(
         &self,
         sale_id: Uuid,
-        refusal: PurchaseOutcome,
-        mut by_user: HashMap<String, Vec<Reply>>,
-    ) {
-        if matches!(
-            refusal,
-            PurchaseOutcome::SaleArchived | PurchaseOutcome::SaleNotFound
-        ) {
-            return answer_all(by_user, &refusal);
+        by_user: &mut HashMap<String, Vec<Reply>>,
+        quantities: &HashMap<String, i32>,
+    ) -> Result<(), StoreError> {
+        let Some(sale) = self.store.sale_by_id(sale_id).await? else {
+            answer_all(std::mem::take(by_user), &PurchaseOutcome::SaleNotFound);
+            return Ok(());
+        };
+        if sale.archived_at.is_some() {
+            answer_all(std::mem::take(by_user), &PurchaseOutcome::SaleArchived);
+            return Ok(());
         }
-        if matches!(refusal, PurchaseOutcome::SoldOut) && !self.sold_out.contains_key(&sale_id) {
+        if sale.is_sold_out() && !self.sold_out.contains_key(&sale_id) {
             self.mark_sold_out(sale_id).await;
         }
         let refused: Vec<&str> = by_user.keys().map(String::as_str).collect();
-        match self.store.purchases_of(sale_id, &refused).await {
-            Ok(owned) => {
-                for purchase in owned {
-                    if let Some(replies) = by_user.remove(&purchase.user_id) {
-                        answer_owner(replies, purchase, false);
+        let mut owned = self.store.owned_of(sale_id, &refused).await?;
+        let users: Vec<String> = by_user.keys().cloned().collect();
+        for user in users {
+            let quantity = quantities.get(&user).copied().unwrap_or(1);
+            let Some(refusal) = refusal_for_buyer(&sale, owned.remove(&user), quantity) else {
+                continue;
+            };
+            if let Some(replies) = by_user.remove(&user) {
+                match refusal {
+                    PurchaseOutcome::AlreadyPurchased(purchase) => {
+                        answer_owner(replies, purchase, false)
+                    }
+                    refusal => {
+                        for reply in replies {
+                            let _ = reply.send(Ok(refusal.clone()));
+                        }
                     }
                 }
             }
-            Err(err) => return fail_all(sale_id, by_user, &err),
         }
-        answer_all(by_user, &refusal);
+        Ok(())
     }
 
     /// Answers a batch of a sold-out sale without selling: one primary-key read says the
@@ -203,6 +252,8 @@ impl PurchaseBatcher {
         sale_id: Uuid,
         remembered: SoldOutBuyers,
         mut by_user: HashMap<String, Vec<Reply>>,
+        quantities: &HashMap<String, i32>,
+        limit: i32,
     ) {
         match self.store.is_unarchived(sale_id).await {
             Ok(true) => {}
@@ -214,21 +265,22 @@ impl PurchaseBatcher {
             }
             Err(err) => return fail_all(sale_id, by_user, &err),
         }
-        let owned: HashMap<String, Purchase> = match remembered {
+        let owned: HashMap<String, Owned> = match remembered {
             Some(buyers) => by_user
                 .keys()
-                .filter_map(|user| buyers.get(user).map(|p| (user.clone(), p.clone())))
+                .filter_map(|user| buyers.get(user).map(|o| (user.clone(), o.clone())))
                 .collect(),
             None => {
                 let users: Vec<&str> = by_user.keys().map(String::as_str).collect();
-                match self.store.purchases_of(sale_id, &users).await {
-                    Ok(owned) => owned.into_iter().map(|p| (p.user_id.clone(), p)).collect(),
+                match self.store.owned_of(sale_id, &users).await {
+                    Ok(owned) => owned,
                     Err(err) => return fail_all(sale_id, by_user, &err),
                 }
             }
         };
         for (user, replies) in by_user.drain() {
-            let answer = sold_out_answer(owned.get(&user).cloned());
+            let quantity = quantities.get(&user).copied().unwrap_or(1);
+            let answer = sold_out_answer(owned.get(&user).cloned(), quantity, limit);
             for reply in replies {
                 let _ = reply.send(Ok(answer.clone()));
             }

@@ -34,8 +34,9 @@ struct Door {
     shuffle_seed: i64,
 }
 
-/// Joins the sale's queue for each of `users` (distinct), in their order, or returns
-/// each one's current entry: one transaction, one lock of the queue row, one commit.
+/// Joins the sale's queue for each of `users` (distinct), in their order, each asking for
+/// the units `quantities` says (1 when absent), or returns each one's current entry: one
+/// transaction, one lock of the queue row, one commit.
 ///
 /// Race-free under READ COMMITTED, with any number of batches on any number of
 /// instances:
@@ -69,7 +70,7 @@ struct Door {
 pub(super) async fn join_batch(
     conn: &mut PgConnection,
     sale_id: Uuid,
-    users: &[String],
+    (users, quantities): (&[String], &HashMap<String, i32>),
     committing: &AtomicBool,
 ) -> Result<JoinBatch, StoreError> {
     let mut tx = conn.begin().await?;
@@ -168,7 +169,8 @@ pub(super) async fn join_batch(
     // The database clock (the transaction's) has not reached the start.
     let prequeue = !door.opened && sale.observed_at < sale.starts_at;
     let joined = if accepted > 0 {
-        write_joins(&mut tx, sale_id, &door, prequeue, &joining, &rejoining).await?
+        let writes = (joining.as_slice(), rejoining.as_slice(), quantities);
+        write_joins(&mut tx, sale_id, &door, prequeue, writes).await?
     } else {
         Vec::new()
     };
@@ -209,26 +211,31 @@ async fn write_joins(
     sale_id: Uuid,
     door: &Door,
     prequeue: bool,
-    joining: &[&str],
-    rejoining: &[&str],
+    (joining, rejoining, quantities): (&[&str], &[&str], &HashMap<String, i32>),
 ) -> Result<Vec<EntryRow>, StoreError> {
     let users: Vec<&str> = joining.iter().chain(rejoining).copied().collect();
+    let units: Vec<i32> = users
+        .iter()
+        .map(|user| quantities.get(*user).copied().unwrap_or(1))
+        .collect();
     let rejoin: Vec<bool> = (0..users.len()).map(|i| i >= joining.len()).collect();
     let sql = format!(
         "WITH req AS (
-             SELECT r.user_id, r.rejoin,
+             SELECT r.user_id, r.rejoin, r.quantity,
                     CASE WHEN $4 THEN NULL ELSE $3 + r.ord END AS ticket,
                     CASE WHEN $4 THEN decode(md5($5::bigint::text || r.user_id), 'hex') END AS draw_key
-               FROM unnest($2::text[], $6::bool[]) WITH ORDINALITY AS r(user_id, rejoin, ord)
+               FROM unnest($2::text[], $6::bool[], $8::int[])
+                    WITH ORDINALITY AS r(user_id, rejoin, quantity, ord)
          ), joined AS (
-             INSERT INTO queue_entries AS e (sale_id, user_id, ticket, draw_key, prequeue, status)
-             SELECT $1, user_id, ticket, draw_key, $4, 'queued' FROM req WHERE NOT rejoin
+             INSERT INTO queue_entries AS e
+                    (sale_id, user_id, ticket, draw_key, prequeue, status, quantity)
+             SELECT $1, user_id, ticket, draw_key, $4, 'queued', quantity FROM req WHERE NOT rejoin
              RETURNING {ENTRY}
          ), rejoined AS (
              UPDATE queue_entries e
                 SET ticket = req.ticket, draw_key = req.draw_key, prequeue = $4,
                     status = 'queued', joined_at = now(), admitted_at = NULL,
-                    hold_expires_at = NULL, finished_at = NULL
+                    hold_expires_at = NULL, finished_at = NULL, quantity = req.quantity
                FROM req
               WHERE req.rejoin AND e.sale_id = $1 AND e.user_id = req.user_id
                 AND e.status IN ('expired', 'left')
@@ -245,7 +252,8 @@ async fn write_joins(
          )
          SELECT e.*, {QUEUE_COUNTERS}
            FROM (SELECT * FROM joined UNION ALL SELECT * FROM rejoined) e, q",
-        ENTRY = "e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at",
+        ENTRY = "e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at, \
+                 e.quantity",
         QUEUE_COUNTERS = queue_counters_sql!()
     );
     // Built from constant text only.
@@ -257,6 +265,7 @@ async fn write_joins(
         .bind(door.shuffle_seed)
         .bind(&rejoin)
         .bind(users.len() as i64)
+        .bind(&units)
         .fetch_all(&mut *tx)
         .await?)
 }
