@@ -261,6 +261,8 @@ async function createSale(event) {
   if (values.startsAt) body.startsAt = new Date(values.startsAt).toISOString();
   if (values.endsAt) body.endsAt = new Date(values.endsAt).toISOString();
   if (values.holdSeconds && body.checkout === 'queued') body.holdSeconds = Number(values.holdSeconds);
+  if (values.perCustomerLimit) body.perCustomerLimit = Number(values.perCustomerLimit);
+  if (values.maxPerOrder) body.maxPerOrder = Number(values.maxPerOrder);
   try {
     const sale = await api('POST', '/api/v1/admin/sales', body);
     form.reset();

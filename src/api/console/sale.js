@@ -22,6 +22,7 @@ async function openDetail(id) {
   $('detail').hidden = false;
   $('detail-sku').textContent = sale.sku;
   $('detail-name').textContent = `${sale.name} · ${sale.checkout} checkout · ` +
+    `up to ${sale.perCustomerLimit} per buyer, ${sale.maxPerOrder} per order · ` +
     `${new Date(sale.startsAt).toLocaleString()} – ${new Date(sale.endsAt).toLocaleString()}`;
   $('detail-counters').dataset.sale = sale.sku;
   $('queue-panel').hidden = sale.checkout !== 'queued';
@@ -95,7 +96,8 @@ function onSaleEvent(detail, event) {
   time.textContent = new Date(event.occurredAt).toLocaleTimeString();
   const what = document.createElement('span');
   const who = event.data && event.data.userId ? ` · ${event.data.userId}` : '';
-  what.textContent = `#${event.sequence} ${event.type}${who}`;
+  const units = event.data && event.data.quantity ? ` × ${event.data.quantity}` : '';
+  what.textContent = `#${event.sequence} ${event.type}${who}${units}`;
   item.append(time, what);
   list.prepend(item);
   while (list.children.length > RECENT_EVENTS) list.lastChild.remove();
