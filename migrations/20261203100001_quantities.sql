@@ -1,32 +1,43 @@
--- Quantities and per-customer limits (issue 21, item 1).
+-- Quantities and per-customer limits (issue 21, item 1), step 1 of 3: expand.
 --
 -- A sale sells up to `per_customer_limit` units to one buyer over all their orders, at most
 -- `max_per_order` in one order. An order (a purchase row, or a queued hold) carries its
 -- `quantity`; every counter of the sale counts units, never rows.
+--
+-- Rollouts (the README's expand/contract rules): every column here has a constant default
+-- (no rewrite), the previous release writes rows that are valid with those defaults (one
+-- unit, the first order of its buyer), and the new constraints on the two large tables are
+-- NOT VALID (no scan under the lock; step 3 validates them). The previous release admits a
+-- queued hold as one unit whatever its quantity, so sales with a per-customer limit above 1
+-- should be created once every instance runs this release.
+SET LOCAL lock_timeout = '5s';
+
 ALTER TABLE sales
     ADD COLUMN per_customer_limit integer NOT NULL DEFAULT 1
         CHECK (per_customer_limit BETWEEN 1 AND 100),
     ADD COLUMN max_per_order integer NOT NULL DEFAULT 1,
     ADD CONSTRAINT sales_max_per_order CHECK (max_per_order BETWEEN 1 AND per_customer_limit);
 
--- A buyer may now have several orders in one sale. They form a chain: `units_before` is
--- what the buyer owned in the sale before the order (0 for the first, then q1, q1 + q2 ...),
--- and `purchases_chain` makes each link unique. Every statement that inserts an order
--- computes `units_before` as the sum of the buyer's orders it can see, so an insert whose
--- snapshot missed an order committed since collides with exactly that order (same
--- `units_before`) and is refused or skipped: the limit is checked against the chain's true
--- end, on any number of instances (see store/purchases.rs). With the default limit 1 every
--- order has `units_before = 0`, and the index is the old one-purchase-per-user key.
+-- A buyer may have several orders in one sale. They form a chain: `units_before` is what
+-- the buyer owned in the sale before the order (0 for the first, then q1, q1 + q2 ...), and
+-- step 2 makes each link unique (`purchases_one_per_user` on (sale, user, units_before)).
+-- Every statement that inserts an order computes `units_before` as the sum of the buyer's
+-- orders it can see, so an insert whose snapshot missed an order committed since collides
+-- with exactly that order (same `units_before`) and is refused or skipped: the limit is
+-- checked against the chain's true end, on any number of instances (see
+-- store/purchases.rs). With the default limit 1 every order has `units_before = 0`, and the
+-- key is the old one purchase per user.
 ALTER TABLE purchases
-    ADD COLUMN quantity integer NOT NULL DEFAULT 1 CHECK (quantity BETWEEN 1 AND 100),
-    ADD COLUMN units_before integer NOT NULL DEFAULT 0
-        CHECK (units_before >= 0 AND units_before + quantity <= 100);
-ALTER TABLE purchases ADD CONSTRAINT purchases_chain UNIQUE (sale_id, user_id, units_before);
-ALTER TABLE purchases DROP CONSTRAINT purchases_one_per_user;
+    ADD COLUMN quantity integer NOT NULL DEFAULT 1,
+    ADD COLUMN units_before integer NOT NULL DEFAULT 0,
+    ADD CONSTRAINT purchases_quantity CHECK (quantity BETWEEN 1 AND 100) NOT VALID,
+    ADD CONSTRAINT purchases_units_before
+        CHECK (units_before >= 0 AND units_before + quantity <= 100) NOT VALID;
 
 -- A hold reserves the quantity asked for at the join.
 ALTER TABLE queue_entries
-    ADD COLUMN quantity integer NOT NULL DEFAULT 1 CHECK (quantity BETWEEN 1 AND 100);
+    ADD COLUMN quantity integer NOT NULL DEFAULT 1,
+    ADD CONSTRAINT queue_entries_quantity CHECK (quantity BETWEEN 1 AND 100) NOT VALID;
 
 -- purchase.created carries the order's quantity.
 CREATE OR REPLACE FUNCTION outbox_purchases() RETURNS trigger LANGUAGE plpgsql AS $$

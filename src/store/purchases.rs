@@ -2,9 +2,9 @@
 //! group-commit statement is in `purchases/batch.rs`.
 //!
 //! An order buys `quantity` units, all or nothing. A buyer's orders in a sale form a chain
-//! (`units_before`, unique per buyer and sale: see the quantities migration), which is how
-//! every statement here keeps a buyer within the sale's `per_customer_limit` without a lock
-//! of its own.
+//! (`units_before`, unique per buyer and sale: the key `purchases_one_per_user`, see the
+//! quantities migrations), which is how every statement here keeps a buyer within the
+//! sale's `per_customer_limit` without a lock of its own.
 
 mod batch;
 
@@ -95,8 +95,9 @@ pub struct Owned {
 ///   order of the same buyer committed since (another request, another instance). The order
 ///   is inserted as the next link of the buyer's chain (`units_before` = what `owned` saw),
 ///   with a plain INSERT: if an order committed since, it has that same `units_before`, so
-///   `purchases_chain` fails with 23505 and the whole statement, decrement included, is
-///   rolled back (the caller reads why and may try again). An insert that succeeds therefore
+///   the chain key (`purchases_one_per_user`, on sale, user and `units_before`) fails with
+///   23505 and the whole statement, decrement included, is rolled back (the caller reads
+///   why and may try again). An insert that succeeds therefore
 ///   saw every earlier order of the buyer, and `units_before + $5 <= per_customer_limit`
 ///   was checked against the truth. With the limit 1 this is the old one-purchase-per-user
 ///   key: a user racing themselves loses no unit.
@@ -176,7 +177,7 @@ async fn purchase(
         match attempt {
             Ok(Some(row)) => return Ok(PurchaseOutcome::Purchased(row.into())),
             Ok(None) => {}
-            Err(err) if violated_constraint(&err) == Some("purchases_chain") => {}
+            Err(err) if violated_constraint(&err) == Some("purchases_one_per_user") => {}
             Err(err) => return Err(StoreError::after_write(err)),
         }
         match classify_refusal(conn, sale_id, user_id, quantity).await? {

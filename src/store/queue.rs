@@ -137,7 +137,7 @@ impl Store {
         }
         // The next link of the buyer's chain (see the quantities migration): a queued buyer
         // has one entry, so one order, and `units_before` is 0 unless the chain already has
-        // one (then the insert fails on `purchases_chain` and the confirm rolls back). The
+        // one (then the insert fails on the chain key and the confirm rolls back). The
         // sale row is locked above, as by every insert of a purchase of this sale.
         let purchase = sqlx::query_as::<_, PurchaseRow>(
             "INSERT INTO purchases (id, sale_id, user_id, quantity, units_before)

@@ -118,7 +118,10 @@ async fn the_audit_reports_a_broken_invariant_with_its_numbers() {
         .collect();
     assert_eq!(
         failed,
-        vec![("sold_matches_purchases", "sold=1 purchases=2")]
+        vec![(
+            "sold_matches_purchases",
+            "sold=1 units_purchased=2 orders=2"
+        )]
     );
 }
 

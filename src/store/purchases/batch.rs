@@ -38,10 +38,10 @@ pub struct BatchBuyer {
 ///   inserted as the next link of its buyer's chain (`units_before` = the units `owned`
 ///   saw); an order committed since has exactly that `units_before` (the chain has no gaps:
 ///   every insert that succeeds saw the chain's end), so the INSERT skips ours (ON CONFLICT
-///   DO NOTHING on `purchases_chain`) instead of failing the batch. An order inserted
-///   therefore saw all its buyer's units, and `units + quantity <= per_customer_limit` was
-///   checked against the truth. A skipped order leaves its units unsold; its buyer is
-///   refused here and decided again by the caller.
+///   DO NOTHING on the chain key, `purchases_one_per_user`) instead of failing the batch.
+///   An order inserted therefore saw all its buyer's units, and `units + quantity <=
+///   per_customer_limit` was checked against the truth. A skipped order leaves its units
+///   unsold; its buyer is refused here and decided again by the caller.
 /// - Sellability (checkout, window, cancel, archive) is decided on the locked row. What
 ///   buyers own is reported only while the sale is not archived: an archived sale's buyers
 ///   are never told about it through a sku that now names another sale.
@@ -79,7 +79,7 @@ const BATCH_SQL: &str = "
     ), {DECIDE}, bought AS (
         INSERT INTO purchases (id, sale_id, user_id, quantity, units_before)
         SELECT c.purchase_id, $1, c.user_id, c.quantity, c.before FROM chosen c
-        ON CONFLICT ON CONSTRAINT purchases_chain DO NOTHING
+        ON CONFLICT ON CONSTRAINT purchases_one_per_user DO NOTHING
         RETURNING id, user_id, created_at, quantity
     ), taken AS (
         UPDATE sales SET available = available - (SELECT sum(quantity) FROM bought),
