@@ -109,8 +109,11 @@ const UNITS_OF_ONE: &str = "chosen AS (
 /// batch in arrival order, an order within its buyer's limit is taken when it fits in the
 /// units still left, and then takes them; one that does not fit is passed over (a later,
 /// smaller order may still fit). One step per order, on the quantities as an array (`asked`,
-/// 0 for an order over its buyer's limit), so the walk reads no table.
-const FIRST_FIT: &str = "asked AS (
+/// 0 for an order over its buyer's limit), so the walk reads no table. `asked` must be
+/// MATERIALIZED: inlined (it is referenced once), every step aggregated the whole batch
+/// again: 2,048 buyers took 0.8-1.1 s (EXPLAIN ANALYZE), materialized 50-70 ms, the same as
+/// the statement with [`UNITS_OF_ONE`].
+const FIRST_FIT: &str = "asked AS MATERIALIZED (
         SELECT array_agg(CASE WHEN within_limit THEN quantity ELSE 0 END ORDER BY ord) AS q
           FROM cand
     ), walk (i, left_units, take) AS (
