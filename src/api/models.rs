@@ -124,8 +124,8 @@ pub struct CreateSaleRequest {
     /// Queued checkout: most buyers waiting at once (1-10,000,000); default 100,000.
     #[oai(validator(minimum(value = "1"), maximum(value = "10000000")))]
     pub queue_capacity: MaybeUndefined<i32>,
-    /// Queued checkout: most holds live at once, an admission-rate control; 0 (default) =
-    /// as many as there is stock.
+    /// Queued checkout: most units held at once (a hold of `quantity` units counts them
+    /// all), an admission-rate control; 0 (default) = as many as there is stock.
     #[oai(validator(minimum(value = "0"), maximum(value = "10000000")))]
     pub max_active_holds: MaybeUndefined<i32>,
     /// Most units one buyer may own in this sale, over all their orders (1-100); default 1.

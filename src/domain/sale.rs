@@ -110,7 +110,8 @@ pub struct Sale {
     pub hold_seconds: i32,
     /// Most buyers that may wait in the queue at once (queued checkout).
     pub queue_capacity: i32,
-    /// Most holds live at once; 0 means as many as there is stock.
+    /// Most units held at once (one per hold of one unit); 0 means as many as there is
+    /// stock.
     pub max_active_holds: i32,
     /// Buyers waiting in the queue now (0 for instant sales).
     pub queue_length: i32,
