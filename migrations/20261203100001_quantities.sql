@@ -30,6 +30,9 @@ ALTER TABLE sales
 ALTER TABLE purchases
     ADD COLUMN quantity integer NOT NULL DEFAULT 1,
     ADD COLUMN units_before integer NOT NULL DEFAULT 0,
+    -- The buyer's own key for the order (optional): a request that names it again is
+    -- answered with the order instead of buying again (see step 2's index).
+    ADD COLUMN order_key uuid,
     ADD CONSTRAINT purchases_quantity CHECK (quantity BETWEEN 1 AND 100) NOT VALID,
     ADD CONSTRAINT purchases_units_before
         CHECK (units_before >= 0 AND units_before + quantity <= 100) NOT VALID;

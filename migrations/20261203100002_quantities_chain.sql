@@ -1,5 +1,5 @@
 -- Quantities, step 2 of 3: the unique key of a buyer's order chain (see step 1) replaces
--- the one-purchase-per-user key, under the old key's name.
+-- the one-purchase-per-user key, under the old key's name; and the order keys' index.
 --
 -- The name `purchases_one_per_user` stays: the previous release names it in its statements
 -- (`ON CONFLICT ON CONSTRAINT purchases_one_per_user`, and the 23505 it expects), and its
@@ -20,3 +20,8 @@ CREATE UNIQUE INDEX purchases_chain ON purchases (sale_id, user_id, units_before
 ALTER TABLE purchases
     DROP CONSTRAINT purchases_one_per_user,
     ADD CONSTRAINT purchases_one_per_user UNIQUE USING INDEX purchases_chain;
+
+-- One order per key of a buyer in a sale. Partial: orders without a key (every order of the
+-- previous release, and every order that names none) cost this index nothing.
+CREATE UNIQUE INDEX purchases_order_key ON purchases (sale_id, user_id, order_key)
+    WHERE order_key IS NOT NULL;

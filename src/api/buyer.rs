@@ -155,13 +155,14 @@ impl BuyerApi {
     ///
     /// With the limit 1 a repeat is the same order: it answers 409 `ALREADY_PURCHASED` with
     /// the purchase. Above 1 every request is a new order, until the limit (then 409
-    /// `LIMIT_REACHED`).
+    /// `LIMIT_REACHED`), unless it names an `orderKey` the buyer has ordered under: then it
+    /// is that order again (409 `ALREADY_PURCHASED` with it).
     ///
     /// A 503 `UNAVAILABLE` with `outcomeUnknown: true` means the purchase was sent to the
     /// database but its answer was lost: it may have committed. With the limit 1, retry the
     /// same request: it answers 201 (it had not) or 409 `ALREADY_PURCHASED` with the
-    /// purchase (it had). Above 1, read `GET /api/v1/users/{userId}/purchases` before
-    /// ordering again.
+    /// purchase (it had). Above 1, the same holds for a request with an `orderKey`; without
+    /// one, read `GET /api/v1/users/{userId}/purchases` before ordering again.
     #[oai(path = "/:sale/purchases", method = "post", operation_id = "purchase")]
     #[tracing::instrument(skip_all, fields(sale = %sale.0, user))]
     async fn purchase(
@@ -172,7 +173,7 @@ impl BuyerApi {
         sale: Path<String>,
         body: Json<PurchaseRequest>,
     ) -> Result<PurchaseResponse, ServerError> {
-        let (claimed, quantity) = match body.0.claimed_user() {
+        let (claimed, order) = match body.0.claimed_user() {
             Ok(claimed) => claimed,
             Err(body) => return Ok(PurchaseResponse::BadRequest(body)),
         };
@@ -192,7 +193,7 @@ impl BuyerApi {
         }
         let outcome = match self
             .purchases
-            .purchase_units(&sale.0, &user_id, quantity)
+            .purchase_order(&sale.0, &user_id, order)
             .await
         {
             Ok(outcome) => outcome,

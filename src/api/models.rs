@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::error::{ErrorBody, ErrorCode};
 use super::strict::StrictString;
 use crate::domain::{self, Checkout, EndReason, Purchase, Sale, SaleState};
-use crate::store::SaleEvent;
+use crate::store::{Order, SaleEvent};
 
 /// How buyers check out.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,13 +150,18 @@ fn optional<T>(field: MaybeUndefined<T>, name: &str) -> Result<Option<T>, String
 }
 
 impl PurchaseRequest {
-    /// The `userId` the request names, if any, and the units it asks for (default 1);
-    /// `null` is refused for either.
-    pub fn claimed_user(self) -> Result<(Option<String>, i32), Json<ErrorBody>> {
+    /// The `userId` the request names, if any, and the order it asks for (default one
+    /// unit, no key); `null` is refused for any of them.
+    pub fn claimed_user(self) -> Result<(Option<String>, Order), Json<ErrorBody>> {
         let invalid = |message| ErrorBody::json(ErrorCode::InvalidRequest, message);
         let user = optional(self.user_id, "userId").map_err(invalid)?;
         let quantity = optional(self.quantity, "quantity").map_err(invalid)?;
-        Ok((user.map(|user| user.0), quantity.unwrap_or(1)))
+        let key = optional(self.order_key, "orderKey").map_err(invalid)?;
+        let order = Order {
+            quantity: quantity.unwrap_or(1),
+            key,
+        };
+        Ok((user.map(|user| user.0), order))
     }
 }
 
@@ -199,6 +204,11 @@ pub struct PurchaseRequest {
     /// at most the sale's `maxPerOrder` (else 400 `QUANTITY_TOO_LARGE`); default 1.
     #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
     pub quantity: MaybeUndefined<i32>,
+    /// Instant purchases only (a join with it is 400 `INVALID_REQUEST`): the buyer's own key
+    /// for this order, a UUID. A request with a key the buyer has already ordered under in
+    /// this sale buys nothing and answers 409 `ALREADY_PURCHASED` with that order, so a
+    /// retry after a lost answer is safe whatever the limit.
+    pub order_key: MaybeUndefined<Uuid>,
 }
 
 /// One message of a sale's public live stream (SSE `event: sale`, `id:` the sale's event

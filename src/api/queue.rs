@@ -91,7 +91,13 @@ impl QueueApi {
         body: Json<PurchaseRequest>,
     ) -> Result<JoinResponse, ServerError> {
         let (claimed, quantity) = match body.0.claimed_user() {
-            Ok(claimed) => claimed,
+            Ok((_, order)) if order.key.is_some() => {
+                return Ok(JoinResponse::BadRequest(ErrorBody::json(
+                    ErrorCode::InvalidRequest,
+                    "orderKey is for instant purchases: a queue entry is its own key",
+                )));
+            }
+            Ok((claimed, order)) => (claimed, order.quantity),
             Err(body) => return Ok(JoinResponse::BadRequest(body)),
         };
         let user_id = match self.buyer(&auth, claimed.as_deref()) {

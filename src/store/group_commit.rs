@@ -54,7 +54,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::batcher::{self, Batchers};
-use super::purchases::{Owned, PurchaseOutcome};
+use super::purchases::{Order, Owned, PurchaseOutcome};
 use super::sale_refs::{SaleRefs, Target};
 use super::{Store, StoreError};
 use crate::domain::{Checkout, SaleState};
@@ -81,6 +81,8 @@ struct Request {
     user_id: String,
     /// Units the order asks for.
     quantity: i32,
+    /// The buyer's key for the order, if any.
+    order_key: Option<Uuid>,
     /// The sale's per-customer limit (the same for every request of a batch): 1 merges a
     /// user's repeats into one order.
     limit: i32,
@@ -164,10 +166,25 @@ impl PurchaseBatcher {
         user_id: &str,
         quantity: i32,
     ) -> Result<PurchaseOutcome, StoreError> {
+        let order = Order {
+            quantity,
+            key: None,
+        };
+        self.purchase_order(sale_ref, user_id, order).await
+    }
+
+    /// [`PurchaseBatcher::purchase_units`] with the buyer's own key for the order, if any:
+    /// a key the buyer has used in the sale is answered `ALREADY_PURCHASED` with its order.
+    pub async fn purchase_order(
+        &self,
+        sale_ref: &str,
+        user_id: &str,
+        order: Order,
+    ) -> Result<PurchaseOutcome, StoreError> {
         let Some(mut target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(PurchaseOutcome::SaleNotFound);
         };
-        let mut outcome = self.purchase_in(target, user_id, quantity).await?;
+        let mut outcome = self.purchase_in(target, user_id, order).await?;
         if target.cached
             && matches!(
                 outcome,
@@ -180,7 +197,7 @@ impl PurchaseBatcher {
                 return Ok(PurchaseOutcome::SaleNotFound);
             };
             target = fresh;
-            outcome = self.purchase_in(target, user_id, quantity).await?;
+            outcome = self.purchase_in(target, user_id, order).await?;
         }
         if !matches!(outcome, PurchaseOutcome::SaleArchived) {
             return Ok(outcome);
@@ -198,9 +215,10 @@ impl PurchaseBatcher {
         &self,
         target: Target,
         user_id: &str,
-        quantity: i32,
+        order: Order,
     ) -> Result<PurchaseOutcome, StoreError> {
         let answer_by = Instant::now() + self.answer_timeout;
+        let quantity = order.quantity;
         // A sale's max_per_order never changes (a cached target is checked again fresh).
         if quantity > target.max_per_order {
             return Ok(PurchaseOutcome::QuantityTooLarge {
@@ -210,13 +228,15 @@ impl PurchaseBatcher {
         if !self.batching || target.checkout == Checkout::Queued {
             return self
                 .store
-                .purchase(target.id, user_id, quantity, answer_by)
+                .purchase(target.id, user_id, order, answer_by)
                 .await;
         }
         // Reached by id or by a sku read just now, a sold-out sale is answered from memory at
         // once. Through a cached sku it goes to the batcher, which checks once per batch that
-        // the sale is still live (a query started after every request in it arrived).
+        // the sale is still live (a query started after every request in it arrived). An
+        // order with a key goes to the batcher too, which looks the key up.
         if !(target.cached && target.via_sku)
+            && order.key.is_none()
             && let Some(buyers) = self.sold_out.get(&target.id)
         {
             let owned = match buyers {
@@ -235,6 +255,7 @@ impl PurchaseBatcher {
             Request {
                 user_id: user_id.to_string(),
                 quantity,
+                order_key: order.key,
                 limit: target.per_customer_limit,
                 reply,
                 answer_by,

@@ -39,7 +39,7 @@ pub use jobs::{
 };
 pub use live::{ChangePage, EntryChange, EntryChangeKind, LiveQueue, LiveSale};
 pub use migrate::{MIGRATOR, migrate, pending_migrations};
-pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
+pub use purchases::{BatchBuyer, BatchResult, Order, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, LeaveOutcome, QueueStats};
 pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
 pub use queue_tick::{TICK_INTERVAL, TickReport};

@@ -1,5 +1,6 @@
-//! Instant purchases: the one statement that sells an order, and the reads around it. The
-//! group-commit statement is in `purchases/batch.rs`.
+//! Instant purchases: the one statement that sells an order, and why an order was refused.
+//! The group-commit statement is in `purchases/batch.rs`, the reads of what buyers own in
+//! `purchases/owned.rs`.
 //!
 //! An order buys `quantity` units, all or nothing. A buyer's orders in a sale form a chain
 //! (`units_before`, unique per buyer and sale: the key `purchases_one_per_user`, see the
@@ -7,11 +8,11 @@
 //! sale's `per_customer_limit` without a lock of its own.
 
 mod batch;
+mod owned;
 
 pub(super) use batch::purchase_batch;
 pub use batch::{BatchBuyer, BatchResult};
-
-use std::collections::HashMap;
+pub(super) use owned::{find_purchase, keyed_orders, owned_by};
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
@@ -77,6 +78,23 @@ impl From<PurchaseRow> for Purchase {
     }
 }
 
+/// What a buyer asks for: `quantity` units, and optionally their own key for the order
+/// (a request that names an order key the buyer has used in the sale is answered
+/// `ALREADY_PURCHASED` with that order, whatever the limit: a retry is safe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    pub quantity: i32,
+    pub key: Option<Uuid>,
+}
+
+impl Order {
+    /// One unit, no key: the order of a sale with the default limit.
+    pub const ONE: Order = Order {
+        quantity: 1,
+        key: None,
+    };
+}
+
 /// What a buyer owns in a sale: their first order and the units of all their orders.
 #[derive(Debug, Clone)]
 pub struct Owned {
@@ -101,6 +119,9 @@ pub struct Owned {
 ///   saw every earlier order of the buyer, and `units_before + $5 <= per_customer_limit`
 ///   was checked against the truth. With the limit 1 this is the old one-purchase-per-user
 ///   key: a user racing themselves loses no unit.
+/// - The buyer's order key (`$6`, optional): an order of the buyer with that key, committed
+///   or in flight, makes the INSERT fail on `purchases_order_key` (it waits for one in
+///   flight), so one key buys once; the caller then answers with that order.
 /// - Cancel, archive, start and end are re-checked on the locked row with the statement's
 ///   `now()`.
 /// - The order that sells out the sale queues the state job in the same statement.
@@ -120,8 +141,8 @@ const PURCHASE_SQL: &str = "
     ), sold_out_job AS (
         INSERT INTO jobs (kind, sale_id) SELECT $4, id FROM taken WHERE available = 0
     )
-    INSERT INTO purchases (id, sale_id, user_id, quantity, units_before)
-    SELECT $3, id, $2, $5, (SELECT units FROM owned) FROM taken
+    INSERT INTO purchases (id, sale_id, user_id, quantity, units_before, order_key)
+    SELECT $3, id, $2, $5, (SELECT units FROM owned), $6 FROM taken
     RETURNING id, sale_id, user_id, created_at, quantity";
 
 /// How often a purchase that failed while the sale looked sellable right after is retried
@@ -129,19 +150,19 @@ const PURCHASE_SQL: &str = "
 const PURCHASE_ATTEMPTS: usize = 3;
 
 impl Store {
-    /// Tries to buy one unit of the sale `sale_id` for `user_id`, answered by `cut_off`: a
+    /// Tries to buy `order` in the sale `sale_id` for `user_id`, answered by `cut_off`: a
     /// connection not had by then is [`StoreError::Unavailable`] (nothing was sent), a
     /// statement not answered by then [`StoreError::OutcomeUnknown`].
     pub async fn purchase(
         &self,
         sale_id: Uuid,
         user_id: &str,
-        quantity: i32,
+        order: Order,
         cut_off: tokio::time::Instant,
     ) -> Result<PurchaseOutcome, StoreError> {
         let mut conn = self.conn_until(cut_off).await?;
         let bought =
-            tokio::time::timeout_at(cut_off, purchase(&mut conn, sale_id, user_id, quantity)).await;
+            tokio::time::timeout_at(cut_off, purchase(&mut conn, sale_id, user_id, order)).await;
         bought.unwrap_or_else(|_| Err(unanswered(&mut conn, "purchase")))
     }
 
@@ -162,7 +183,7 @@ async fn purchase(
     conn: &mut PgConnection,
     sale_id: Uuid,
     user_id: &str,
-    quantity: i32,
+    order: Order,
 ) -> Result<PurchaseOutcome, StoreError> {
     let mut refusal = PurchaseOutcome::SaleNotFound;
     for _ in 0..PURCHASE_ATTEMPTS {
@@ -171,16 +192,21 @@ async fn purchase(
             .bind(user_id)
             .bind(Uuid::new_v4())
             .bind(JobKind::SyncSaleState.as_str())
-            .bind(quantity)
+            .bind(order.quantity)
+            .bind(order.key)
             .fetch_optional(&mut *conn)
             .await;
         match attempt {
             Ok(Some(row)) => return Ok(PurchaseOutcome::Purchased(row.into())),
             Ok(None) => {}
-            Err(err) if violated_constraint(&err) == Some("purchases_one_per_user") => {}
+            Err(err)
+                if matches!(
+                    violated_constraint(&err),
+                    Some("purchases_one_per_user" | "purchases_order_key")
+                ) => {}
             Err(err) => return Err(StoreError::after_write(err)),
         }
-        match classify_refusal(conn, sale_id, user_id, quantity).await? {
+        match classify_refusal(conn, sale_id, user_id, order).await? {
             Some(outcome) => refusal = outcome,
             // The sale is sellable now: the refusal was a boundary moment; try again.
             None => continue,
@@ -194,12 +220,13 @@ async fn purchase(
 /// could sell the order now. Order matters: an archived sale answers nothing else; a
 /// repeat buyer of a limit-one sale hears `ALREADY_PURCHASED`, and any buyer the order
 /// would take past the limit `LIMIT_REACHED`, never `SOLD_OUT`; a sold-out sale says so
-/// whatever else its state is.
+/// whatever else its state is. An order whose key the buyer has used answers with that
+/// order.
 async fn classify_refusal(
     conn: &mut PgConnection,
     sale_id: Uuid,
     user_id: &str,
-    quantity: i32,
+    order: Order,
 ) -> Result<Option<PurchaseOutcome>, StoreError> {
     let Some(sale) = sale_by_id(conn, sale_id).await? else {
         return Ok(Some(PurchaseOutcome::SaleNotFound));
@@ -207,8 +234,15 @@ async fn classify_refusal(
     if sale.archived_at.is_some() {
         return Ok(Some(PurchaseOutcome::SaleArchived));
     }
+    if let Some(key) = order.key
+        && let Some(keyed) = keyed_orders(conn, sale.id, &[(user_id, key)])
+            .await?
+            .remove(user_id)
+    {
+        return Ok(Some(PurchaseOutcome::AlreadyPurchased(keyed)));
+    }
     let owned = owned_by(conn, sale.id, &[user_id]).await?.remove(user_id);
-    Ok(refusal_for_buyer(&sale, owned, quantity))
+    Ok(refusal_for_buyer(&sale, owned, order.quantity))
 }
 
 /// Why the sale refuses this buyer's order of `quantity` now, given what they own (read
@@ -262,86 +296,7 @@ fn refusal_for(sale: &Sale, quantity: i32) -> Option<PurchaseOutcome> {
     }
 }
 
-pub(super) async fn find_purchase(
-    conn: &mut PgConnection,
-    sale_id: Uuid,
-    user_id: &str,
-) -> Result<Option<Purchase>, StoreError> {
-    Ok(owned_by(conn, sale_id, &[user_id])
-        .await?
-        .remove(user_id)
-        .map(|owned| owned.first))
-}
-
-/// What each of `users` owns in the sale, read now: their first order and their units.
-/// Users who own nothing are absent.
-pub(super) async fn owned_by(
-    conn: &mut PgConnection,
-    sale_id: Uuid,
-    users: &[&str],
-) -> Result<HashMap<String, Owned>, StoreError> {
-    let rows: Vec<(Uuid, String, DateTime<Utc>, i32, i32)> = sqlx::query_as(
-        "SELECT DISTINCT ON (user_id) id, user_id, created_at, quantity,
-                (sum(quantity) OVER (PARTITION BY user_id))::int
-           FROM purchases WHERE sale_id = $1 AND user_id = ANY($2::text[])
-          ORDER BY user_id, units_before",
-    )
-    .bind(sale_id)
-    .bind(users)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, user_id, created_at, quantity, units)| {
-            let first = Purchase {
-                id,
-                sale_id,
-                user_id: user_id.clone(),
-                created_at,
-                quantity,
-            };
-            (user_id, Owned { first, units })
-        })
-        .collect())
-}
-
 impl Store {
-    /// What every buyer of the sale owns, when the sale has at most `limit` orders (else
-    /// `None`).
-    pub async fn owners_if_at_most(
-        &self,
-        sale_id: Uuid,
-        limit: i64,
-    ) -> Result<Option<HashMap<String, Owned>>, StoreError> {
-        let mut conn = self.conn().await?;
-        let orders: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM purchases WHERE sale_id = $1 LIMIT $2) o",
-        )
-        .bind(sale_id)
-        .bind(limit + 1)
-        .fetch_one(&mut *conn)
-        .await?;
-        if orders > limit {
-            return Ok(None);
-        }
-        let users: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT user_id FROM purchases WHERE sale_id = $1")
-                .bind(sale_id)
-                .fetch_all(&mut *conn)
-                .await?;
-        let users: Vec<&str> = users.iter().map(String::as_str).collect();
-        Ok(Some(owned_by(&mut conn, sale_id, &users).await?))
-    }
-
-    /// What each of these users owns in the sale, read now (absent: nothing).
-    pub async fn owned_of(
-        &self,
-        sale_id: Uuid,
-        users: &[&str],
-    ) -> Result<HashMap<String, Owned>, StoreError> {
-        owned_by(&mut *self.conn().await?, sale_id, users).await
-    }
-
     /// Why an instant purchase of one unit in the sale `sale_id` would be refused now, for a
     /// user known to own nothing; `None` when the sale is sellable.
     pub async fn refusal_now(&self, sale_id: Uuid) -> Result<Option<PurchaseOutcome>, StoreError> {

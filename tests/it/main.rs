@@ -16,6 +16,7 @@ mod hardening;
 mod identity;
 mod jobs;
 mod openapi;
+mod order_keys;
 mod outage;
 mod outbox;
 mod outcome;

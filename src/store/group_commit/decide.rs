@@ -15,7 +15,7 @@ use super::{
 };
 use crate::store::batcher::claim;
 use crate::store::purchases::{
-    BatchBuyer, BatchResult, Owned, PurchaseOutcome, purchase_batch, refusal_for_buyer,
+    BatchBuyer, BatchResult, Order, Owned, PurchaseOutcome, purchase_batch, refusal_for_buyer,
 };
 use crate::store::{StoreError, unanswered};
 
@@ -76,17 +76,24 @@ impl PurchaseBatcher {
                     user_id: request.user_id,
                     purchase_id: Uuid::new_v4(),
                     quantity: request.quantity,
+                    order_key: request.order_key,
                 });
             }
             replies.push(request.reply);
         }
-        let quantities: HashMap<String, i32> = buyers
+        let orders: HashMap<String, Order> = buyers
             .iter()
-            .map(|buyer| (buyer.user_id.clone(), buyer.quantity))
+            .map(|buyer| {
+                let order = Order {
+                    quantity: buyer.quantity,
+                    key: buyer.order_key,
+                };
+                (buyer.user_id.clone(), order)
+            })
             .collect();
         if let Some(remembered) = self.sold_out.get(&sale_id) {
             return self
-                .answer_sold_out(sale_id, remembered, by_user, &quantities, limit)
+                .answer_sold_out(sale_id, remembered, by_user, &orders, limit)
                 .await;
         }
         // The first statement may take the whole answer timeout, as a lone purchase would.
@@ -124,10 +131,7 @@ impl PurchaseBatcher {
             // those it could serve now (the statement's now() fell just before the opening,
             // or its INSERT skipped a buyer who bought through another instance, leaving
             // units unsold).
-            if let Err(err) = self
-                .answer_refused(sale_id, &mut by_user, &quantities)
-                .await
-            {
+            if let Err(err) = self.answer_refused(sale_id, &mut by_user, &orders).await {
                 return fail_all(sale_id, by_user, &err);
             }
             if by_user.is_empty() {
@@ -205,7 +209,7 @@ impl PurchaseBatcher {
         &self,
         sale_id: Uuid,
         by_user: &mut HashMap<String, Vec<Reply>>,
-        quantities: &HashMap<String, i32>,
+        orders: &HashMap<String, Order>,
     ) -> Result<(), StoreError> {
         let Some(sale) = self.store.sale_by_id(sale_id).await? else {
             answer_all(std::mem::take(by_user), &PurchaseOutcome::SaleNotFound);
@@ -218,11 +222,12 @@ impl PurchaseBatcher {
         if sale.is_sold_out() && !self.sold_out.contains_key(&sale_id) {
             self.mark_sold_out(sale_id).await;
         }
+        self.answer_keyed(sale_id, by_user, orders).await?;
         let refused: Vec<&str> = by_user.keys().map(String::as_str).collect();
         let mut owned = self.store.owned_of(sale_id, &refused).await?;
         let users: Vec<String> = by_user.keys().cloned().collect();
         for user in users {
-            let quantity = quantities.get(&user).copied().unwrap_or(1);
+            let quantity = orders.get(&user).map_or(1, |order| order.quantity);
             let Some(refusal) = refusal_for_buyer(&sale, owned.remove(&user), quantity) else {
                 continue;
             };
@@ -242,6 +247,30 @@ impl PurchaseBatcher {
         Ok(())
     }
 
+    /// Answers the buyers whose order key names an order of theirs in the sale (read now):
+    /// `ALREADY_PURCHASED` with that order. The others stay in `by_user`.
+    async fn answer_keyed(
+        &self,
+        sale_id: Uuid,
+        by_user: &mut HashMap<String, Vec<Reply>>,
+        orders: &HashMap<String, Order>,
+    ) -> Result<(), StoreError> {
+        let keys: Vec<(&str, Uuid)> = orders
+            .iter()
+            .filter(|(user, _)| by_user.contains_key(*user))
+            .filter_map(|(user, order)| Some((user.as_str(), order.key?)))
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        for (user, order) in self.store.keyed_orders(sale_id, &keys).await? {
+            if let Some(replies) = by_user.remove(&user) {
+                answer_owner(replies, order, false);
+            }
+        }
+        Ok(())
+    }
+
     /// Answers a batch of a sold-out sale without selling: one primary-key read says the
     /// sale is still live (it may have been archived, its sku given to a new sale, since
     /// the sold-out memory was filled), then each buyer hears `ALREADY_PURCHASED` or
@@ -252,7 +281,7 @@ impl PurchaseBatcher {
         sale_id: Uuid,
         remembered: SoldOutBuyers,
         mut by_user: HashMap<String, Vec<Reply>>,
-        quantities: &HashMap<String, i32>,
+        orders: &HashMap<String, Order>,
         limit: i32,
     ) {
         match self.store.is_unarchived(sale_id).await {
@@ -264,6 +293,9 @@ impl PurchaseBatcher {
                 return;
             }
             Err(err) => return fail_all(sale_id, by_user, &err),
+        }
+        if let Err(err) = self.answer_keyed(sale_id, &mut by_user, orders).await {
+            return fail_all(sale_id, by_user, &err);
         }
         let owned: HashMap<String, Owned> = match remembered {
             Some(buyers) => by_user
@@ -279,7 +311,7 @@ impl PurchaseBatcher {
             }
         };
         for (user, replies) in by_user.drain() {
-            let quantity = quantities.get(&user).copied().unwrap_or(1);
+            let quantity = orders.get(&user).map_or(1, |order| order.quantity);
             let answer = sold_out_answer(owned.get(&user).cloned(), quantity, limit);
             for reply in replies {
                 let _ = reply.send(Ok(answer.clone()));

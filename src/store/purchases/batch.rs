@@ -17,6 +17,8 @@ pub struct BatchBuyer {
     pub purchase_id: Uuid,
     /// Units asked for (at least 1, at most the sale's `max_per_order`).
     pub quantity: i32,
+    /// The buyer's key for the order, if any.
+    pub order_key: Option<Uuid>,
 }
 
 /// Sells to a batch of distinct users of one sale in one statement: one row lock and one
@@ -38,10 +40,14 @@ pub struct BatchBuyer {
 ///   inserted as the next link of its buyer's chain (`units_before` = the units `owned`
 ///   saw); an order committed since has exactly that `units_before` (the chain has no gaps:
 ///   every insert that succeeds saw the chain's end), so the INSERT skips ours (ON CONFLICT
-///   DO NOTHING on the chain key, `purchases_one_per_user`) instead of failing the batch.
+///   DO NOTHING, here on the chain key `purchases_one_per_user`) instead of failing the batch.
 ///   An order inserted therefore saw all its buyer's units, and `units + quantity <=
 ///   per_customer_limit` was checked against the truth. A skipped order leaves its units
 ///   unsold; its buyer is refused here and decided again by the caller.
+/// - Order keys: an order whose key its buyer has used (committed, or in flight elsewhere:
+///   the INSERT waits for it) is skipped by the same ON CONFLICT DO NOTHING (no target: the
+///   chain key and `purchases_order_key` alike), so one key buys once; the caller answers
+///   with the order that has it.
 /// - Sellability (checkout, window, cancel, archive) is decided on the locked row. What
 ///   buyers own is reported only while the sale is not archived: an archived sale's buyers
 ///   are never told about it through a sku that now names another sale.
@@ -52,9 +58,9 @@ pub struct BatchBuyer {
 ///   bought.
 const BATCH_SQL: &str = "
     WITH RECURSIVE req AS (
-        SELECT u.user_id, u.purchase_id, u.quantity, u.ord
-          FROM unnest($2::text[], $3::uuid[], $5::int[])
-               WITH ORDINALITY AS u(user_id, purchase_id, quantity, ord)
+        SELECT u.user_id, u.purchase_id, u.quantity, u.order_key, u.ord
+          FROM unnest($2::text[], $3::uuid[], $5::int[], $7::uuid[])
+               WITH ORDINALITY AS u(user_id, purchase_id, quantity, order_key, ord)
     ), locked AS (
         SELECT available, per_customer_limit AS lim, max_per_order,
                archived_at IS NULL AS live,
@@ -72,14 +78,15 @@ const BATCH_SQL: &str = "
            AND EXISTS (SELECT 1 FROM locked WHERE live)
          GROUP BY p.user_id
     ), cand AS (
-        SELECT r.user_id, r.purchase_id, r.quantity, r.ord, COALESCE(o.units, 0) AS before,
+        SELECT r.user_id, r.purchase_id, r.quantity, r.order_key, r.ord,
+               COALESCE(o.units, 0) AS before,
                COALESCE(o.units, 0) + r.quantity <= l.lim AND r.quantity <= l.max_per_order
                    AS within_limit
           FROM req r CROSS JOIN locked l LEFT JOIN owned o ON o.user_id = r.user_id
     ), {DECIDE}, bought AS (
-        INSERT INTO purchases (id, sale_id, user_id, quantity, units_before)
-        SELECT c.purchase_id, $1, c.user_id, c.quantity, c.before FROM chosen c
-        ON CONFLICT ON CONSTRAINT purchases_one_per_user DO NOTHING
+        INSERT INTO purchases (id, sale_id, user_id, quantity, units_before, order_key)
+        SELECT c.purchase_id, $1, c.user_id, c.quantity, c.before, c.order_key FROM chosen c
+        ON CONFLICT DO NOTHING
         RETURNING id, user_id, created_at, quantity
     ), taken AS (
         UPDATE sales SET available = available - (SELECT sum(quantity) FROM bought),
@@ -160,6 +167,7 @@ pub(in crate::store) async fn purchase_batch(
     let users: Vec<&str> = buyers.iter().map(|b| b.user_id.as_str()).collect();
     let ids: Vec<Uuid> = buyers.iter().map(|b| b.purchase_id).collect();
     let quantities: Vec<i32> = buyers.iter().map(|b| b.quantity).collect();
+    let keys: Vec<Option<Uuid>> = buyers.iter().map(|b| b.order_key).collect();
     let decide = if quantities.iter().all(|q| *q == 1) {
         UNITS_OF_ONE
     } else {
@@ -174,6 +182,7 @@ pub(in crate::store) async fn purchase_batch(
         .bind(JobKind::SyncSaleState.as_str())
         .bind(&quantities)
         .bind(buyers.len() as i64)
+        .bind(&keys)
         .fetch_all(conn)
         .await
         .map_err(StoreError::after_write)?;
