@@ -17,12 +17,10 @@ pub use outbox_views::{
 pub use queue_views::{QueueStatsView, QueueStatusKind, QueueStatusView, QueueStreamEvent};
 
 use chrono::{DateTime, Utc};
-use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{Enum, Object};
 use uuid::Uuid;
 
-use super::error::{ErrorBody, ErrorCode};
 use super::strict::StrictString;
 use crate::domain::{self, Checkout, EndReason, Purchase, Sale, SaleState};
 use crate::store::SaleEvent;
@@ -143,11 +141,9 @@ fn optional<T>(field: MaybeUndefined<T>, name: &str) -> Result<Option<T>, String
 }
 
 impl PurchaseRequest {
-    /// The `userId` the request names, if any; `null` is refused.
-    pub fn claimed_user(self) -> Result<Option<String>, Json<ErrorBody>> {
-        optional(self.user_id, "userId")
-            .map(|user| user.map(|user| user.0))
-            .map_err(|message| ErrorBody::json(ErrorCode::InvalidRequest, message))
+    /// The `userId` the request names, if any; `null` is refused (the message says why).
+    pub fn claimed_user(self) -> Result<Option<String>, String> {
+        optional(self.user_id, "userId").map(|user| user.map(|user| user.0))
     }
 }
 

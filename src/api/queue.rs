@@ -92,7 +92,12 @@ impl QueueApi {
     ) -> Result<JoinResponse, ServerError> {
         let claimed = match body.0.claimed_user() {
             Ok(claimed) => claimed,
-            Err(body) => return Ok(JoinResponse::BadRequest(body)),
+            Err(message) => {
+                return Ok(JoinResponse::BadRequest(ErrorBody::json(
+                    ErrorCode::InvalidRequest,
+                    message,
+                )));
+            }
         };
         let user_id = match self.buyer(&auth, claimed.as_deref()) {
             Ok(user_id) => user_id,
