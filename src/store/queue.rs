@@ -60,17 +60,6 @@ pub struct QueueStats {
     pub prequeue_size: Option<i32>,
 }
 
-/// Creates the queue row of a new queued sale, with the seed of its pre-queue shuffle.
-pub(super) async fn create_queue(conn: &mut PgConnection, sale_id: Uuid) -> Result<(), StoreError> {
-    let seed = (Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
-    sqlx::query("INSERT INTO sale_queues (sale_id, shuffle_seed) VALUES ($1, $2)")
-        .bind(sale_id)
-        .bind(seed)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 impl Store {
     /// The buyer's entry in the sale's queue.
     pub async fn queue_entry(

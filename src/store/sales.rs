@@ -148,7 +148,7 @@ impl Store {
         .await?;
         jobs::enqueue(&mut tx, JobKind::SyncSaleState, sale.id, Some(sale.ends_at)).await?;
         if sale.checkout == Checkout::Queued {
-            super::queue::create_queue(&mut tx, sale.id).await?;
+            create_queue(&mut tx, sale.id).await?;
             jobs::enqueue_queue_tick(&mut tx, sale.id, Some(sale.starts_at)).await?;
         }
         tx.commit().await?;
@@ -294,4 +294,15 @@ pub(super) async fn sale_by_id(
         .fetch_optional(conn)
         .await?;
     Ok(row.map(Sale::from))
+}
+
+/// Creates the queue row of a new queued sale, with the seed of its pre-queue shuffle.
+async fn create_queue(conn: &mut PgConnection, sale_id: Uuid) -> Result<(), StoreError> {
+    let seed = (Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
+    sqlx::query("INSERT INTO sale_queues (sale_id, shuffle_seed) VALUES ($1, $2)")
+        .bind(sale_id)
+        .bind(seed)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
