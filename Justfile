@@ -27,11 +27,16 @@ down *args:
     fi
     echo "Nothing to stop: the embedded mode stops with the service (Ctrl-C)."
 
-# The checks CI runs: format, lints, then the test suite.
+# The checks CI runs: format, lints, the import graph, then the test suite.
 test:
     cargo fmt --check
     cargo clippy --all-targets -- -D warnings
+    scripts/import-graph.py
     cargo test
+
+# The import graph of src/: no cycle, nothing imports a layer above it, no route imports a worker (--edges lists every import).
+imports *args:
+    scripts/import-graph.py {{args}}
 
 # Regenerate the committed OpenAPI document.
 openapi:
