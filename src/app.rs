@@ -154,7 +154,7 @@ impl Application {
                 .with_pool_wait(waited("reserved")),
             store,
             edge: crate::api::EdgeLimits {
-                db_timeout: Duration::from_millis(config.db_timeout_ms.max(100)),
+                answer_timeout: Duration::from_millis(config.db_timeout_ms.max(100)),
                 max_in_flight: config.max_in_flight.max(1),
                 max_body_bytes: config.max_body_bytes.max(1024),
             },
@@ -250,10 +250,10 @@ impl Application {
             purchases: PurchaseBatcher::new(
                 self.store.clone(),
                 self.group_commit,
-                self.edge.db_timeout,
+                self.edge.answer_timeout,
             )
             .with_metrics(self.metrics.clone()),
-            joins: JoinBatcher::new(self.store.clone(), self.edge.db_timeout),
+            joins: JoinBatcher::new(self.store.clone(), self.edge.answer_timeout),
             views: Arc::new(SaleViewCache::new(self.view_cache)),
             metrics: self.metrics.clone(),
             edge: self.edge,

@@ -8,7 +8,7 @@
 //! | `ADMIN_API_KEY` | development default, with a warning | bearer key of the admin API |
 //! | `DB_POOL_SIZE` | 10 | connections in the pool of the HTTP routes |
 //! | `DB_RESERVED_POOL_SIZE` | 3 | connections kept for the job runner and the health check |
-//! | `DB_TIMEOUT_MS` | 4000 | longest a request waits on the database before its 503 |
+//! | `DB_TIMEOUT_MS` | 4000 | a purchase's or join's answer timeout (then 503); every request's deadline is 1 s more |
 //! | `MAX_IN_FLIGHT` | 10000 | requests handled at once; past it a 503 at once |
 //! | `MAX_BODY_BYTES` | 16384 | largest request body; larger is 413 |
 //! | `ALLOW_UNVERIFIED_BUYERS` | false | allow a non-loopback bind without `BUYER_TOKEN_SECRET` |
@@ -124,8 +124,10 @@ pub struct Config {
     #[arg(long, env = "DB_RESERVED_POOL_SIZE", default_value_t = 3)]
     pub db_reserved_pool_size: u32,
 
-    /// Longest a request waits on the database (ms) before it is answered 503; a purchase
-    /// whose statement was sent is then answered "outcome unknown, retry".
+    /// How long a purchase or join waits for its answer (ms), the answer timeout, before it
+    /// is answered 503 ("outcome unknown, retry" once its statement was sent). Every
+    /// request, on any route, has a deadline a second longer, past which the edge answers
+    /// 503 itself (`EdgeLimits::request_deadline`).
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 4000)]
     pub db_timeout_ms: u64,
 

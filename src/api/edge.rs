@@ -17,8 +17,11 @@ use super::error::{ErrorBody, ErrorCode, RETRY_AFTER_SECONDS};
 /// The limits of the edge (see `Config` for the variables that set them).
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeLimits {
-    /// Longest a request may wait on the database; the whole request gets a second more.
-    pub db_timeout: Duration,
+    /// How long a buyer's purchase or join waits for its answer (its group-commit batch's
+    /// decision) before a 503, with `outcomeUnknown` once its statement was sent
+    /// (`DB_TIMEOUT_MS`). The batchers get it; the edge cuts every request off a second
+    /// later ([`EdgeLimits::request_deadline`]).
+    pub answer_timeout: Duration,
     /// Requests handled at once.
     pub max_in_flight: usize,
     /// Largest request body in bytes.
@@ -28,10 +31,19 @@ pub struct EdgeLimits {
 impl Default for EdgeLimits {
     fn default() -> Self {
         Self {
-            db_timeout: Duration::from_secs(4),
+            answer_timeout: Duration::from_secs(4),
             max_in_flight: 10_000,
             max_body_bytes: 16 * 1024,
         }
+    }
+}
+
+impl EdgeLimits {
+    /// The deadline of a whole request, any route: past it the edge answers 503 itself. A
+    /// second after the answer timeout, so that a purchase's or join's own answer, which
+    /// knows whether its write was sent, comes first.
+    pub fn request_deadline(&self) -> Duration {
+        self.answer_timeout + Duration::from_secs(1)
     }
 }
 
@@ -79,9 +91,10 @@ impl Edge {
 /// 2. a control character (NUL included) in the decoded path or query is 400: no such byte
 ///    is ever a valid sku, id or user, and Postgres refuses NUL in text;
 /// 3. a body over `max_body_bytes` is 413, without reading more than that of it;
-/// 4. the whole request gets the database timeout and a second: past it the client hears
-///    503 instead of waiting on a database that does not answer (purchases have a tighter
-///    deadline of their own that tells an unknown outcome apart; this is the backstop);
+/// 4. the whole request gets [`EdgeLimits::request_deadline`]: past it the client hears
+///    503 instead of waiting on a database that does not answer (purchases and joins have
+///    the tighter answer timeout of their own that tells an unknown outcome apart; this is
+///    the backstop);
 /// 5. a 405 gets the `Allow` header HTTP requires.
 pub async fn guard<E: Endpoint>(
     next: E,
@@ -106,7 +119,7 @@ pub async fn guard<E: Endpoint>(
     // A clone of the URI shares its bytes: no copy on the way of every request.
     let uri = req.uri().clone();
     let options = *req.method() == Method::OPTIONS;
-    let deadline = edge.limits.db_timeout + Duration::from_secs(1);
+    let deadline = edge.limits.request_deadline();
     let mut response = match tokio::time::timeout(deadline, next.call(req)).await {
         Ok(result) => result.map(IntoResponse::into_response)?,
         Err(_) => {
