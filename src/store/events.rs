@@ -8,8 +8,10 @@
 //! events whose `feed_tx` is below the oldest transaction still running
 //! (`pg_snapshot_xmin`): every transaction below that line has finished, and `feed_tx` is
 //! never below its writer's own id, so nothing can appear behind a cursor that stayed below
-//! it. A long transaction holds the line back (the server ends idle ones after 10 s); it
-//! delays the feed, never makes it skip.
+//! it. A long transaction holds the line back; it delays the feed, never makes it skip.
+//! This service's own sessions end a transaction left idle for 10 s
+//! (`idle_in_transaction_session_timeout`, see `route.rs`); another client's (a psql
+//! session, a backup, a migration's session) holds the line for as long as it lasts.
 
 use std::time::Duration;
 

@@ -5,9 +5,14 @@
 //!
 //! Lock order, which rules out deadlocks: a buyer's statements lock their queue entry, then
 //! the sale row (or the queue row); a join batch locks its buyers' entries in user order,
-//! then the queue row. The tick either holds the sale row and takes entries only with SKIP
-//! LOCKED (admission, expiry), or locks entries first and the queue row after (a slice of
-//! the pre-queue's draw), the buyers' own order; the archive voids holds the same way.
+//! then the queue row. The tick's admission holds the sale row first and takes entries only
+//! with SKIP LOCKED (it never waits on a buyer), then the queue row; its expiry locks
+//! entries first (SKIP LOCKED too) and the sale row after, and a slice of the pre-queue's
+//! draw entries first and the queue row after: the buyers' own order. The archive voids
+//! holds as expiry does, entries first, but waits for an entry a buyer holds. (The outbox
+//! migration's comment on the `hold.*` trigger counts admission among the statements that
+//! lock entries first: it is wrong there, and stays, since an applied migration's text is
+//! checksummed and never edited.)
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
