@@ -1,12 +1,15 @@
 //! Instant purchases: the one statement that sells a unit, and the reads around it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::db::Db;
 use super::jobs::JobKind;
 use super::sales::sale_by_id;
-use super::{Store, StoreError, unanswered, violated_constraint};
+use super::{Store, StoreError, deadline_missed, violated_constraint};
 use crate::domain::{Checkout, Purchase, Sale, SaleState};
 
 /// The result of an instant purchase attempt. Refusals are values, not errors.
@@ -92,8 +95,13 @@ impl Store {
         cut_off: tokio::time::Instant,
     ) -> Result<PurchaseOutcome, StoreError> {
         let mut conn = self.conn_until(cut_off).await?;
-        let bought = tokio::time::timeout_at(cut_off, purchase(&mut conn, sale_id, user_id)).await;
-        bought.unwrap_or_else(|_| Err(unanswered(&mut conn, "purchase")))
+        let sent = AtomicBool::new(false);
+        let bought = purchase(&mut conn, sale_id, user_id, &sent);
+        let bought = tokio::time::timeout_at(cut_off, bought).await;
+        bought.unwrap_or_else(|_| {
+            let sent = sent.load(Ordering::Acquire);
+            Err(deadline_missed(&mut conn, sent, "purchase"))
+        })
     }
 
     /// The user's purchase in the sale `sale_id`, if any. `None` for an unknown sale too;
@@ -103,26 +111,38 @@ impl Store {
         sale_id: Uuid,
         user_id: &str,
     ) -> Result<Option<Purchase>, StoreError> {
-        find_purchase(&mut *self.conn().await?, sale_id, user_id).await
+        find_purchase(&mut self.conn().await?, sale_id, user_id).await
     }
 }
 
 /// [`Store::purchase`] on `conn`: the statement, and retries while the sale turns out
-/// sellable right after a refusal (a boundary moment).
+/// sellable right after a refusal (a boundary moment). `sent` is set as the statement goes
+/// out: a failure before it (behind a pooler, its BEGIN) wrote nothing.
 async fn purchase(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     user_id: &str,
+    sent: &AtomicBool,
 ) -> Result<PurchaseOutcome, StoreError> {
     let mut refusal = PurchaseOutcome::SaleNotFound;
     for _ in 0..PURCHASE_ATTEMPTS {
+        let mut unit = conn.unit().await?;
+        sent.store(true, Ordering::Release);
         let attempt = sqlx::query_as::<_, PurchaseRow>(PURCHASE_SQL)
             .bind(sale_id)
             .bind(user_id)
             .bind(Uuid::new_v4())
             .bind(JobKind::SyncSaleState.as_str())
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut *unit)
             .await;
+        let attempt = match attempt {
+            Ok(row) => unit.commit().await.map(|()| row),
+            Err(err) => {
+                // Rolled back (behind a pooler) before the next statement.
+                drop(unit);
+                Err(err)
+            }
+        };
         match attempt {
             Ok(Some(row)) => return Ok(PurchaseOutcome::Purchased(row.into())),
             Ok(None) => {}
@@ -143,7 +163,7 @@ async fn purchase(
 /// sellable now. Order matters: an archived sale answers nothing else; a duplicate is never
 /// reported as sold out, and a sold-out sale says so whatever else its state is.
 async fn classify_refusal(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     user_id: &str,
 ) -> Result<Option<PurchaseOutcome>, StoreError> {
@@ -176,7 +196,7 @@ fn refusal_for(sale: &Sale) -> Option<PurchaseOutcome> {
 }
 
 pub(super) async fn find_purchase(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     user_id: &str,
 ) -> Result<Option<Purchase>, StoreError> {
@@ -272,22 +292,28 @@ pub struct BatchResult {
     pub sale_unarchived: bool,
 }
 
-/// Runs [`BATCH_SQL`] on `conn` for `buyers` (distinct users) of the sale `sale_id`.
+/// Runs [`BATCH_SQL`] on `conn` for `buyers` (distinct users) of the sale `sale_id`. `sent`
+/// is set as the statement goes out: a failure before it (behind a pooler, its BEGIN)
+/// wrote nothing.
 pub(super) async fn purchase_batch(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     buyers: &[BatchBuyer],
+    sent: &AtomicBool,
 ) -> Result<BatchResult, StoreError> {
     let users: Vec<&str> = buyers.iter().map(|b| b.user_id.as_str()).collect();
     let ids: Vec<Uuid> = buyers.iter().map(|b| b.purchase_id).collect();
+    let mut unit = conn.unit().await?;
+    sent.store(true, Ordering::Release);
     let rows = sqlx::query_as::<_, BatchRow>(BATCH_SQL)
         .bind(sale_id)
         .bind(&users)
         .bind(&ids)
         .bind(JobKind::SyncSaleState.as_str())
-        .fetch_all(conn)
+        .fetch_all(&mut *unit)
         .await
         .map_err(StoreError::after_write)?;
+    unit.commit().await.map_err(StoreError::after_write)?;
     let mut result = BatchResult::default();
     for row in rows {
         let (Some(id), Some(user_id), Some(created_at)) = (row.id, row.user_id, row.created_at)
@@ -322,7 +348,7 @@ impl Store {
         )
         .bind(sale_id)
         .bind(limit + 1)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok((rows.len() as i64 <= limit).then(|| rows.into_iter().map(Purchase::from).collect()))
     }
@@ -339,7 +365,7 @@ impl Store {
         )
         .bind(sale_id)
         .bind(users)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(Purchase::from).collect())
     }

@@ -15,9 +15,10 @@
 //! checksummed and never edited.)
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::db::Db;
 use super::jobs::{self, JobKind, enqueue_queue_tick};
 use super::purchases::{PurchaseRow, find_purchase};
 use super::queue_entry::find_entry;
@@ -72,7 +73,7 @@ impl Store {
         sale_id: Uuid,
         user_id: &str,
     ) -> Result<Option<QueueEntry>, StoreError> {
-        find_entry(&mut *self.conn().await?, sale_id, user_id).await
+        find_entry(&mut self.conn().await?, sale_id, user_id).await
     }
 
     /// Turns the buyer's live hold into a purchase.
@@ -93,7 +94,7 @@ impl Store {
             return Ok(ConfirmOutcome::WrongCheckout);
         }
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         let confirmed = sqlx::query(
             "UPDATE queue_entries SET status = 'purchased', finished_at = now()
               WHERE sale_id = $1 AND user_id = $2 AND status = 'held' AND hold_expires_at > now()",
@@ -144,7 +145,7 @@ impl Store {
 
     async fn confirm_refusal(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut Db,
         sale: &Sale,
         user_id: &str,
     ) -> Result<ConfirmOutcome, StoreError> {
@@ -186,7 +187,7 @@ impl Store {
             return Ok(LeaveOutcome::WrongCheckout);
         }
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         let before: Option<(String,)> = sqlx::query_as(
             "WITH target AS (
                  SELECT status FROM queue_entries
@@ -245,7 +246,7 @@ impl Store {
                FROM sale_queues WHERE sale_id = $1",
         )
         .bind(sale_id)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         Ok(stats)
     }
@@ -260,7 +261,7 @@ impl Store {
                 AND s.starts_at <= now() AND now() < s.ends_at
               ORDER BY s.sku LIMIT 1000",
         )
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?)
     }
 
@@ -271,7 +272,7 @@ impl Store {
               WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1000",
         )
         .bind(user_id)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(Purchase::from).collect())
     }

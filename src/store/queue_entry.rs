@@ -2,10 +2,11 @@
 //! route, the join, and the live streams.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::StoreError;
+use super::db::Db;
 use crate::domain::{EntryStatus, QueueEntry};
 
 #[derive(FromRow)]
@@ -77,7 +78,7 @@ pub(super) const ENTRY_SQL_FOR_USERS: &str = concat!(
 );
 
 pub(super) async fn find_entry(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     user_id: &str,
 ) -> Result<Option<QueueEntry>, StoreError> {

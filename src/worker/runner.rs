@@ -324,7 +324,7 @@ impl<H: JobHandler> Runner<H> {
     }
 
     async fn listen(&self) -> Option<PgListener> {
-        let mut listener = match PgListener::connect_with(self.store.pool()).await {
+        let mut listener = match PgListener::connect_with(self.store.session_pool()).await {
             Ok(listener) => listener,
             Err(err) => {
                 static LOGGED: Throttle = Throttle::new(QUIET_FOR);

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -16,7 +17,7 @@ use super::{
 use crate::domain::Purchase;
 use crate::store::batcher::claim;
 use crate::store::purchases::{BatchBuyer, BatchResult, PurchaseOutcome, purchase_batch};
-use crate::store::{StoreError, unanswered};
+use crate::store::{StoreError, deadline_missed};
 
 impl PurchaseBatcher {
     /// Records that the sale sold out, loading its (final) buyers when there are few enough.
@@ -133,8 +134,9 @@ impl PurchaseBatcher {
             return Ok(None);
         }
         let started = Instant::now();
-        let decided =
-            tokio::time::timeout_at(cut_off, purchase_batch(&mut conn, sale_id, buyers)).await;
+        let sent = AtomicBool::new(false);
+        let decided = purchase_batch(&mut conn, sale_id, buyers, &sent);
+        let decided = tokio::time::timeout_at(cut_off, decided).await;
         if let Some(metrics) = &self.metrics {
             metrics.batch_size.observe(buyers.len() as f64);
             metrics
@@ -143,7 +145,10 @@ impl PurchaseBatcher {
         }
         match decided {
             Ok(result) => result.map(Some),
-            Err(_) => Err(unanswered(&mut conn, "purchase batch")),
+            Err(_) => {
+                let sent = sent.load(Ordering::Acquire);
+                Err(deadline_missed(&mut conn, sent, "purchase batch"))
+            }
         }
     }
 

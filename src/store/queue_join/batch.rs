@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::JoinOutcome;
 use crate::domain::{EntryStatus, QueueEntry, Sale, SaleState};
 use crate::store::StoreError;
+use crate::store::db::Db;
 use crate::store::jobs::enqueue_queue_tick;
 use crate::store::purchases::find_purchase;
 use crate::store::queue_entry::{ENTRY_SQL_FOR_USERS, EntryRow, queue_counters_sql};
@@ -67,7 +67,7 @@ struct Door {
 ///
 /// `committing` is set just before the COMMIT is sent (see [`decide_joins`]).
 pub(super) async fn join_batch(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     users: &[String],
     committing: &AtomicBool,
@@ -205,7 +205,7 @@ pub(super) async fn join_batch(
 /// lock (see [`join_batch`]); returns the entries with the queue's counters as this
 /// statement left them. Tickets follow arrival order within the batch.
 async fn write_joins(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut Db,
     sale_id: Uuid,
     door: &Door,
     prequeue: bool,

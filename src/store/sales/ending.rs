@@ -47,7 +47,7 @@ impl Store {
         let row = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(sale_id)
             .bind(JobKind::SyncSaleState.as_str())
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         Ok(match row {
             Some(row) => CancelOutcome::Cancelled(row.into()),
@@ -78,7 +78,7 @@ impl Store {
     ///    `ON DELETE RESTRICT` key of purchases would refuse the DELETE anyway.
     pub async fn remove_sale(&self, sale_id: Uuid) -> Result<RemoveOutcome, StoreError> {
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         for lock in [
             "SELECT 1 FROM sales WHERE id = $1 FOR NO KEY UPDATE",
             "SELECT 1 FROM sale_queues WHERE sale_id = $1 FOR UPDATE",
@@ -154,7 +154,7 @@ impl Store {
         let archived = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(sale_id)
             .bind(JobKind::SyncSaleState.as_str())
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         let Some(archived) = archived else {
             return Ok(match self.sale_by_id(sale_id).await? {
@@ -167,9 +167,10 @@ impl Store {
             });
         };
         if archived.checkout == Checkout::Queued.as_str() {
-            jobs::enqueue_queue_tick(&mut *self.conn().await?, sale_id, None).await?;
+            jobs::enqueue_queue_tick(&mut self.conn().await?, sale_id, None).await?;
         }
-        let voided_holds = return_holds(&self.pool, sale_id, HoldsToReturn::All).await?;
+        let voided_holds =
+            return_holds(&mut self.conn().await?, sale_id, HoldsToReturn::All).await?;
         let sale = self
             .sale_by_id(sale_id)
             .await?
