@@ -19,6 +19,7 @@ mod openapi;
 mod outage;
 mod outbox;
 mod outcome;
+mod pooler;
 mod purchase;
 mod queue;
 mod queue_door;
