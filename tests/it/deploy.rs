@@ -70,7 +70,7 @@ impl Instance {
     /// Waits until the process exits (panics past `wait`): its exit status.
     pub(crate) async fn wait_exit(&mut self, wait: Duration) -> std::process::ExitStatus {
         match tokio::time::timeout(wait, self.child.wait()).await {
-            Ok(status) => status.expect("wait"),
+            Ok(status) => status.unwrap_or_else(|err| panic!("wait: {err}\n{}", self.log())),
             Err(_) => panic!("the instance did not exit:\n{}", self.log()),
         }
     }

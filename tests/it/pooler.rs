@@ -4,135 +4,27 @@
 //! `DATABASE_SESSION_URL`. Skipped, saying so, only where no `pgbouncer` binary is installed
 //! (CI installs it).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::Connection;
-use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
+
+mod bouncer;
 
 use crate::deploy::{Instance, client, create_sale};
 use crate::support::{ADMIN_KEY, empty_database};
-
-/// Where Debian puts the binary (`apt-get install pgbouncer`), or `PGBOUNCER`.
-fn pgbouncer_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PGBOUNCER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/pgbouncer"));
-    path.exists().then_some(path)
-}
-
-/// A PgBouncer process in transaction mode in front of one database, stopped when dropped.
-struct Bouncer {
-    child: Child,
-    port: u16,
-    /// The user clients sign in as (the test server's).
-    user: String,
-    dir: PathBuf,
-}
-
-impl Bouncer {
-    /// Starts `binary` with the project's configuration, its lines marked "local:" made
-    /// local (address, port, trust auth), and `server_connections` server connections: fewer
-    /// than the service's, so its transactions change server connection all the time.
-    fn start(binary: &Path, database_url: &str, server_connections: u32) -> Bouncer {
-        let target: PgConnectOptions = database_url.parse().expect("database url");
-        let dir = std::env::temp_dir().join(format!("flashsale-pgbouncer-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("pgbouncer folder");
-        let port = free_port();
-        let userlist = dir.join("userlist.txt");
-        std::fs::write(&userlist, format!("\"{}\" \"\"\n", target.get_username()))
-            .expect("userlist");
-        let template = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/pgbouncer/pgbouncer.ini"
-        );
-        let config: String = std::fs::read_to_string(template)
-            .expect("deploy/pgbouncer/pgbouncer.ini")
-            .lines()
-            .map(|line| {
-                let key = line.split(" = ").next().unwrap_or_default();
-                let local = match key {
-                    "flashsale" => format!(
-                        "flashsale = host={} port={} dbname={}",
-                        target.get_host(),
-                        target.get_port(),
-                        target.get_database().expect("a database")
-                    ),
-                    "listen_port" => format!("listen_port = {port}"),
-                    "auth_type" => "auth_type = trust".to_string(),
-                    "auth_file" => format!("auth_file = {}", userlist.display()),
-                    "default_pool_size" => format!("default_pool_size = {server_connections}"),
-                    _ => line.to_string(),
-                };
-                local + "\n"
-            })
-            .collect();
-        let ini = dir.join("pgbouncer.ini");
-        std::fs::write(&ini, config).expect("pgbouncer.ini");
-        // PgBouncer refuses to run as root: as root, run it as the cluster's user.
-        let as_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
-        let mut command = if as_root {
-            let mut runuser = Command::new("runuser");
-            runuser.args(["-u", "postgres", "--"]).arg(binary);
-            runuser
-        } else {
-            Command::new(binary)
-        };
-        let child = command
-            .arg(&ini)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pgbouncer");
-        let user = target.get_username().to_string();
-        let bouncer = Bouncer {
-            child,
-            port,
-            user,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "pgbouncer did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bouncer
-    }
-
-    /// The URL of the pooled database, as a client of the pooler.
-    fn url(&self) -> String {
-        format!("postgres://{}@127.0.0.1:{}/flashsale", self.user, self.port)
-    }
-}
-
-impl Drop for Bouncer {
-    fn drop(&mut self) {
-        // runuser passes the signal on to pgbouncer.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
+use bouncer::{Bouncer, pgbouncer_binary};
 
 /// The pooled instance: DATABASE_URL through `bouncer`, LISTEN and migrations on `direct`.
 /// The live hub's own refresh is a minute apart, so a stream that moves sooner heard a
 /// notification; statements may take 15 s, so a faster refusal is the server's timeout.
-fn pooled_instance(bouncer: &Bouncer, direct: &str, pooler: &str) -> Instance {
+fn pooled_instance(
+    bouncer: &Bouncer,
+    direct: &str,
+    pooler: &str,
+    startup_wait_ms: &str,
+) -> Instance {
     Instance::start(
         &bouncer.url(),
         &[
@@ -143,7 +35,7 @@ fn pooled_instance(bouncer: &Bouncer, direct: &str, pooler: &str) -> Instance {
             ("LIVE_REFRESH_MS", "60000"),
             ("RATE_LIMIT_PER_USER", "0"),
             ("WORKER_POLL_MS", "200"),
-            ("DB_STARTUP_WAIT_MS", "3000"),
+            ("DB_STARTUP_WAIT_MS", startup_wait_ms),
         ],
     )
 }
@@ -207,7 +99,7 @@ async fn behind_pgbouncer_in_transaction_mode_buyers_queue_stream_and_timeouts_w
     let bouncer = Bouncer::start(&binary, &direct, 3);
     let client = client();
     // Migrations run on the session URL: the pooler's transactions cannot hold their lock.
-    let mut instance = pooled_instance(&bouncer, &direct, "transaction");
+    let mut instance = pooled_instance(&bouncer, &direct, "transaction", "30000");
     instance.wait_healthy(&client).await;
     let base = instance.base.clone();
 
@@ -369,7 +261,7 @@ async fn without_pooler_mode_the_service_cannot_start_through_pgbouncer() {
     let bouncer = Bouncer::start(&binary, &direct, 3);
     // Pooler mode without a session URL is refused at start, with the reason.
     let mut lacking = Instance::start(&bouncer.url(), &[("DATABASE_POOLER", "transaction")]);
-    let status = lacking.wait_exit(Duration::from_secs(10)).await;
+    let status = lacking.wait_exit(Duration::from_secs(30)).await;
     assert!(!status.success());
     assert!(
         lacking.log().contains("needs DATABASE_SESSION_URL"),
@@ -378,8 +270,8 @@ async fn without_pooler_mode_the_service_cannot_start_through_pgbouncer() {
     );
     // The default (direct) mode sends the server timeouts as start-up options, which
     // pgbouncer refuses: the service says so and stops.
-    let mut direct_mode = pooled_instance(&bouncer, &direct, "none");
-    let status = direct_mode.wait_exit(Duration::from_secs(20)).await;
+    let mut direct_mode = pooled_instance(&bouncer, &direct, "none", "2000");
+    let status = direct_mode.wait_exit(Duration::from_secs(30)).await;
     assert!(!status.success());
     assert!(
         direct_mode.log().contains("unsupported startup parameter"),
