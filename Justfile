@@ -93,6 +93,10 @@ bench-outbox:
 webhook-crash:
     stress/webhook-crash.sh
 
+# The k6 pass through PgBouncer in transaction mode (DATABASE_POOLER=transaction; CI runs it); DIRECT=1 runs it straight on Postgres first, POOLER=none shows what breaks without pooler mode.
+pgbouncer binary="":
+    stress/pgbouncer-pass.sh {{binary}}
+
 # Failover on replicated Postgres (etcd, 3 Patroni nodes, HAProxy from Debian's packages): kill -9 of the primary, a switchover, a route to a standby; FAILOVER_REDUCED=1: the kill only.
 failover binary="":
     stress/failover.sh {{binary}}
