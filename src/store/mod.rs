@@ -323,16 +323,11 @@ impl Store {
         &self.pool
     }
 
-    /// The pool for what needs a server session of its own (LISTEN): the store's own pool
-    /// in direct mode; behind a transaction-mode pooler, the direct session pool given to
-    /// [`Store::behind`].
+    /// The pool for what needs a server session of its own (LISTEN): the session pool given
+    /// to [`Store::behind`] (`DATABASE_SESSION_URL`; needed behind a transaction-mode
+    /// pooler), else the store's own pool.
     pub fn session_pool(&self) -> &PgPool {
         self.session.as_ref().unwrap_or(&self.pool)
-    }
-
-    /// What stands between the store's pool and Postgres.
-    pub fn pooler(&self) -> Pooler {
-        self.pooler
     }
 
     /// Whether the database answers within `timeout` and takes writes (a primary, not a
