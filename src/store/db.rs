@@ -37,18 +37,7 @@ use sqlx::{Describe, Either, Execute, Executor, Postgres, SqlSafeStr, SqlStr};
 // its `Transaction` uses it.
 use sqlx_core::transaction::TransactionManager;
 
-use super::route::SERVER_TIMEOUTS;
-
-/// What stands between the service and Postgres.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Pooler {
-    /// Nothing, or a pooler in session mode: a connection is one server session.
-    #[default]
-    None,
-    /// A pooler in transaction mode (pgbouncer `pool_mode = transaction`): only a
-    /// transaction stays on one server connection.
-    Transaction,
-}
+use super::route::{Pooler, SERVER_TIMEOUTS};
 
 /// The `BEGIN` of a transaction behind a transaction-mode pooler: the server timeouts, set
 /// for this transaction only, in the same round trip.

@@ -32,7 +32,6 @@ use prometheus::Histogram;
 use sqlx::PgPool;
 
 pub use audit::{AuditCheck, AuditReport};
-pub use db::Pooler;
 pub use deliveries::{AttemptResult, AttemptTally, ClaimedDelivery, DeliveryView, ReplayOutcome};
 pub use events::{FeedFilter, Pruned};
 pub use group_commit::{MAX_BATCH, PurchaseBatcher};
@@ -45,7 +44,7 @@ pub use purchases::{BatchBuyer, BatchResult, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, LeaveOutcome, QueueStats};
 pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
-pub use route::{ACQUIRE_TIMEOUT, SERVER_TIMEOUTS, connect, connect_through};
+pub use route::{ACQUIRE_TIMEOUT, Pooler, SERVER_TIMEOUTS, connect, connect_through};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
 pub use secret_box::{BadKey, SealError, SecretBox};
 pub use webhooks::{EndpointTarget, NewEndpoint};

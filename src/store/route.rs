@@ -29,7 +29,16 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgConnection, PgPool, Row};
 
-use super::Pooler;
+/// What stands between the service and Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooler {
+    /// Nothing, or a pooler in session mode: a connection is one server session.
+    #[default]
+    None,
+    /// A pooler in transaction mode (pgbouncer `pool_mode = transaction`): only a
+    /// transaction stays on one server connection.
+    Transaction,
+}
 
 /// A fixed point every sighting is measured from.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
