@@ -74,10 +74,16 @@ pub(super) async fn join_batch(
 ) -> Result<JoinBatch, StoreError> {
     let mut tx = conn.begin().await?;
     sqlx::query(
-        "SELECT 1 FROM queue_entries
-          WHERE sale_id = $1 AND user_id = ANY($2) AND status IN ('expired', 'left')
-          ORDER BY user_id COLLATE \"C\"
-            FOR UPDATE",
+        // One primary-key probe per buyer, in user order (a nested loop over the sorted
+        // buyers; the subquery with its row lock is never flattened). `user_id = ANY($2)`
+        // let a planner on statistics older than the crowd scan every entry of the sale
+        // instead: 9 ms a batch at 64,000 entries, growing with the queue.
+        "SELECT 1 FROM (SELECT u FROM unnest($2::text[]) u ORDER BY u COLLATE \"C\") b(user_id)
+          CROSS JOIN LATERAL (
+                SELECT 1 FROM queue_entries e
+                 WHERE e.sale_id = $1 AND e.user_id = b.user_id
+                   AND e.status IN ('expired', 'left')
+                   FOR UPDATE) l",
     )
     .bind(sale_id)
     .bind(users)
