@@ -148,20 +148,23 @@ pub(super) struct Tx<'a> {
 
 impl Tx<'_> {
     /// Commits (releases the savepoint of a nested one).
-    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        if self.open {
-            PgTransactionManager::commit(&mut self.db.conn).await?;
-            self.open = false;
-        }
-        Ok(())
+    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.end(true).await
     }
-}
 
-impl Tx<'_> {
     /// Rolls back now (rather than before the connection's next use).
-    pub(super) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+    pub(super) async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.end(false).await
+    }
+
+    /// Ends this transaction once, either way; a closed one is left as it is.
+    async fn end(mut self, commit: bool) -> Result<(), sqlx::Error> {
         if self.open {
-            PgTransactionManager::rollback(&mut self.db.conn).await?;
+            if commit {
+                PgTransactionManager::commit(&mut self.db.conn).await?;
+            } else {
+                PgTransactionManager::rollback(&mut self.db.conn).await?;
+            }
             self.open = false;
         }
         Ok(())
