@@ -27,11 +27,16 @@ down *args:
     fi
     echo "Nothing to stop: the embedded mode stops with the service (Ctrl-C)."
 
-# The checks CI runs: format, lints, then the test suite.
+# The checks CI runs: format, lints, the import graph, then the test suite.
 test:
     cargo fmt --check
     cargo clippy --all-targets -- -D warnings
+    scripts/import-graph.py
     cargo test
+
+# The import graph of src/: no cycle, nothing imports a layer above it, no route imports a worker (--edges lists every import).
+imports *args:
+    scripts/import-graph.py {{args}}
 
 # Regenerate the committed OpenAPI document.
 openapi:
@@ -87,6 +92,10 @@ bench-outbox:
 # Webhooks through a kill -9 of one of two instances, a receiver failing 30% and down for 3 s.
 webhook-crash:
     stress/webhook-crash.sh
+
+# The k6 pass through PgBouncer in transaction mode (DATABASE_POOLER=transaction; CI runs it); DIRECT=1 runs it straight on Postgres first, POOLER=none shows what breaks without pooler mode.
+pgbouncer binary="":
+    stress/pgbouncer-pass.sh {{binary}}
 
 # Failover on replicated Postgres (etcd, 3 Patroni nodes, HAProxy from Debian's packages): kill -9 of the primary, a switchover, a route to a standby; FAILOVER_REDUCED=1: the kill only.
 failover binary="":

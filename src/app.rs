@@ -38,6 +38,9 @@ use crate::worker::{Runner, RunnerConfig, ServiceJobs, WebhookConfig, WebhookSen
 
 /// Name of the database the service uses on its embedded cluster.
 const EMBEDDED_DATABASE: &str = "flashsale";
+/// Connections of the session pool (DATABASE_SESSION_URL): the live hub's LISTEN and the job
+/// runner's.
+const SESSION_POOL_SIZE: u32 = 2;
 /// How often start-up tries a database that does not answer yet.
 const DB_STARTUP_RETRY: Duration = Duration::from_secs(1);
 
@@ -91,19 +94,31 @@ impl Application {
                 (cluster.url(EMBEDDED_DATABASE), Some(cluster))
             }
         };
+        let pooler = settings::pooler(config).map_err(anyhow::Error::msg)?;
         let wait = config.lifecycle.db_startup_wait();
-        let pool = connect_waiting(&url, config.db_pool_size, wait)
+        let pool = connect_waiting(&url, config.db_pool_size, pooler, wait)
             .await
             .context("Failed to connect to Postgres")?;
-        let reserved_pool = connect_waiting(&url, config.db_reserved_pool_size.max(2), wait)
+        let reserved_size = config.db_reserved_pool_size.max(2);
+        let reserved_pool = connect_waiting(&url, reserved_size, pooler, wait)
             .await
             .context("Failed to connect the reserved pool to Postgres")?;
+        // LISTEN (the live hub's and the runner's) on a session of its own when one is
+        // configured apart; else on the main and the reserved pool, as always.
+        let session_pool = match config.database_session_url() {
+            Some(session_url) => Some(
+                connect_waiting(session_url, SESSION_POOL_SIZE, store::Pooler::None, wait)
+                    .await
+                    .context("Failed to connect to Postgres on DATABASE_SESSION_URL")?,
+            ),
+            None => None,
+        };
         if config.lifecycle.migrate_on_start {
-            store::migrate(&url)
+            store::migrate(config.database_session_url().unwrap_or(&url))
                 .await
                 .context("Failed to run migrations")?;
         } else {
-            let pending = store::pending_migrations(&pool)
+            let pending = store::pending_migrations(session_pool.as_ref().unwrap_or(&pool))
                 .await
                 .context("Failed to read the applied migrations")?;
             anyhow::ensure!(
@@ -126,7 +141,9 @@ impl Application {
             .with_context(|| format!("Failed to bind {}:{}", config.host, config.port))?;
         let metrics = Metrics::new().context("Failed to set up metrics")?;
         let waited = |pool: &str| metrics.pool_wait.with_label_values(&[pool]);
-        let mut store = Store::new(pool).with_pool_wait(waited("main"));
+        let mut store = Store::new(pool)
+            .behind(pooler, session_pool)
+            .with_pool_wait(waited("main"));
         match settings::secret_box(config).map_err(anyhow::Error::msg)? {
             Some(secrets) => {
                 store = store.with_secret_box(Arc::new(secrets));
@@ -154,7 +171,7 @@ impl Application {
                 .with_pool_wait(waited("reserved")),
             store,
             edge: crate::api::EdgeLimits {
-                db_timeout: Duration::from_millis(config.db_timeout_ms.max(100)),
+                answer_timeout: Duration::from_millis(config.db_timeout_ms.max(100)),
                 max_in_flight: config.max_in_flight.max(1),
                 max_body_bytes: config.max_body_bytes.max(1024),
             },
@@ -217,7 +234,8 @@ impl Application {
             move |stop| webhooks.clone().run(stop),
             workers_stopped.clone(),
         ));
-        // The live hub's LISTEN connection comes from the main pool, like the streams' reads.
+        // The live hub's LISTEN connection comes from the main pool, like the streams' reads
+        // (from the session pool when DATABASE_SESSION_URL is set).
         let live = LiveHub::new(self.store.clone(), self.metrics.clone(), self.live_config);
         let listener = {
             let live = live.clone();
@@ -250,10 +268,10 @@ impl Application {
             purchases: PurchaseBatcher::new(
                 self.store.clone(),
                 self.group_commit,
-                self.edge.db_timeout,
+                self.edge.answer_timeout,
             )
             .with_metrics(self.metrics.clone()),
-            joins: JoinBatcher::new(self.store.clone(), self.edge.db_timeout),
+            joins: JoinBatcher::new(self.store.clone(), self.edge.answer_timeout),
             views: Arc::new(SaleViewCache::new(self.view_cache)),
             metrics: self.metrics.clone(),
             edge: self.edge,
@@ -349,11 +367,12 @@ pub async fn shutdown_signal() {
 async fn connect_waiting(
     url: &str,
     size: u32,
+    pooler: store::Pooler,
     wait: Duration,
 ) -> Result<sqlx::PgPool, sqlx::Error> {
     let started = std::time::Instant::now();
     loop {
-        match store::connect(url, size).await {
+        match store::connect_through(url, size, pooler).await {
             Ok(pool) => return Ok(pool),
             Err(err) if started.elapsed() + DB_STARTUP_RETRY < wait => {
                 tracing::warn!(error = %err, "the database does not answer yet; trying again");

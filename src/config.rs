@@ -3,12 +3,14 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `DATABASE_URL` | unset: embedded cluster under `DATA_DIR` | Postgres to use |
+//! | `DATABASE_POOLER` | `none` | `transaction`: `DATABASE_URL` leads through a transaction-mode pooler (pgbouncer) |
+//! | `DATABASE_SESSION_URL` | `DATABASE_URL` | a direct session for LISTEN and migrations (needed with a pooler) |
 //! | `DATA_DIR` | `.data` | where the embedded cluster keeps its data |
 //! | `HOST` / `PORT` | `127.0.0.1` / `8080` | where to listen |
 //! | `ADMIN_API_KEY` | development default, with a warning | bearer key of the admin API |
 //! | `DB_POOL_SIZE` | 10 | connections in the pool of the HTTP routes |
 //! | `DB_RESERVED_POOL_SIZE` | 3 | connections kept for the job runner and the health check |
-//! | `DB_TIMEOUT_MS` | 4000 | longest a request waits on the database before its 503 |
+//! | `DB_TIMEOUT_MS` | 4000 | a purchase's or join's answer timeout (then 503); every request's deadline is 1 s more |
 //! | `MAX_IN_FLIGHT` | 10000 | requests handled at once; past it a 503 at once |
 //! | `MAX_BODY_BYTES` | 16384 | largest request body; larger is 413 |
 //! | `ALLOW_UNVERIFIED_BUYERS` | false | allow a non-loopback bind without `BUYER_TOKEN_SECRET` |
@@ -101,6 +103,20 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
     pub database_url: Option<SecretString>,
 
+    /// What stands between the service and DATABASE_URL: `none` (Postgres itself, or a
+    /// session-mode pooler), or `transaction` for a pooler in transaction mode (pgbouncer
+    /// `pool_mode = transaction`): each unit of work then runs in an explicit transaction
+    /// of unnamed statements, with the server timeouts set by `SET LOCAL`. Needs
+    /// DATABASE_SESSION_URL.
+    #[arg(long, env = "DATABASE_POOLER", value_enum, default_value_t = DatabasePooler::None)]
+    pub database_pooler: DatabasePooler,
+
+    /// Postgres URL of a real server session, for what a transaction-mode pooler cannot
+    /// carry: LISTEN (live streams, job wake-ups) and migrations (`flashsale migrate` too).
+    /// Unset: DATABASE_URL.
+    #[arg(long, env = "DATABASE_SESSION_URL", hide_env_values = true, value_parser = secret)]
+    pub database_session_url: Option<SecretString>,
+
     /// Data folder of the embedded cluster.
     #[arg(long, env = "DATA_DIR", default_value = ".data")]
     pub data_dir: PathBuf,
@@ -124,8 +140,10 @@ pub struct Config {
     #[arg(long, env = "DB_RESERVED_POOL_SIZE", default_value_t = 3)]
     pub db_reserved_pool_size: u32,
 
-    /// Longest a request waits on the database (ms) before it is answered 503; a purchase
-    /// whose statement was sent is then answered "outcome unknown, retry".
+    /// How long a purchase or join waits for its answer (ms), the answer timeout, before it
+    /// is answered 503 ("outcome unknown, retry" once its statement was sent). Every
+    /// request, on any route, has a deadline a second longer, past which the edge answers
+    /// 503 itself (`EdgeLimits::request_deadline`).
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 4000)]
     pub db_timeout_ms: u64,
 
@@ -260,6 +278,13 @@ pub struct Config {
     pub lifecycle: Lifecycle,
 }
 
+/// `DATABASE_POOLER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatabasePooler {
+    None,
+    Transaction,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -301,6 +326,19 @@ impl Config {
     pub fn database_url(&self) -> Option<&str> {
         self.database_url.as_ref().map(|url| url.expose_secret())
     }
+
+    /// The URL of a real server session (LISTEN, migrations), when one is configured apart
+    /// from DATABASE_URL.
+    pub fn database_session_url(&self) -> Option<&str> {
+        self.database_session_url
+            .as_ref()
+            .map(|url| url.expose_secret())
+    }
+
+    /// The URL migrations run on: DATABASE_SESSION_URL, else DATABASE_URL.
+    pub fn migration_url(&self) -> Option<&str> {
+        self.database_session_url().or(self.database_url())
+    }
 }
 
 #[cfg(test)]
@@ -322,9 +360,16 @@ mod tests {
             "token-secret-value",
             "--database-url",
             "postgres://u:db-password@h/d",
+            "--database-session-url",
+            "postgres://u:session-password@h/d",
         ]);
         let printed = format!("{config:?}");
-        for secret in ["admin-secret-value", "token-secret-value", "db-password"] {
+        for secret in [
+            "admin-secret-value",
+            "token-secret-value",
+            "db-password",
+            "session-password",
+        ] {
             assert!(!printed.contains(secret), "{printed}");
         }
     }

@@ -1,5 +1,5 @@
 //! The `flashsale` binary: `flashsale` (or `flashsale serve`) runs the service,
-//! `flashsale migrate` migrates DATABASE_URL and exits, `flashsale openapi` prints the
+//! `flashsale migrate` migrates DATABASE_URL (DATABASE_SESSION_URL when set) and exits, `flashsale openapi` prints the
 //! OpenAPI document, `flashsale token USER` a buyer token.
 
 // The HTTP middleware stack (`api::app`) is one deeply nested type.
@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => {
             flashsale::telemetry::init(cli.config.log_format);
-            let url = cli.config.database_url().context(
+            let url = cli.config.migration_url().context(
                 "DATABASE_URL is not set: `flashsale migrate` migrates a configured database \
                  (the embedded one is migrated by the service itself)",
             )?;

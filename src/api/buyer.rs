@@ -175,7 +175,12 @@ impl BuyerApi {
     ) -> Result<PurchaseResponse, ServerError> {
         let (claimed, order) = match body.0.claimed_user() {
             Ok(claimed) => claimed,
-            Err(body) => return Ok(PurchaseResponse::BadRequest(body)),
+            Err(message) => {
+                return Ok(PurchaseResponse::BadRequest(ErrorBody::json(
+                    ErrorCode::InvalidRequest,
+                    message,
+                )));
+            }
         };
         let user_id = match self.tokens.identify(&auth, claimed.as_deref()) {
             Ok(user_id) => user_id,

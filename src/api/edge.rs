@@ -5,6 +5,7 @@
 //! Each guard answers with the JSON error body and a `code`, like the handlers do; none of
 //! them lets a client make the service hold more memory or time than its limits.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +18,11 @@ use super::error::{ErrorBody, ErrorCode, RETRY_AFTER_SECONDS};
 /// The limits of the edge (see `Config` for the variables that set them).
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeLimits {
-    /// Longest a request may wait on the database; the whole request gets a second more.
-    pub db_timeout: Duration,
+    /// How long a buyer's purchase or join waits for its answer (its group-commit batch's
+    /// decision) before a 503, with `outcomeUnknown` once its statement was sent
+    /// (`DB_TIMEOUT_MS`). The batchers get it; the edge cuts every request off a second
+    /// later ([`EdgeLimits::request_deadline`]).
+    pub answer_timeout: Duration,
     /// Requests handled at once.
     pub max_in_flight: usize,
     /// Largest request body in bytes.
@@ -28,10 +32,19 @@ pub struct EdgeLimits {
 impl Default for EdgeLimits {
     fn default() -> Self {
         Self {
-            db_timeout: Duration::from_secs(4),
+            answer_timeout: Duration::from_secs(4),
             max_in_flight: 10_000,
             max_body_bytes: 16 * 1024,
         }
+    }
+}
+
+impl EdgeLimits {
+    /// The deadline of a whole request, any route: past it the edge answers 503 itself. A
+    /// second after the answer timeout, so that a purchase's or join's own answer, which
+    /// knows whether its write was sent, comes first.
+    pub fn request_deadline(&self) -> Duration {
+        self.answer_timeout + Duration::from_secs(1)
     }
 }
 
@@ -79,9 +92,10 @@ impl Edge {
 /// 2. a control character (NUL included) in the decoded path or query is 400: no such byte
 ///    is ever a valid sku, id or user, and Postgres refuses NUL in text;
 /// 3. a body over `max_body_bytes` is 413, without reading more than that of it;
-/// 4. the whole request gets the database timeout and a second: past it the client hears
-///    503 instead of waiting on a database that does not answer (purchases have a tighter
-///    deadline of their own that tells an unknown outcome apart; this is the backstop);
+/// 4. the whole request gets [`EdgeLimits::request_deadline`]: past it the client hears
+///    503 instead of waiting on a database that does not answer (purchases and joins have
+///    the tighter answer timeout of their own that tells an unknown outcome apart; this is
+///    the backstop);
 /// 5. a 405 gets the `Allow` header HTTP requires.
 pub async fn guard<E: Endpoint>(
     next: E,
@@ -106,7 +120,7 @@ pub async fn guard<E: Endpoint>(
     // A clone of the URI shares its bytes: no copy on the way of every request.
     let uri = req.uri().clone();
     let options = *req.method() == Method::OPTIONS;
-    let deadline = edge.limits.db_timeout + Duration::from_secs(1);
+    let deadline = edge.limits.request_deadline();
     let mut response = match tokio::time::timeout(deadline, next.call(req)).await {
         Ok(result) => result.map(IntoResponse::into_response)?,
         Err(_) => {
@@ -180,28 +194,8 @@ fn has_control_character(part: &str) -> bool {
 }
 
 /// `%XX` decoded (invalid escapes kept as they are), read as UTF-8 with replacement.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn percent_decode(text: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(text).decode_utf8_lossy()
 }
 
 /// The methods each path template of the API allows, for the `Allow` header of a 405.

@@ -16,8 +16,9 @@ use super::models::HealthView;
 use crate::status::RunnerHealth;
 use crate::store::{Ping, Store};
 
-/// How long the database gets to answer before the service reports itself unhealthy.
-const DB_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the database gets to answer the health check's ping before the service
+/// reports itself unhealthy.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct HealthApi {
     pub store: Store,
@@ -48,7 +49,7 @@ impl HealthApi {
                 1,
             );
         }
-        let problem = match self.store.ping(DB_TIMEOUT).await {
+        let problem = match self.store.ping(PING_TIMEOUT).await {
             Ping::Writable => None,
             Ping::ReadOnly => Some("the database is read-only (a standby?)"),
             Ping::Unreachable => Some("the database does not answer"),

@@ -17,12 +17,10 @@ pub use outbox_views::{
 pub use queue_views::{QueueStatsView, QueueStatusKind, QueueStatusView, QueueStreamEvent};
 
 use chrono::{DateTime, Utc};
-use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{Enum, Object};
 use uuid::Uuid;
 
-use super::error::{ErrorBody, ErrorCode};
 use super::strict::StrictString;
 use crate::domain::{self, Checkout, EndReason, Purchase, Sale, SaleState};
 use crate::store::{Order, SaleEvent};
@@ -151,12 +149,11 @@ fn optional<T>(field: MaybeUndefined<T>, name: &str) -> Result<Option<T>, String
 
 impl PurchaseRequest {
     /// The `userId` the request names, if any, and the order it asks for (default one
-    /// unit, no key); `null` is refused for any of them.
-    pub fn claimed_user(self) -> Result<(Option<String>, Order), Json<ErrorBody>> {
-        let invalid = |message| ErrorBody::json(ErrorCode::InvalidRequest, message);
-        let user = optional(self.user_id, "userId").map_err(invalid)?;
-        let quantity = optional(self.quantity, "quantity").map_err(invalid)?;
-        let key = optional(self.order_key, "orderKey").map_err(invalid)?;
+    /// unit, no key); `null` is refused for any of them (the message says why).
+    pub fn claimed_user(self) -> Result<(Option<String>, Order), String> {
+        let user = optional(self.user_id, "userId")?;
+        let quantity = optional(self.quantity, "quantity")?;
+        let key = optional(self.order_key, "orderKey")?;
         let order = Order {
             quantity: quantity.unwrap_or(1),
             key,

@@ -98,7 +98,12 @@ impl QueueApi {
                 )));
             }
             Ok((claimed, order)) => (claimed, order.quantity),
-            Err(body) => return Ok(JoinResponse::BadRequest(body)),
+            Err(message) => {
+                return Ok(JoinResponse::BadRequest(ErrorBody::json(
+                    ErrorCode::InvalidRequest,
+                    message,
+                )));
+            }
         };
         let user_id = match self.buyer(&auth, claimed.as_deref()) {
             Ok(user_id) => user_id,

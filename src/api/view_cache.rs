@@ -5,55 +5,43 @@
 //! same sku the view is the new sale's at once. Purchases, queue decisions and admin views
 //! never read it: it only serves `GET /api/v1/sales/{sale}`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use moka::sync::Cache;
 use uuid::Uuid;
 
 use super::models::SaleView;
 
-/// Entries kept at most; past it, expired ones are dropped on the next insert.
-const MAX_ENTRIES: usize = 10_000;
+/// Sales whose views are kept at most; past it the least used go first.
+const MAX_ENTRIES: u64 = 10_000;
 /// The longest `SALE_VIEW_CACHE_MS` honoured: a public view is never older than this.
 pub const MAX_TTL: Duration = Duration::from_secs(1);
 
 pub struct SaleViewCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<Uuid, (Instant, SaleView)>>,
+    /// `None`: the cache is off (a TTL of 0).
+    views: Option<Cache<Uuid, SaleView>>,
 }
 
 impl SaleViewCache {
     /// A cache whose views are at most `ttl` old (capped at [`MAX_TTL`]).
     pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl: ttl.min(MAX_TTL),
-            entries: Mutex::default(),
-        }
+        let views = (!ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl.min(MAX_TTL))
+                .build()
+        });
+        Self { views }
     }
 
     /// The cached view of the sale `id` if it is younger than the TTL.
     pub fn get(&self, id: Uuid) -> Option<SaleView> {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let entries = self.entries.lock().ok()?;
-        let (at, view) = entries.get(&id)?;
-        (at.elapsed() < self.ttl).then(|| view.clone())
+        self.views.as_ref()?.get(&id)
     }
 
     pub fn put(&self, view: &SaleView) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= MAX_ENTRIES {
-                let ttl = self.ttl;
-                entries.retain(|_, (at, _)| at.elapsed() < ttl);
-            }
-            if entries.len() < MAX_ENTRIES {
-                entries.insert(view.id, (Instant::now(), view.clone()));
-            }
+        if let Some(views) = &self.views {
+            views.insert(view.id, view.clone());
         }
     }
 }

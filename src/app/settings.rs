@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::api::buyer_auth::TokenSettings;
-use crate::config::Config;
+use crate::config::{Config, DatabasePooler};
 use crate::live::LiveConfig;
-use crate::store::{BadKey, SecretBox};
+use crate::store::{BadKey, Pooler, SecretBox};
 use crate::worker::WebhookConfig;
 
 /// How the webhook sender behaves.
@@ -20,6 +20,24 @@ pub fn webhook_config(config: &Config) -> WebhookConfig {
         max_backoff: Duration::from_secs(config.webhook_backoff_max_secs.max(1)),
         allowed_networks: config.webhook_allowed_networks.clone(),
         ..WebhookConfig::default()
+    }
+}
+
+/// What stands between the service and `DATABASE_URL`. A transaction-mode pooler needs a
+/// database URL, and a real session beside it for LISTEN and migrations: through the pooler
+/// they would silently fail (LISTEN would hear nothing, the migration lock would not hold).
+pub fn pooler(config: &Config) -> Result<Pooler, String> {
+    match config.database_pooler {
+        DatabasePooler::None => Ok(Pooler::None),
+        DatabasePooler::Transaction if config.database_url().is_none() => {
+            Err("DATABASE_POOLER=transaction needs DATABASE_URL (the pooler's address)".to_string())
+        }
+        DatabasePooler::Transaction if config.database_session_url().is_none() => Err(
+            "DATABASE_POOLER=transaction needs DATABASE_SESSION_URL: a direct session (to \
+             Postgres, or to a session-mode pool) for LISTEN and migrations"
+                .to_string(),
+        ),
+        DatabasePooler::Transaction => Ok(Pooler::Transaction),
     }
 }
 

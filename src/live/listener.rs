@@ -62,7 +62,7 @@ impl LiveHub {
 
     /// A LISTEN connection on the sale-changes channel.
     async fn subscribe_to_changes(&self) -> anyhow::Result<PgListener> {
-        let mut listener = PgListener::connect_with(self.inner.store.pool()).await?;
+        let mut listener = PgListener::connect_with(self.inner.store.session_pool()).await?;
         listener.listen(SALE_CHANGES_CHANNEL).await?;
         Ok(listener)
     }

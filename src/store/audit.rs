@@ -47,7 +47,7 @@ impl Store {
     /// transaction of its own so every check reads one snapshot.
     pub async fn audit_sale(&self, sale_id: uuid::Uuid) -> Result<AuditReport, StoreError> {
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .execute(&mut *tx)
             .await?;

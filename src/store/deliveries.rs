@@ -91,7 +91,7 @@ impl Store {
         retry_for: Duration,
     ) -> Result<usize, StoreError> {
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         let endpoint = sqlx::query_as::<_, FanOutState>(
             "SELECT cursor_tx, cursor_sale, cursor_sequence, event_types, sale_id
                FROM webhook_endpoints WHERE id = $1 FOR UPDATE SKIP LOCKED",
@@ -192,7 +192,7 @@ impl Store {
             .bind(endpoint_id)
             .bind(limit)
             .bind(lease.as_secs_f64())
-            .fetch_all(&mut *self.conn().await?)
+            .fetch_all(&mut self.conn().await?)
             .await?;
         Ok(rows
             .into_iter()
@@ -250,7 +250,7 @@ impl Store {
         .bind(&errors)
         .bind(&waits)
         .bind(&sent)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         let mut tally = AttemptTally::default();
         for (status, sent) in rows {
@@ -285,7 +285,7 @@ impl Store {
         .bind(status)
         .bind(endpoint_id)
         .bind(limit)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?)
     }
 
@@ -308,7 +308,7 @@ impl Store {
         )
         .bind(id)
         .bind(retry_for.as_secs_f64())
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         Ok(match status {
             None => ReplayOutcome::NotFound,
@@ -323,7 +323,7 @@ impl Store {
             "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
                     (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed')",
         )
-        .fetch_one(&mut *self.conn().await?)
+        .fetch_one(&mut self.conn().await?)
         .await?)
     }
 }

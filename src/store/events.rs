@@ -8,15 +8,18 @@
 //! events whose `feed_tx` is below the oldest transaction still running
 //! (`pg_snapshot_xmin`): every transaction below that line has finished, and `feed_tx` is
 //! never below its writer's own id, so nothing can appear behind a cursor that stayed below
-//! it. A long transaction holds the line back (the server ends idle ones after 10 s); it
-//! delays the feed, never makes it skip.
+//! it. A long transaction holds the line back; it delays the feed, never makes it skip.
+//! This service's own sessions end a transaction left idle for 10 s
+//! (`idle_in_transaction_session_timeout`, see `route.rs`); another client's (a psql
+//! session, a backup, a migration's session) holds the line for as long as it lasts.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::db::Db;
 use super::purchases::PurchaseRow;
 use super::{Store, StoreError};
 use crate::domain::{Event, FeedCursor, Purchase};
@@ -68,7 +71,7 @@ pub struct FeedFilter {
 /// The events after `after` (from the start when `None`) that no later commit can precede,
 /// in feed order, at most `limit`.
 pub(super) async fn visible_events(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     after: Option<FeedCursor>,
     filter: &FeedFilter,
     limit: i64,
@@ -97,7 +100,7 @@ pub(super) async fn visible_events(
 
 /// The position at which a new reader starts to see only what commits from now on: below it
 /// every transaction has finished.
-pub(super) async fn feed_horizon(conn: &mut PgConnection) -> Result<FeedCursor, StoreError> {
+pub(super) async fn feed_horizon(conn: &mut Db) -> Result<FeedCursor, StoreError> {
     let tx_id: i64 =
         sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
             .fetch_one(conn)
@@ -136,12 +139,12 @@ impl Store {
         filter: &FeedFilter,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        visible_events(&mut *self.conn().await?, after, filter, limit).await
+        visible_events(&mut self.conn().await?, after, filter, limit).await
     }
 
     /// Where a reader that wants only new events starts.
     pub async fn feed_now(&self) -> Result<FeedCursor, StoreError> {
-        feed_horizon(&mut *self.conn().await?).await
+        feed_horizon(&mut self.conn().await?).await
     }
 
     /// A page of a sale's purchases: every order of up to `buyers` buyers in user-id order
@@ -167,7 +170,7 @@ impl Store {
         .bind(sale_id)
         .bind(after_user)
         .bind(buyers)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(Purchase::from).collect())
     }
@@ -177,7 +180,7 @@ impl Store {
     pub async fn feed_pruned_through(&self) -> Result<Option<FeedCursor>, StoreError> {
         let row: Option<(i64, Uuid, i64)> =
             sqlx::query_as("SELECT feed_tx, sale_id, sequence FROM feed_pruned_through")
-                .fetch_optional(&mut *self.conn().await?)
+                .fetch_optional(&mut self.conn().await?)
                 .await?;
         Ok(row.map(|(feed_tx, sale_id, sequence)| FeedCursor {
             feed_tx,
@@ -210,7 +213,7 @@ impl Store {
             )
             .bind(keep_secs)
             .bind(limit)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
             pruned.deliveries += deleted.rows_affected();
             if deleted.rows_affected() < limit as u64 {
@@ -287,7 +290,7 @@ impl Store {
             )
             .bind(keep_secs)
             .bind(limit)
-            .fetch_one(&mut *self.conn().await?)
+            .fetch_one(&mut self.conn().await?)
             .await?;
             pruned.events += step as u64;
             if step == 0 {

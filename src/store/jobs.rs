@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::db::Db;
 use super::{Store, StoreError, violated_constraint};
 
 mod failed;
@@ -82,7 +83,7 @@ pub struct FreeSlots {
 
 /// Queues a job due at `run_at` (now when `None`), inside the caller's transaction.
 pub async fn enqueue(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     kind: JobKind,
     sale_id: Uuid,
     run_at: Option<DateTime<Utc>>,
@@ -105,7 +106,7 @@ pub async fn enqueue(
 /// the rows it changes), and otherwise inserts with ON CONFLICT DO NOTHING, which locks
 /// nothing. The scheduled form (the tick planning its successor) may lock the pending row.
 pub async fn enqueue_queue_tick(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     run_at: Option<DateTime<Utc>>,
 ) -> Result<(), StoreError> {
@@ -151,7 +152,7 @@ impl Store {
         sale_id: Uuid,
         run_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        enqueue(&mut *self.conn().await?, kind, sale_id, run_at).await
+        enqueue(&mut self.conn().await?, kind, sale_id, run_at).await
     }
 
     /// Claims due jobs for `lease`: up to `free.queue_ticks` queue ticks and `free.others`
@@ -192,7 +193,7 @@ impl Store {
         .bind(free.queue_ticks)
         .bind(free.others)
         .bind(seconds(lease))
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(jobs)
     }
@@ -212,7 +213,7 @@ impl Store {
         .bind(job.id)
         .bind(job.lock_token)
         .bind(seconds(lease))
-        .execute(&mut *self.conn().await?)
+        .execute(&mut self.conn().await?)
         .await?;
         Ok(extended.rows_affected() > 0)
     }
@@ -222,7 +223,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM jobs WHERE id = $1 AND lock_token = $2")
             .bind(job.id)
             .bind(job.lock_token)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -247,7 +248,7 @@ impl Store {
         .bind(error)
         .bind(seconds(backoff))
         .bind(MAX_ATTEMPTS)
-        .execute(&mut *self.conn().await?)
+        .execute(&mut self.conn().await?)
         .await;
         match retried {
             Ok(_) => Ok(()),
@@ -279,7 +280,7 @@ impl Store {
                 WHERE kind = 'queue_tick' AND lock_token IS NULL AND dead_at IS NULL
              DO NOTHING",
         )
-        .execute(&mut *self.conn().await?)
+        .execute(&mut self.conn().await?)
         .await?;
         Ok(added.rows_affected())
     }
@@ -294,7 +295,7 @@ impl Store {
                 WHERE kind = 'prune_events' AND lock_token IS NULL AND dead_at IS NULL
              DO NOTHING",
         )
-        .execute(&mut *self.conn().await?)
+        .execute(&mut self.conn().await?)
         .await?;
         Ok(added.rows_affected() > 0)
     }
@@ -308,7 +309,7 @@ impl Store {
              DO NOTHING",
         )
         .bind(seconds(delay))
-        .execute(&mut *self.conn().await?)
+        .execute(&mut self.conn().await?)
         .await?;
         Ok(())
     }
@@ -324,7 +325,7 @@ impl Store {
         )
         .bind(free.queue_ticks)
         .bind(free.others)
-        .fetch_one(&mut *self.conn().await?)
+        .fetch_one(&mut self.conn().await?)
         .await?;
         Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
     }

@@ -110,7 +110,7 @@ impl Store {
         // Built from constant text only.
         let row = sqlx::query_as::<_, LiveSaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(sale_id)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         Ok(row.map(|row| {
             let queue = match (row.admitted_upto, row.waiting, row.shuffled) {
@@ -150,7 +150,7 @@ impl Store {
         .bind(sale_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         let full = rows.len() as i64 >= limit;
         let through = rows.last().map(|row| row.sequence);
@@ -187,7 +187,7 @@ impl Store {
         let row = sqlx::query_as::<_, LiveEntryRow>(sqlx::AssertSqlSafe(sql))
             .bind(sale_id)
             .bind(user_id)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         Ok(row.map(|row| (QueueEntry::from(row.entry), row.event_sequence)))
     }

@@ -6,6 +6,7 @@
 
 mod audit;
 mod batcher;
+mod db;
 mod deliveries;
 mod events;
 mod group_commit;
@@ -26,9 +27,9 @@ mod webhooks;
 
 use std::time::Duration;
 
+use db::Db;
 use prometheus::Histogram;
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 
 pub use audit::{AuditCheck, AuditReport};
 pub use deliveries::{AttemptResult, AttemptTally, ClaimedDelivery, DeliveryView, ReplayOutcome};
@@ -43,7 +44,7 @@ pub use purchases::{BatchBuyer, BatchResult, Order, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, LeaveOutcome, QueueStats};
 pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
 pub use queue_tick::{TICK_INTERVAL, TickReport};
-pub use route::{ACQUIRE_TIMEOUT, SERVER_TIMEOUTS, connect};
+pub use route::{ACQUIRE_TIMEOUT, Pooler, SERVER_TIMEOUTS, connect, connect_through};
 pub use sales::{CancelOutcome, RemoveOutcome, SaleEvent};
 pub use secret_box::{BadKey, SealError, SecretBox};
 pub use webhooks::{EndpointTarget, NewEndpoint};
@@ -222,6 +223,10 @@ pub enum Ping {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// What stands between `pool` and Postgres: statements run in that mode (see `db`).
+    pooler: Pooler,
+    /// Direct session connections for LISTEN (see [`Store::session_pool`]); none: `pool`'s.
+    session: Option<PgPool>,
     /// Where the time spent waiting for a connection is recorded, if anywhere.
     pool_wait: Option<Histogram>,
     /// Whether the database is known to be down (then calls are refused at once), and the
@@ -236,9 +241,20 @@ impl Store {
         Self {
             outage: outage::Outage::new(pool.connect_options()),
             pool,
+            pooler: Pooler::None,
+            session: None,
             pool_wait: None,
             secrets: None,
         }
+    }
+
+    /// Runs statements for a pool behind `pooler` (the pool must come from
+    /// [`connect_through`] with the same `pooler`), with `session` (a pool of direct
+    /// session connections: [`connect`] on `DATABASE_SESSION_URL`) for LISTEN.
+    pub fn behind(mut self, pooler: Pooler, session: Option<PgPool>) -> Self {
+        self.pooler = pooler;
+        self.session = session;
+        self
     }
 
     /// Seals webhook secrets at rest with `secrets` (see `secret_box.rs`).
@@ -252,6 +268,8 @@ impl Store {
     pub fn beside(&self, pool: PgPool) -> Self {
         Self {
             pool,
+            pooler: self.pooler,
+            session: self.session.clone(),
             pool_wait: None,
             outage: self.outage.clone(),
             secrets: self.secrets.clone(),
@@ -267,7 +285,7 @@ impl Store {
     /// A pooled connection, the wait for it timed: a pool too small for the load shows
     /// here before it shows as 503s. Refused at once while the database is known to be
     /// down; a failed wait asks the outage probe to look.
-    async fn conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+    async fn conn(&self) -> Result<Db, StoreError> {
         if let Some(refusal) = self.outage.refusal() {
             return Err(refusal);
         }
@@ -276,21 +294,21 @@ impl Store {
         if let Some(histogram) = &self.pool_wait {
             histogram.observe(started.elapsed().as_secs_f64());
         }
-        conn.map_err(|err| {
-            if is_unavailability(&err) && !matches!(err, sqlx::Error::PoolClosed) {
-                self.outage.suspect();
+        match conn {
+            Ok(conn) => Ok(Db::new(conn, self.pooler)),
+            Err(err) => {
+                if is_unavailability(&err) && !matches!(err, sqlx::Error::PoolClosed) {
+                    self.outage.suspect();
+                }
+                Err(err.into())
             }
-            err.into()
-        })
+        }
     }
 
     /// A pooled connection, waited for at most until `cut_off`. Past it the caller hears
     /// plain [`StoreError::Unavailable`]: nothing was sent, so the outcome is known (nothing
     /// happened). Only the statement after it may leave an outcome unknown.
-    async fn conn_until(
-        &self,
-        cut_off: tokio::time::Instant,
-    ) -> Result<PoolConnection<Postgres>, StoreError> {
+    async fn conn_until(&self, cut_off: tokio::time::Instant) -> Result<Db, StoreError> {
         match tokio::time::timeout_at(cut_off, self.conn()).await {
             Ok(conn) => conn,
             Err(_) => {
@@ -304,12 +322,19 @@ impl Store {
         &self.pool
     }
 
+    /// The pool for what needs a server session of its own (LISTEN): the session pool given
+    /// to [`Store::behind`] (`DATABASE_SESSION_URL`; needed behind a transaction-mode
+    /// pooler), else the store's own pool.
+    pub fn session_pool(&self) -> &PgPool {
+        self.session.as_ref().unwrap_or(&self.pool)
+    }
+
     /// Whether the database answers within `timeout` and takes writes (a primary, not a
     /// standby or a read-only database): what readiness means for this service.
     pub async fn ping(&self, timeout: Duration) -> Ping {
         let query = async {
             let mut conn = self.conn().await?;
-            Ok::<_, StoreError>(route::is_writable(&mut conn).await?)
+            Ok::<_, StoreError>(route::is_writable(conn.raw()).await?)
         };
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(true)) => Ping::Writable,
@@ -319,12 +344,17 @@ impl Store {
     }
 }
 
-/// The failure of a write `what` sent on `conn` and not answered by its deadline: its
-/// outcome is unknown. The connection is closed, not pooled: its answer may still be on the
-/// way, or never come (a half-open socket, which sqlx has no keepalive to find; see
-/// `route`).
-fn unanswered(conn: &mut PoolConnection<Postgres>, what: &str) -> StoreError {
+/// The failure of a write `what` on `conn` cut off by its deadline. Once `sent` (the write
+/// went out), its outcome is unknown; before (behind a pooler, the cut came in its BEGIN)
+/// nothing was written, and the caller hears a plain, retry-safe unavailability. Either way
+/// the connection is closed, not pooled: an answer may still be on the way, or never come (a
+/// half-open socket, which sqlx has no keepalive to find; see `route`), and a transaction
+/// left open on it dies with it.
+fn deadline_missed(conn: &mut Db, sent: bool, what: &str) -> StoreError {
     conn.close_on_drop();
+    if !sent {
+        return StoreError::Unavailable(None);
+    }
     tracing::warn!("{what}: sent, but not answered by its deadline; outcome unknown");
     StoreError::OutcomeUnknown
 }

@@ -14,13 +14,16 @@ pub(super) use batch::purchase_batch;
 pub use batch::{BatchBuyer, BatchResult};
 pub(super) use owned::{find_purchase, keyed_orders, owned_by};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::db::Db;
 use super::jobs::JobKind;
 use super::sales::sale_by_id;
-use super::{Store, StoreError, unanswered, violated_constraint};
+use super::{Store, StoreError, deadline_missed, violated_constraint};
 use crate::domain::{Checkout, Purchase, Sale, SaleState};
 
 /// The result of an instant purchase attempt. Refusals are values, not errors.
@@ -161,9 +164,13 @@ impl Store {
         cut_off: tokio::time::Instant,
     ) -> Result<PurchaseOutcome, StoreError> {
         let mut conn = self.conn_until(cut_off).await?;
-        let bought =
-            tokio::time::timeout_at(cut_off, purchase(&mut conn, sale_id, user_id, order)).await;
-        bought.unwrap_or_else(|_| Err(unanswered(&mut conn, "purchase")))
+        let sent = AtomicBool::new(false);
+        let bought = purchase(&mut conn, sale_id, user_id, order, &sent);
+        let bought = tokio::time::timeout_at(cut_off, bought).await;
+        bought.unwrap_or_else(|_| {
+            let sent = sent.load(Ordering::Acquire);
+            Err(deadline_missed(&mut conn, sent, "purchase"))
+        })
     }
 
     /// The user's first order in the sale `sale_id`, if any. `None` for an unknown sale too;
@@ -173,20 +180,24 @@ impl Store {
         sale_id: Uuid,
         user_id: &str,
     ) -> Result<Option<Purchase>, StoreError> {
-        find_purchase(&mut *self.conn().await?, sale_id, user_id).await
+        find_purchase(&mut self.conn().await?, sale_id, user_id).await
     }
 }
 
 /// [`Store::purchase`] on `conn`: the statement, and retries while the sale turns out
-/// sellable right after a refusal (a boundary moment).
+/// sellable right after a refusal (a boundary moment). `sent` is set as the statement goes
+/// out: a failure before it (behind a pooler, its BEGIN) wrote nothing.
 async fn purchase(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     user_id: &str,
     order: Order,
+    sent: &AtomicBool,
 ) -> Result<PurchaseOutcome, StoreError> {
     let mut refusal = PurchaseOutcome::SaleNotFound;
     for _ in 0..PURCHASE_ATTEMPTS {
+        let mut unit = conn.unit().await?;
+        sent.store(true, Ordering::Release);
         let attempt = sqlx::query_as::<_, PurchaseRow>(PURCHASE_SQL)
             .bind(sale_id)
             .bind(user_id)
@@ -194,8 +205,16 @@ async fn purchase(
             .bind(JobKind::SyncSaleState.as_str())
             .bind(order.quantity)
             .bind(order.key)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut *unit)
             .await;
+        let attempt = match attempt {
+            Ok(row) => unit.commit().await.map(|()| row),
+            Err(err) => {
+                // Rolled back (behind a pooler) before the next statement.
+                drop(unit);
+                Err(err)
+            }
+        };
         match attempt {
             Ok(Some(row)) => return Ok(PurchaseOutcome::Purchased(row.into())),
             Ok(None) => {}
@@ -223,7 +242,7 @@ async fn purchase(
 /// whatever else its state is. An order whose key the buyer has used answers with that
 /// order.
 async fn classify_refusal(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     user_id: &str,
     order: Order,

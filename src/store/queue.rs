@@ -5,14 +5,20 @@
 //!
 //! Lock order, which rules out deadlocks: a buyer's statements lock their queue entry, then
 //! the sale row (or the queue row); a join batch locks its buyers' entries in user order,
-//! then the queue row. The tick either holds the sale row and takes entries only with SKIP
-//! LOCKED (admission, expiry), or locks entries first and the queue row after (a slice of
-//! the pre-queue's draw), the buyers' own order; the archive voids holds the same way.
+//! then the queue row. The tick's admission holds the sale row first and takes entries only
+//! with SKIP LOCKED (it never waits on a buyer), then the queue row; its expiry locks
+//! entries first (SKIP LOCKED too) and the sale row after, and a slice of the pre-queue's
+//! draw entries first and the queue row after: the buyers' own order. The archive voids
+//! holds as expiry does, entries first, but waits for an entry a buyer holds. (The outbox
+//! migration's comment on the `hold.*` trigger counts admission among the statements that
+//! lock entries first: it is wrong there, and stays, since an applied migration's text is
+//! checksummed and never edited.)
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::db::Db;
 use super::jobs::{self, JobKind, enqueue_queue_tick};
 use super::purchases::{PurchaseRow, find_purchase};
 use super::queue_entry::find_entry;
@@ -60,17 +66,6 @@ pub struct QueueStats {
     pub prequeue_size: Option<i32>,
 }
 
-/// Creates the queue row of a new queued sale, with the seed of its pre-queue shuffle.
-pub(super) async fn create_queue(conn: &mut PgConnection, sale_id: Uuid) -> Result<(), StoreError> {
-    let seed = (Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
-    sqlx::query("INSERT INTO sale_queues (sale_id, shuffle_seed) VALUES ($1, $2)")
-        .bind(sale_id)
-        .bind(seed)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 impl Store {
     /// The buyer's entry in the sale's queue.
     pub async fn queue_entry(
@@ -78,7 +73,7 @@ impl Store {
         sale_id: Uuid,
         user_id: &str,
     ) -> Result<Option<QueueEntry>, StoreError> {
-        find_entry(&mut *self.conn().await?, sale_id, user_id).await
+        find_entry(&mut self.conn().await?, sale_id, user_id).await
     }
 
     /// Turns the buyer's live hold into a purchase of the units it holds.
@@ -99,7 +94,7 @@ impl Store {
             return Ok(ConfirmOutcome::WrongCheckout);
         }
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         let confirmed: Option<i32> = sqlx::query_scalar(
             "UPDATE queue_entries SET status = 'purchased', finished_at = now()
               WHERE sale_id = $1 AND user_id = $2 AND status = 'held' AND hold_expires_at > now()
@@ -159,7 +154,7 @@ impl Store {
 
     async fn confirm_refusal(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut Db,
         sale: &Sale,
         user_id: &str,
     ) -> Result<ConfirmOutcome, StoreError> {
@@ -201,7 +196,7 @@ impl Store {
             return Ok(LeaveOutcome::WrongCheckout);
         }
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         let before: Option<(String, i32)> = sqlx::query_as(
             "WITH target AS (
                  SELECT status FROM queue_entries
@@ -262,7 +257,7 @@ impl Store {
                FROM sale_queues WHERE sale_id = $1",
         )
         .bind(sale_id)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         Ok(stats)
     }
@@ -277,7 +272,7 @@ impl Store {
                 AND s.starts_at <= now() AND now() < s.ends_at
               ORDER BY s.sku LIMIT 1000",
         )
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?)
     }
 
@@ -288,7 +283,7 @@ impl Store {
               WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1000",
         )
         .bind(user_id)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(Purchase::from).collect())
     }

@@ -2,10 +2,11 @@
 //! route, the join, and the live streams.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::StoreError;
+use super::db::Db;
 use crate::domain::{EntryStatus, QueueEntry};
 
 #[derive(FromRow)]
@@ -73,14 +74,23 @@ pub(super) const ENTRY_SQL: &str = concat!(
     " WHERE e.sale_id = $1 AND e.user_id = $2"
 );
 
-/// The entries of several buyers (`$2`, an array) of one sale, each with the counters.
+/// The entries of several buyers (`$2`, an array) of one sale, each with the counters: one
+/// primary-key probe per buyer (the `LIMIT` keeps the lateral subquery a parameterised
+/// scan), whatever the statistics say. `e.user_id = ANY($2)` let a planner on statistics
+/// older than the crowd scan every entry of the sale instead (8 ms a join batch at 64,000
+/// entries, growing with the queue).
 pub(super) const ENTRY_SQL_FOR_USERS: &str = concat!(
-    entry_columns_sql!(),
-    " WHERE e.sale_id = $1 AND e.user_id = ANY($2)"
+    "SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at, ",
+    "e.quantity, ",
+    queue_counters_sql!(),
+    " FROM unnest($2::text[]) b(user_id)
+      CROSS JOIN LATERAL (SELECT * FROM queue_entries e
+                           WHERE e.sale_id = $1 AND e.user_id = b.user_id LIMIT 1) e
+      JOIN sale_queues q ON q.sale_id = e.sale_id"
 );
 
 pub(super) async fn find_entry(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     user_id: &str,
 ) -> Result<Option<QueueEntry>, StoreError> {

@@ -22,7 +22,7 @@ use batch::{JoinBatch, join_batch};
 
 use super::batcher::{self, Batchers, claim};
 use super::sale_refs::{SaleRefs, Target};
-use super::{Store, StoreError, unanswered};
+use super::{Store, StoreError, deadline_missed};
 use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, SaleState};
 
 /// Most joins decided by one batch.
@@ -211,11 +211,10 @@ async fn decide_joins(
     let joined = join_batch(&mut conn, sale_id, (&users, quantities), &committing);
     match tokio::time::timeout_at(cut_off, joined).await {
         Ok(result) => result,
-        Err(_) if committing.load(Ordering::Acquire) => Err(unanswered(&mut conn, "join batch")),
+        // Before its COMMIT, the transaction dies with its connection: nothing was committed.
         Err(_) => {
-            // The transaction dies with its connection: nothing was committed.
-            conn.close_on_drop();
-            Err(StoreError::Unavailable(None))
+            let committing = committing.load(Ordering::Acquire);
+            Err(deadline_missed(&mut conn, committing, "join batch"))
         }
     }
 }

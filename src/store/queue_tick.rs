@@ -87,7 +87,7 @@ impl Store {
                 AND s.starts_at <= now()",
         )
         .bind(sale.id)
-        .execute(&mut *self.conn().await?)
+        .execute(&mut self.conn().await?)
         .await?;
         self.draw_slice(sale.id).await
     }
@@ -112,7 +112,7 @@ impl Store {
     ///    count dealt, and `prequeue_size` when complete.
     async fn draw_slice(&self, sale_id: Uuid) -> Result<(Option<i32>, bool), StoreError> {
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         // The slice must walk `queue_entries_undrawn` in order and touch only its own rows.
         // With the pre-queue just filled, the statistics can still say the sale has no
         // entries, and the planner then sorted the whole pre-queue, or joined every entry of
@@ -198,7 +198,7 @@ impl Store {
         } else {
             HoldsToReturn::Due { batch }
         };
-        return_holds(&self.pool, sale.id, which).await
+        return_holds(&mut self.conn().await?, sale.id, which).await
     }
 
     /// Admits the head of the queue to holds while units are available, each hold
@@ -224,7 +224,7 @@ impl Store {
     /// behind it (its poll says `sold_out`). A skipped-locked entry is passed over as before.
     async fn admit(&self, sale_id: Uuid, batch: i64) -> Result<i64, StoreError> {
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         let room: Option<(i64, i32, i64, i64)> = sqlx::query_as(
             "SELECT LEAST(s.available::bigint, $2,
                           CASE WHEN s.max_active_holds > 0
@@ -308,7 +308,7 @@ impl Store {
         sale_id: Uuid,
         run_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        enqueue_queue_tick(&mut *self.conn().await?, sale_id, run_at).await
+        enqueue_queue_tick(&mut self.conn().await?, sale_id, run_at).await
     }
 
     /// Queues the next tick at the earliest live hold's expiry or after `interval`,
@@ -328,7 +328,7 @@ impl Store {
         )
         .bind(sale_id)
         .bind(interval.as_secs_f64())
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         match at {
             Some(at) => self.schedule_queue_tick(sale_id, Some(at)).await,

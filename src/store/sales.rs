@@ -5,9 +5,10 @@
 //! sku) into a sale; everything else in the store takes the sale's id.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::db::Db;
 use super::jobs::{self, JobKind};
 use super::{Store, StoreError, violated_constraint};
 use crate::domain::{Checkout, EndReason, NewSale, Sale};
@@ -111,7 +112,7 @@ impl Store {
     /// Creates a sale and queues the state jobs for its start and end, in one transaction.
     pub async fn create_sale(&self, new: &NewSale) -> Result<Sale, StoreError> {
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         let sql = format!(
             "INSERT INTO sales (id, sku, name, stock, available, starts_at, ends_at, checkout, \
                                 hold_seconds, queue_capacity, max_active_holds, \
@@ -155,7 +156,7 @@ impl Store {
         .await?;
         jobs::enqueue(&mut tx, JobKind::SyncSaleState, sale.id, Some(sale.ends_at)).await?;
         if sale.checkout == Checkout::Queued {
-            super::queue::create_queue(&mut tx, sale.id).await?;
+            create_queue(&mut tx, sale.id).await?;
             jobs::enqueue_queue_tick(&mut tx, sale.id, Some(sale.starts_at)).await?;
         }
         tx.commit().await?;
@@ -174,7 +175,7 @@ impl Store {
         let row = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(Uuid::parse_str(sale_ref).ok())
             .bind(sale_ref)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         Ok(row.map(Sale::from))
     }
@@ -184,14 +185,14 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT id FROM sales WHERE sku = $1 AND archived_at IS NULL")
                 .bind(sku)
-                .fetch_optional(&mut *self.conn().await?)
+                .fetch_optional(&mut self.conn().await?)
                 .await?,
         )
     }
 
     /// The sale with this id (archived or not).
     pub async fn sale_by_id(&self, id: Uuid) -> Result<Option<Sale>, StoreError> {
-        sale_by_id(&mut *self.conn().await?, id).await
+        sale_by_id(&mut self.conn().await?, id).await
     }
 
     /// Whether the sale with this id exists and is not archived: one primary-key probe, for
@@ -200,7 +201,7 @@ impl Store {
         let live: Option<bool> =
             sqlx::query_scalar("SELECT archived_at IS NULL FROM sales WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&mut *self.conn().await?)
+                .fetch_optional(&mut self.conn().await?)
                 .await?;
         Ok(live == Some(true))
     }
@@ -214,7 +215,7 @@ impl Store {
         let rows = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(limit)
             .bind(offset)
-            .fetch_all(&mut *self.conn().await?)
+            .fetch_all(&mut self.conn().await?)
             .await?;
         Ok(rows.into_iter().map(Sale::from).collect())
     }
@@ -226,7 +227,7 @@ impl Store {
               WHERE sale_id = $1 ORDER BY occurred_at, id",
         )
         .bind(sale_id)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(events)
     }
@@ -241,7 +242,14 @@ impl Store {
         let started = sale.observed_at >= sale.starts_at
             && sale.cancelled_at.is_none_or(|at| at > sale.starts_at);
         if started {
-            record_event(&self.pool, sale.id, "active", None, sale.starts_at).await?;
+            record_event(
+                &mut self.conn().await?,
+                sale.id,
+                "active",
+                None,
+                sale.starts_at,
+            )
+            .await?;
         }
         if let Some(reason) = sale.end_reason() {
             let occurred_at = match reason {
@@ -252,7 +260,14 @@ impl Store {
                     .await?
                     .unwrap_or(sale.observed_at),
             };
-            record_event(&self.pool, sale.id, "ended", Some(reason), occurred_at).await?;
+            record_event(
+                &mut self.conn().await?,
+                sale.id,
+                "ended",
+                Some(reason),
+                occurred_at,
+            )
+            .await?;
         }
         Ok(Some(sale))
     }
@@ -261,14 +276,14 @@ impl Store {
         let at: Option<DateTime<Utc>> =
             sqlx::query_scalar("SELECT max(created_at) FROM purchases WHERE sale_id = $1")
                 .bind(sale_id)
-                .fetch_one(&mut *self.conn().await?)
+                .fetch_one(&mut self.conn().await?)
                 .await?;
         Ok(at)
     }
 }
 
 async fn record_event(
-    pool: &sqlx::PgPool,
+    conn: &mut Db,
     sale_id: Uuid,
     state: &str,
     reason: Option<EndReason>,
@@ -285,20 +300,28 @@ async fn record_event(
     .bind(state)
     .bind(reason.map(EndReason::as_str))
     .bind(occurred_at)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
 
 /// The sale with this id on `conn` (archived or not).
-pub(super) async fn sale_by_id(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<Sale>, StoreError> {
+pub(super) async fn sale_by_id(conn: &mut Db, id: Uuid) -> Result<Option<Sale>, StoreError> {
     let sql = format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1");
     let row = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(conn)
         .await?;
     Ok(row.map(Sale::from))
+}
+
+/// Creates the queue row of a new queued sale, with the seed of its pre-queue shuffle.
+async fn create_queue(conn: &mut Db, sale_id: Uuid) -> Result<(), StoreError> {
+    let seed = (Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
+    sqlx::query("INSERT INTO sale_queues (sale_id, shuffle_seed) VALUES ($1, $2)")
+        .bind(sale_id)
+        .bind(seed)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -80,7 +80,7 @@ impl Store {
             .bind(start.feed_tx)
             .bind(start.sale_id)
             .bind(start.sequence)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await?;
         Ok((row.into(), secret))
     }
@@ -89,7 +89,7 @@ impl Store {
         let sql =
             format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id");
         let rows = sqlx::query_as::<_, EndpointRow>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *self.conn().await?)
+            .fetch_all(&mut self.conn().await?)
             .await?;
         Ok(rows.into_iter().map(WebhookEndpoint::from).collect())
     }
@@ -98,7 +98,7 @@ impl Store {
     pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
             .bind(id)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -122,7 +122,7 @@ impl Store {
             .bind(id)
             .bind(secret_box::seal(self.secrets.as_deref(), id, &secret))
             .bind(overlap.as_secs_f64())
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         Ok(row.map(|row| (row.into(), secret)))
     }
@@ -130,7 +130,7 @@ impl Store {
     /// The ids of every endpoint (the sender runs one loop per endpoint).
     pub async fn webhook_ids(&self) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar("SELECT id FROM webhook_endpoints")
-            .fetch_all(&mut *self.conn().await?)
+            .fetch_all(&mut self.conn().await?)
             .await?)
     }
 
@@ -144,7 +144,7 @@ impl Store {
                FROM webhook_endpoints WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         let Some(mut target) = target else {
             return Ok(None);
@@ -167,7 +167,7 @@ impl Store {
             return Ok(0);
         };
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
             "SELECT id, secret, previous_secret FROM webhook_endpoints ORDER BY id FOR UPDATE",
         )

@@ -151,7 +151,7 @@ impl<H: JobHandler> Runner<H> {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut listener = self.listen().await;
         tracing::info!("job runner started");
-        let mut in_hand = InHand::new(&self.config);
+        let mut in_hand = InHand::new(self.config.tick_slots, self.config.other_slots);
         let mut next_backstop = Instant::now();
         while !*shutdown.borrow() {
             // The loop never waits for a job, so this beats while jobs run: `/health`
@@ -217,7 +217,7 @@ impl<H: JobHandler> Runner<H> {
     /// successor due at once, a retention slice, is run too). For tests and tools: `run`
     /// never waits for the jobs it starts.
     pub async fn run_due_jobs(&self) -> anyhow::Result<usize> {
-        let mut in_hand = InHand::new(&self.config);
+        let mut in_hand = InHand::new(self.config.tick_slots, self.config.other_slots);
         let mut ran = 0;
         loop {
             match self.start_due_jobs(&mut in_hand).await {
@@ -324,7 +324,7 @@ impl<H: JobHandler> Runner<H> {
     }
 
     async fn listen(&self) -> Option<PgListener> {
-        let mut listener = match PgListener::connect_with(self.store.pool()).await {
+        let mut listener = match PgListener::connect_with(self.store.session_pool()).await {
             Ok(listener) => listener,
             Err(err) => {
                 static LOGGED: Throttle = Throttle::new(QUIET_FOR);

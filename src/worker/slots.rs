@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinError, JoinSet};
 
-use super::RunnerConfig;
 use crate::store::FreeSlots;
 
 /// The jobs one loop has in hand, each holding a slot of its class until its task ends
@@ -20,11 +19,13 @@ pub(super) struct InHand {
 }
 
 impl InHand {
-    pub(super) fn new(config: &RunnerConfig) -> Self {
+    /// `tick_slots` queue ticks and `other_slots` jobs of the other kinds at once (at least
+    /// one of each).
+    pub(super) fn new(tick_slots: usize, other_slots: usize) -> Self {
         Self {
             tasks: JoinSet::new(),
-            ticks: Arc::new(Semaphore::new(config.tick_slots.max(1))),
-            others: Arc::new(Semaphore::new(config.other_slots.max(1))),
+            ticks: Arc::new(Semaphore::new(tick_slots.max(1))),
+            others: Arc::new(Semaphore::new(other_slots.max(1))),
         }
     }
 

@@ -14,14 +14,14 @@ use uuid::Uuid;
 use crate::support::{ADMIN_KEY, empty_database, fresh_database};
 
 /// One `flashsale` process on a port of its own, killed when dropped.
-struct Instance {
+pub(crate) struct Instance {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     log: PathBuf,
 }
 
 impl Instance {
-    fn start(database_url: &str, settings: &[(&str, &str)]) -> Instance {
+    pub(crate) fn start(database_url: &str, settings: &[(&str, &str)]) -> Instance {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
@@ -47,12 +47,12 @@ impl Instance {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until `/health` answers 200; panics with the instance's log otherwise.
-    async fn wait_healthy(&mut self, client: &reqwest::Client) {
+    pub(crate) async fn wait_healthy(&mut self, client: &reqwest::Client) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -65,6 +65,14 @@ impl Instance {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the instance never became healthy:\n{}", self.log());
+    }
+
+    /// Waits until the process exits (panics past `wait`): its exit status.
+    pub(crate) async fn wait_exit(&mut self, wait: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(wait, self.child.wait()).await {
+            Ok(status) => status.unwrap_or_else(|err| panic!("wait: {err}\n{}", self.log())),
+            Err(_) => panic!("the instance did not exit:\n{}", self.log()),
+        }
     }
 
     fn terminate(&self) {
@@ -90,7 +98,7 @@ async fn migrated_database() -> (sqlx::PgPool, String) {
     (sqlx::PgPool::connect(&url).await.expect("connect"), url)
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     // A fresh connection per request, as requests from many buyers arrive: no request
     // rides a kept-alive connection the drain closes.
     reqwest::Client::builder()
@@ -100,7 +108,7 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
-async fn create_sale(client: &reqwest::Client, base: &str, body: Value) -> Value {
+pub(crate) async fn create_sale(client: &reqwest::Client, base: &str, body: Value) -> Value {
     let response = client
         .post(format!("{base}/api/v1/admin/sales"))
         .bearer_auth(ADMIN_KEY)

@@ -20,6 +20,7 @@ mod order_keys;
 mod outage;
 mod outbox;
 mod outcome;
+mod pooler;
 mod purchase;
 mod quantities;
 mod quantity_holds;

@@ -23,7 +23,7 @@ async fn one_second_client(
     sku: &str,
 ) -> TestClient<BoxEndpoint<'static, poem::Response>> {
     let edge = EdgeLimits {
-        db_timeout: Duration::from_secs(1),
+        answer_timeout: Duration::from_secs(1),
         ..EdgeLimits::default()
     };
     let client = client_with_edge(

@@ -194,9 +194,9 @@ pub fn client_with_hub(
         limits,
         admin_key: AdminKey::new(ADMIN_KEY.into()),
         tokens: Arc::new(tokens),
-        purchases: PurchaseBatcher::new(store.clone(), true, edge.db_timeout)
+        purchases: PurchaseBatcher::new(store.clone(), true, edge.answer_timeout)
             .with_metrics(metrics.clone()),
-        joins: JoinBatcher::new(store.clone(), edge.db_timeout),
+        joins: JoinBatcher::new(store.clone(), edge.answer_timeout),
         views: Arc::new(SaleViewCache::new(Duration::ZERO)),
         metrics,
         webhook_retry_for: std::time::Duration::from_secs(3600),
@@ -319,7 +319,7 @@ pub async fn impatient_client_with_sale(
     stock: i64,
 ) -> TestClient<BoxEndpoint<'static, Response>> {
     let edge = flashsale::api::EdgeLimits {
-        db_timeout: Duration::from_secs(1),
+        answer_timeout: Duration::from_secs(1),
         ..flashsale::api::EdgeLimits::default()
     };
     let client = client_with_edge(store, Limits::off(), BuyerTokens::disabled(), edge);

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -17,7 +18,7 @@ use crate::store::batcher::claim;
 use crate::store::purchases::{
     BatchBuyer, BatchResult, Order, Owned, PurchaseOutcome, purchase_batch, refusal_for_buyer,
 };
-use crate::store::{StoreError, unanswered};
+use crate::store::{StoreError, deadline_missed};
 
 impl PurchaseBatcher {
     /// Records that the sale sold out, loading its (final) buyers when there are few enough.
@@ -172,8 +173,9 @@ impl PurchaseBatcher {
             return Ok(None);
         }
         let started = Instant::now();
-        let decided =
-            tokio::time::timeout_at(cut_off, purchase_batch(&mut conn, sale_id, buyers)).await;
+        let sent = AtomicBool::new(false);
+        let decided = purchase_batch(&mut conn, sale_id, buyers, &sent);
+        let decided = tokio::time::timeout_at(cut_off, decided).await;
         if let Some(metrics) = &self.metrics {
             metrics.batch_size.observe(buyers.len() as f64);
             metrics
@@ -182,7 +184,10 @@ impl PurchaseBatcher {
         }
         match decided {
             Ok(result) => result.map(Some),
-            Err(_) => Err(unanswered(&mut conn, "purchase batch")),
+            Err(_) => {
+                let sent = sent.load(Ordering::Acquire);
+                Err(deadline_missed(&mut conn, sent, "purchase batch"))
+            }
         }
     }
 

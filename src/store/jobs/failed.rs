@@ -36,7 +36,7 @@ impl Store {
               WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, id DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(jobs)
     }
@@ -44,7 +44,7 @@ impl Store {
     /// How many jobs failed for good.
     pub async fn count_failed_jobs(&self) -> Result<i64, StoreError> {
         let count = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE dead_at IS NOT NULL")
-            .fetch_one(&mut *self.conn().await?)
+            .fetch_one(&mut self.conn().await?)
             .await?;
         Ok(count)
     }
@@ -57,14 +57,14 @@ impl Store {
               WHERE id = $1 AND dead_at IS NOT NULL",
         )
         .bind(id)
-        .execute(&mut *self.conn().await?)
+        .execute(&mut self.conn().await?)
         .await;
         match requeued {
             Ok(done) if done.rows_affected() > 0 => Ok(RequeueOutcome::Requeued),
             Ok(_) => {
                 let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1")
                     .bind(id)
-                    .fetch_optional(&mut *self.conn().await?)
+                    .fetch_optional(&mut self.conn().await?)
                     .await?;
                 Ok(match exists {
                     Some(_) => RequeueOutcome::NotFailed,
@@ -76,7 +76,7 @@ impl Store {
             Err(err) if violated_constraint(&err) == Some("jobs_one_pending_queue_tick") => {
                 sqlx::query("DELETE FROM jobs WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *self.conn().await?)
+                    .execute(&mut self.conn().await?)
                     .await?;
                 Ok(RequeueOutcome::Requeued)
             }

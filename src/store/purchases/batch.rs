@@ -1,13 +1,16 @@
 //! The group-commit statement: one statement decides the orders of a batch of distinct
 //! buyers of one sale, in arrival order, all or nothing per order (see [`BATCH_SQL`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection};
+use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::Owned;
 use crate::domain::Purchase;
 use crate::store::StoreError;
+use crate::store::db::Db;
 use crate::store::jobs::JobKind;
 
 /// One buyer's order in a group-commit batch.
@@ -158,11 +161,14 @@ pub struct BatchResult {
     pub sale_unarchived: bool,
 }
 
-/// Runs [`BATCH_SQL`] on `conn` for `buyers` (distinct users) of the sale `sale_id`.
+/// Runs [`BATCH_SQL`] on `conn` for `buyers` (distinct users) of the sale `sale_id`. `sent`
+/// is set as the statement goes out: a failure before it (behind a pooler, its BEGIN)
+/// wrote nothing.
 pub(in crate::store) async fn purchase_batch(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     buyers: &[BatchBuyer],
+    sent: &AtomicBool,
 ) -> Result<BatchResult, StoreError> {
     let users: Vec<&str> = buyers.iter().map(|b| b.user_id.as_str()).collect();
     let ids: Vec<Uuid> = buyers.iter().map(|b| b.purchase_id).collect();
@@ -174,6 +180,8 @@ pub(in crate::store) async fn purchase_batch(
         FIRST_FIT
     };
     let sql = BATCH_SQL.replace("{DECIDE}", decide);
+    let mut unit = conn.unit().await?;
+    sent.store(true, Ordering::Release);
     // Built from the constant texts above.
     let rows = sqlx::query_as::<_, BatchRow>(sqlx::AssertSqlSafe(sql))
         .bind(sale_id)
@@ -183,9 +191,10 @@ pub(in crate::store) async fn purchase_batch(
         .bind(&quantities)
         .bind(buyers.len() as i64)
         .bind(&keys)
-        .fetch_all(conn)
+        .fetch_all(&mut *unit)
         .await
         .map_err(StoreError::after_write)?;
+    unit.commit().await.map_err(StoreError::after_write)?;
     let mut result = BatchResult::default();
     for row in rows {
         let (Some(id), Some(user_id), Some(created_at), Some(quantity), Some(units)) =

@@ -4,16 +4,16 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Owned, PurchaseRow};
 use crate::domain::Purchase;
+use crate::store::db::Db;
 use crate::store::{Store, StoreError};
 
 /// The orders these buyers made in the sale under these keys (absent: no such order).
 pub(in crate::store) async fn keyed_orders(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     keys: &[(&str, Uuid)],
 ) -> Result<HashMap<String, Purchase>, StoreError> {
@@ -40,7 +40,7 @@ pub(in crate::store) async fn keyed_orders(
 }
 
 pub(in crate::store) async fn find_purchase(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     user_id: &str,
 ) -> Result<Option<Purchase>, StoreError> {
@@ -53,7 +53,7 @@ pub(in crate::store) async fn find_purchase(
 /// What each of `users` owns in the sale, read now: their first order and their units.
 /// Users who own nothing are absent.
 pub(in crate::store) async fn owned_by(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     users: &[&str],
 ) -> Result<HashMap<String, Owned>, StoreError> {
@@ -96,7 +96,7 @@ impl Store {
         )
         .bind(sale_id)
         .bind(limit + 1)
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await?;
         if orders > limit {
             return Ok(None);
@@ -104,7 +104,7 @@ impl Store {
         let users: Vec<String> =
             sqlx::query_scalar("SELECT DISTINCT user_id FROM purchases WHERE sale_id = $1")
                 .bind(sale_id)
-                .fetch_all(&mut *conn)
+                .fetch_all(&mut conn)
                 .await?;
         let users: Vec<&str> = users.iter().map(String::as_str).collect();
         Ok(Some(owned_by(&mut conn, sale_id, &users).await?))
@@ -116,7 +116,7 @@ impl Store {
         sale_id: Uuid,
         keys: &[(&str, Uuid)],
     ) -> Result<HashMap<String, Purchase>, StoreError> {
-        keyed_orders(&mut *self.conn().await?, sale_id, keys).await
+        keyed_orders(&mut self.conn().await?, sale_id, keys).await
     }
 
     /// What each of these users owns in the sale, read now (absent: nothing).
@@ -125,6 +125,6 @@ impl Store {
         sale_id: Uuid,
         users: &[&str],
     ) -> Result<HashMap<String, Owned>, StoreError> {
-        owned_by(&mut *self.conn().await?, sale_id, users).await
+        owned_by(&mut self.conn().await?, sale_id, users).await
     }
 }

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::JoinOutcome;
 use crate::domain::{EntryStatus, QueueEntry, Sale, SaleState};
 use crate::store::StoreError;
+use crate::store::db::Db;
 use crate::store::jobs::enqueue_queue_tick;
 use crate::store::purchases::find_purchase;
 use crate::store::queue_entry::{ENTRY_SQL_FOR_USERS, EntryRow, queue_counters_sql};
@@ -68,17 +68,23 @@ struct Door {
 ///
 /// `committing` is set just before the COMMIT is sent (see [`decide_joins`]).
 pub(super) async fn join_batch(
-    conn: &mut PgConnection,
+    conn: &mut Db,
     sale_id: Uuid,
     (users, quantities): (&[String], &HashMap<String, i32>),
     committing: &AtomicBool,
 ) -> Result<JoinBatch, StoreError> {
     let mut tx = conn.begin().await?;
     sqlx::query(
-        "SELECT 1 FROM queue_entries
-          WHERE sale_id = $1 AND user_id = ANY($2) AND status IN ('expired', 'left')
-          ORDER BY user_id COLLATE \"C\"
-            FOR UPDATE",
+        // One primary-key probe per buyer, in user order (a nested loop over the sorted
+        // buyers; the subquery with its row lock is never flattened). `user_id = ANY($2)`
+        // let a planner on statistics older than the crowd scan every entry of the sale
+        // instead: 9 ms a batch at 64,000 entries, growing with the queue.
+        "SELECT 1 FROM (SELECT u FROM unnest($2::text[]) u ORDER BY u COLLATE \"C\") b(user_id)
+          CROSS JOIN LATERAL (
+                SELECT 1 FROM queue_entries e
+                 WHERE e.sale_id = $1 AND e.user_id = b.user_id
+                   AND e.status IN ('expired', 'left')
+                   FOR UPDATE) l",
     )
     .bind(sale_id)
     .bind(users)
@@ -207,7 +213,7 @@ pub(super) async fn join_batch(
 /// lock (see [`join_batch`]); returns the entries with the queue's counters as this
 /// statement left them. Tickets follow arrival order within the batch.
 async fn write_joins(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut Db,
     sale_id: Uuid,
     door: &Door,
     prequeue: bool,

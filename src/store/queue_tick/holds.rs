@@ -1,10 +1,10 @@
 //! Returning live holds to stock: the tick's expiry, a cancelled or archived sale's void,
 //! and the archive itself, in one statement each (see [`return_holds`]).
 
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::store::StoreError;
+use crate::store::db::Db;
 
 /// Which live holds [`return_holds`] takes back.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +41,7 @@ pub(in crate::store) enum HoldsToReturn {
 /// ANY` either: on those statistics the planner made it a filter over the sale's entries
 /// (1.8 s).
 pub(in crate::store) async fn return_holds(
-    pool: &PgPool,
+    conn: &mut Db,
     sale_id: Uuid,
     which: HoldsToReturn,
 ) -> Result<i64, StoreError> {
@@ -83,5 +83,5 @@ pub(in crate::store) async fn return_holds(
         HoldsToReturn::Void { batch } => query.bind(batch).bind(true),
         HoldsToReturn::All => query,
     };
-    Ok(query.fetch_one(pool).await?)
+    Ok(query.fetch_one(conn).await?)
 }

@@ -47,7 +47,7 @@ impl Store {
         let row = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(sale_id)
             .bind(JobKind::SyncSaleState.as_str())
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         Ok(match row {
             Some(row) => CancelOutcome::Cancelled(row.into()),
@@ -59,7 +59,8 @@ impl Store {
     }
 
     /// DELETE of a sale: removed outright when nothing was ever sold or held and nobody
-    /// ever joined its queue (its jobs and events go with it by cascade), else archived
+    /// ever joined its queue (its jobs, state log and queue row go with it by cascade; the
+    /// outbox's `events` have no foreign key and stay until retention prunes them), else archived
     /// (see [`archive_sale`](Self::archive_sale)): waiting buyers keep their entries and
     /// learn the sale is closed. Either way its sku is free at once.
     ///
@@ -77,7 +78,7 @@ impl Store {
     ///    `ON DELETE RESTRICT` key of purchases would refuse the DELETE anyway.
     pub async fn remove_sale(&self, sale_id: Uuid) -> Result<RemoveOutcome, StoreError> {
         let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         for lock in [
             "SELECT 1 FROM sales WHERE id = $1 FOR NO KEY UPDATE",
             "SELECT 1 FROM sale_queues WHERE sale_id = $1 FOR UPDATE",
@@ -103,17 +104,21 @@ impl Store {
     /// or held from now on, and its live holds voided back to stock; its purchases, events
     /// and queue history stay, readable by the sale's id. Archiving again changes nothing.
     ///
-    /// Two short transactions, in the lock order the buyers use:
+    /// Two short transactions, in the lock order the buyers use, and a tick between them:
     /// 1. Under the sale row's lock: set `archived_at` (and `cancelled_at`, when it could
-    ///    still sell), record the `archived` event, queue the state job and, for a queued
-    ///    sale, a tick; and lock the queue row after the sale's, as a cancel does (a join
-    ///    batch reads the sale under that lock, so no join commits after the archive). From this commit on, a purchase, an admission or a confirm re-checks
-    ///    `archived_at IS NULL` (or `cancelled_at`) on the locked row and is refused.
-    /// 2. Void the live holds: lock the held entries (waiting for a confirm in flight, which
+    ///    still sell), record the `archived` event and queue the state job; and lock the
+    ///    queue row after the sale's, as a cancel does (a join batch reads the sale under
+    ///    that lock, so no join commits after the archive). From this commit on, a
+    ///    purchase, an admission or a confirm re-checks `archived_at IS NULL` (or
+    ///    `cancelled_at`) on the locked row and is refused.
+    /// 2. For a queued sale, a queue tick is queued, in a statement of its own after that
+    ///    commit.
+    /// 3. Void the live holds: lock the held entries (waiting for a confirm in flight, which
     ///    now fails), mark them expired and move their units from `held` to `available` in
     ///    one statement, entries before the sale row like a confirm or a release. Should the
-    ///    service die in between, the queued tick's expiry treats an archived sale like a
-    ///    cancelled one and voids what is left.
+    ///    service die before this, the tick's expiry treats an archived sale like a
+    ///    cancelled one and voids what is left (and should it die before the tick was
+    ///    queued, the runner's backstop queues one for a sale that still holds units).
     pub async fn archive_sale(&self, sale_id: Uuid) -> Result<RemoveOutcome, StoreError> {
         let sql = format!(
             "WITH archived AS (
@@ -149,7 +154,7 @@ impl Store {
         let archived = sqlx::query_as::<_, SaleRow>(sqlx::AssertSqlSafe(sql))
             .bind(sale_id)
             .bind(JobKind::SyncSaleState.as_str())
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         let Some(archived) = archived else {
             return Ok(match self.sale_by_id(sale_id).await? {
@@ -162,9 +167,10 @@ impl Store {
             });
         };
         if archived.checkout == Checkout::Queued.as_str() {
-            jobs::enqueue_queue_tick(&mut *self.conn().await?, sale_id, None).await?;
+            jobs::enqueue_queue_tick(&mut self.conn().await?, sale_id, None).await?;
         }
-        let voided_holds = return_holds(&self.pool, sale_id, HoldsToReturn::All).await?;
+        let voided_holds =
+            return_holds(&mut self.conn().await?, sale_id, HoldsToReturn::All).await?;
         let sale = self
             .sale_by_id(sale_id)
             .await?
