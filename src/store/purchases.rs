@@ -236,11 +236,7 @@ async fn purchase(
 }
 
 /// Why a purchase that sold nothing was refused, read after the fact; `None` when the sale
-/// could sell the order now. Order matters: an archived sale answers nothing else; a
-/// repeat buyer of a limit-one sale hears `ALREADY_PURCHASED`, and any buyer the order
-/// would take past the limit `LIMIT_REACHED`, never `SOLD_OUT`; a sold-out sale says so
-/// whatever else its state is. An order whose key the buyer has used answers with that
-/// order.
+/// could sell the order now (see [`refusal_for_buyer`] for which reason wins).
 async fn classify_refusal(
     conn: &mut Db,
     sale_id: Uuid,
@@ -250,29 +246,35 @@ async fn classify_refusal(
     let Some(sale) = sale_by_id(conn, sale_id).await? else {
         return Ok(Some(PurchaseOutcome::SaleNotFound));
     };
-    if sale.archived_at.is_some() {
-        return Ok(Some(PurchaseOutcome::SaleArchived));
-    }
-    if let Some(key) = order.key
-        && let Some(keyed) = keyed_orders(conn, sale.id, &[(user_id, key)])
+    let keyed = match order.key {
+        Some(key) => keyed_orders(conn, sale.id, &[(user_id, key)])
             .await?
-            .remove(user_id)
-    {
-        return Ok(Some(PurchaseOutcome::AlreadyPurchased(keyed)));
-    }
+            .remove(user_id),
+        None => None,
+    };
     let owned = owned_by(conn, sale.id, &[user_id]).await?.remove(user_id);
-    Ok(refusal_for_buyer(&sale, owned, order.quantity))
+    Ok(refusal_for_buyer(&sale, keyed, owned, order.quantity))
 }
 
-/// Why the sale refuses this buyer's order of `quantity` now, given what they own (read
-/// after the sale); `None` when it could sell it.
+/// Why the sale refuses this buyer's order of `quantity` now, given the order their key
+/// names (`keyed`) and what they own, both read after the sale; `None` when it could sell
+/// it. The one place that decides a refusal, for lone purchases and group-commit batches
+/// alike. Order matters: an archived sale answers nothing else (its buyers are never told
+/// about it through a sku that may name another sale now); an order whose key the buyer
+/// has used answers with that order; a repeat buyer of a limit-one sale hears
+/// `ALREADY_PURCHASED`, and any buyer the order would take past the limit `LIMIT_REACHED`,
+/// never `SOLD_OUT`; a sold-out sale says so whatever else its state is.
 pub(super) fn refusal_for_buyer(
     sale: &Sale,
+    keyed: Option<Purchase>,
     owned: Option<Owned>,
     quantity: i32,
 ) -> Option<PurchaseOutcome> {
     if sale.archived_at.is_some() {
         return Some(PurchaseOutcome::SaleArchived);
+    }
+    if let Some(keyed) = keyed {
+        return Some(PurchaseOutcome::AlreadyPurchased(keyed));
     }
     if quantity > sale.max_per_order {
         return Some(PurchaseOutcome::QuantityTooLarge {
@@ -288,15 +290,6 @@ pub(super) fn refusal_for_buyer(
                 remaining: (sale.per_customer_limit - owned.units).max(0),
             });
         }
-    }
-    refusal_for(sale, quantity)
-}
-
-/// Why the sale refuses an order of `quantity` from a buyer within their limit; `None` when
-/// it could sell it now.
-fn refusal_for(sale: &Sale, quantity: i32) -> Option<PurchaseOutcome> {
-    if sale.archived_at.is_some() {
-        return Some(PurchaseOutcome::SaleArchived);
     }
     if sale.checkout == Checkout::Queued {
         return Some(PurchaseOutcome::WrongCheckout);
@@ -321,7 +314,7 @@ impl Store {
     pub async fn refusal_now(&self, sale_id: Uuid) -> Result<Option<PurchaseOutcome>, StoreError> {
         Ok(match self.sale_by_id(sale_id).await? {
             None => Some(PurchaseOutcome::SaleNotFound),
-            Some(sale) => refusal_for(&sale, 1),
+            Some(sale) => refusal_for_buyer(&sale, None, None, 1),
         })
     }
 }

@@ -14,6 +14,7 @@ use super::{
     BATCH_ATTEMPTS, MAX_REMEMBERED_BUYERS, PurchaseBatcher, Reply, Request, SoldOutBuyers,
     sold_out_answer,
 };
+use crate::domain::Purchase;
 use crate::store::batcher::claim;
 use crate::store::purchases::{
     BatchBuyer, BatchResult, Order, Owned, PurchaseOutcome, purchase_batch, refusal_for_buyer,
@@ -220,22 +221,20 @@ impl PurchaseBatcher {
             answer_all(std::mem::take(by_user), &PurchaseOutcome::SaleNotFound);
             return Ok(());
         };
-        if sale.archived_at.is_some() {
-            answer_all(std::mem::take(by_user), &PurchaseOutcome::SaleArchived);
-            return Ok(());
-        }
-        if sale.is_sold_out() && !self.sold_out.contains_key(&sale_id) {
-            self.mark_sold_out(sale_id).await;
-        }
-        self.answer_keyed(sale_id, by_user, orders).await?;
+        let mut keyed = self.keyed_of(sale_id, by_user, orders).await?;
         let refused: Vec<&str> = by_user.keys().map(String::as_str).collect();
         let mut owned = self.store.owned_of(sale_id, &refused).await?;
         let users: Vec<String> = by_user.keys().cloned().collect();
         for user in users {
             let quantity = orders.get(&user).map_or(1, |order| order.quantity);
-            let Some(refusal) = refusal_for_buyer(&sale, owned.remove(&user), quantity) else {
+            let (keyed, owned) = (keyed.remove(&user), owned.remove(&user));
+            let Some(refusal) = refusal_for_buyer(&sale, keyed, owned, quantity) else {
                 continue;
             };
+            if matches!(refusal, PurchaseOutcome::SoldOut) && !self.sold_out.contains_key(&sale_id)
+            {
+                self.mark_sold_out(sale_id).await;
+            }
             if let Some(replies) = by_user.remove(&user) {
                 match refusal {
                     PurchaseOutcome::AlreadyPurchased(purchase) => {
@@ -260,20 +259,30 @@ impl PurchaseBatcher {
         by_user: &mut HashMap<String, Vec<Reply>>,
         orders: &HashMap<String, Order>,
     ) -> Result<(), StoreError> {
+        for (user, order) in self.keyed_of(sale_id, by_user, orders).await? {
+            if let Some(replies) = by_user.remove(&user) {
+                answer_owner(replies, order, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// The orders the keys of `by_user`'s buyers name in the sale, read now.
+    async fn keyed_of(
+        &self,
+        sale_id: Uuid,
+        by_user: &HashMap<String, Vec<Reply>>,
+        orders: &HashMap<String, Order>,
+    ) -> Result<HashMap<String, Purchase>, StoreError> {
         let keys: Vec<(&str, Uuid)> = orders
             .iter()
             .filter(|(user, _)| by_user.contains_key(*user))
             .filter_map(|(user, order)| Some((user.as_str(), order.key?)))
             .collect();
         if keys.is_empty() {
-            return Ok(());
+            return Ok(HashMap::new());
         }
-        for (user, order) in self.store.keyed_orders(sale_id, &keys).await? {
-            if let Some(replies) = by_user.remove(&user) {
-                answer_owner(replies, order, false);
-            }
-        }
-        Ok(())
+        self.store.keyed_orders(sale_id, &keys).await
     }
 
     /// Answers a batch of a sold-out sale without selling: one primary-key read says the
