@@ -35,6 +35,8 @@ pub struct TickReport {
     pub drawing: bool,
     pub expired: i64,
     pub admitted: i64,
+    /// The batch, not the stock, bounded this tick's admission: tick again at once.
+    pub admitting: bool,
     /// Whether the queue still needs ticking (a scheduled or active sale, or holds left).
     pub needs_tick: bool,
 }
@@ -54,7 +56,7 @@ impl Store {
             expired: self.expire_holds(&sale, batch).await?,
             ..TickReport::default()
         };
-        report.admitted = self.admit(sale_id, batch).await?;
+        (report.admitted, report.admitting) = self.admit(sale_id, batch).await?;
         let Some(sale) = self.sale_by_id(sale_id).await? else {
             return Ok(report);
         };
@@ -221,8 +223,13 @@ impl Store {
     /// quantities fits in `room`: strictly in ticket order, a hold never split. An entry
     /// asking for more than `available + held` (under the lock) can never be served, since
     /// stock never comes back past that; it is passed over rather than blocking everyone
-    /// behind it (its poll says `sold_out`). A skipped-locked entry is passed over as before.
-    async fn admit(&self, sale_id: Uuid, batch: i64) -> Result<i64, StoreError> {
+    /// behind it (its poll says `sold_out`): filtered before the head's `LIMIT`, so no number
+    /// of them can fill the head. A skipped-locked entry is passed over as before.
+    ///
+    /// Returns the entries admitted, and whether the batch (not the stock or the holds' cap)
+    /// bounded the room: then more may be admitted at once. Counting entries would not tell:
+    /// a batch of 500 units admits fewer than 500 entries of several units.
+    async fn admit(&self, sale_id: Uuid, batch: i64) -> Result<(i64, bool), StoreError> {
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
         let room: Option<(i64, i32, i64, i64)> = sqlx::query_as(
@@ -246,18 +253,17 @@ impl Store {
             room.filter(|(room, _, _, _)| *room > 0)
         else {
             tx.commit().await?;
-            return Ok(0);
+            return Ok((0, false));
         };
         let (admitted, front): (i64, Option<i64>) = sqlx::query_as(
             "WITH head AS (
                  SELECT ctid AS row_id, ticket, quantity FROM queue_entries
-                  WHERE sale_id = $1 AND status = 'queued' AND ticket <= $4
+                  WHERE sale_id = $1 AND status = 'queued' AND ticket <= $4 AND quantity <= $5
                   ORDER BY ticket LIMIT $2
                   FOR UPDATE SKIP LOCKED
              ), fitting AS (
                  SELECT row_id FROM (
-                     SELECT row_id, sum(quantity) OVER (ORDER BY ticket) AS through
-                       FROM head WHERE quantity <= $5
+                     SELECT row_id, sum(quantity) OVER (ORDER BY ticket) AS through FROM head
                  ) h
                   WHERE through <= $2
              ), admitted AS (
@@ -299,7 +305,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(admitted)
+        Ok((admitted, admitted > 0 && room >= batch))
     }
 
     /// Queues the next tick of a sale at `run_at` (now when `None`).

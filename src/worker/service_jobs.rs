@@ -122,7 +122,7 @@ impl ServiceJobs {
                 "queue tick"
             );
         }
-        if report.admitted >= ADMIT_BATCH || report.expired >= ADMIT_BATCH || report.drawing {
+        if report.admitting || report.expired >= ADMIT_BATCH || report.drawing {
             self.store.schedule_queue_tick(sale_id, None).await?;
         } else if report.needs_tick {
             self.store

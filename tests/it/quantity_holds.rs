@@ -125,3 +125,44 @@ async fn a_hold_larger_than_all_that_is_left_is_passed_over_and_told_sold_out() 
         Vec::<String>::new()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_that_can_never_be_served_do_not_hold_back_a_buyer_behind_them() {
+    let app = spawn_app().await;
+    let (sku, sale) = queued_sale(&app, 3, json!({"perCustomerLimit": 2})).await;
+    let _ = join_units(&app, &sku, "first", 2).await;
+    assert_eq!(tick(&app.store, sale).await.admitted, 1);
+    let (status, _) = queue_call(
+        &app,
+        "POST",
+        format!("/api/v1/sales/{sku}/queue/first/confirm"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // One unit left, none held: the room is one unit, so the head is one entry long. Three
+    // orders of two at the front can never be served; the order of one behind them can.
+    for user in ["big-1", "big-2", "big-3"] {
+        let _ = join_units(&app, &sku, user, 2).await;
+    }
+    let _ = join_units(&app, &sku, "small", 1).await;
+    assert_eq!(tick(&app.store, sale).await.admitted, 1);
+    let (_, small) = queue_call(&app, "GET", format!("/api/v1/sales/{sku}/queue/small")).await;
+    assert_eq!(small["status"], "held", "{small}");
+    assert_eq!(counters(app.store.pool(), &sku).await, (3, 0, 1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_bounded_by_its_batch_of_units_asks_to_be_run_again_at_once() {
+    let app = spawn_app().await;
+    let (sku, sale) = queued_sale(&app, 100, json!({"perCustomerLimit": 2})).await;
+    for n in 0..5 {
+        let _ = join_units(&app, &sku, &format!("pair-{n}"), 2).await;
+    }
+    // A batch of four units admits two entries of two: fewer entries than the batch, yet the
+    // batch bounded it, and three more wait with units free.
+    let report = app.store.queue_tick(sale, 4).await.expect("tick");
+    assert_eq!((report.admitted, report.admitting), (2, true));
+    // The stock bounds the next one (96 units, a batch of 500): nothing more to admit.
+    let report = tick(&app.store, sale).await;
+    assert_eq!((report.admitted, report.admitting), (3, false));
+}
