@@ -123,7 +123,8 @@ pub struct CreateSaleRequest {
     #[oai(validator(minimum(value = "1"), maximum(value = "10000000")))]
     pub queue_capacity: MaybeUndefined<i32>,
     /// Queued checkout: most units held at once (a hold of `quantity` units counts them
-    /// all), an admission-rate control; 0 (default) = as many as there is stock.
+    /// all), an admission-rate control; 0 (default) = as many as there is stock; else at
+    /// least `maxPerOrder` (a smaller cap could never admit a whole order).
     #[oai(validator(minimum(value = "0"), maximum(value = "10000000")))]
     pub max_active_holds: MaybeUndefined<i32>,
     /// Most units one buyer may own in this sale, over all their orders (1-100); default 1.

@@ -185,8 +185,11 @@ impl Store {
 }
 
 /// [`Store::purchase`] on `conn`: the statement, and retries while the sale turns out
-/// sellable right after a refusal (a boundary moment). `sent` is set as the statement goes
-/// out: a failure before it (behind a pooler, its BEGIN) wrote nothing.
+/// sellable right after a refusal (a boundary moment, or an order of the same buyer that
+/// took the chain's next link first). `sent` is set as the statement goes out: a failure
+/// before it (behind a pooler, its BEGIN) wrote nothing. Still sellable after the last
+/// attempt: [`StoreError::Overloaded`], a retry-safe 503 (nothing was written for this
+/// order), never a refusal the sale did not make.
 async fn purchase(
     conn: &mut Db,
     sale_id: Uuid,
@@ -194,7 +197,6 @@ async fn purchase(
     order: Order,
     sent: &AtomicBool,
 ) -> Result<PurchaseOutcome, StoreError> {
-    let mut refusal = PurchaseOutcome::SaleNotFound;
     for _ in 0..PURCHASE_ATTEMPTS {
         let mut unit = conn.unit().await?;
         sent.store(true, Ordering::Release);
@@ -225,14 +227,12 @@ async fn purchase(
                 ) => {}
             Err(err) => return Err(StoreError::after_write(err)),
         }
-        match classify_refusal(conn, sale_id, user_id, order).await? {
-            Some(outcome) => refusal = outcome,
-            // The sale is sellable now: the refusal was a boundary moment; try again.
-            None => continue,
+        // `None`: the sale is sellable now: the refusal was a boundary moment; try again.
+        if let Some(refusal) = classify_refusal(conn, sale_id, user_id, order).await? {
+            return Ok(refusal);
         }
-        return Ok(refusal);
     }
-    Ok(refusal)
+    Err(StoreError::Overloaded)
 }
 
 /// Why a purchase that sold nothing was refused, read after the fact; `None` when the sale

@@ -41,6 +41,8 @@ async fn bad_quantities_and_limits_are_refused_with_their_codes() {
         json!({"perCustomerLimit": 2, "maxPerOrder": 3}),
         json!({"maxPerOrder": 2}),
         json!({"perCustomerLimit": null}),
+        // A holds' cap below one order would stall a queue on that order for good.
+        json!({"perCustomerLimit": 4, "maxActiveHolds": 3}),
     ] {
         let mut body =
             json!({"sku": format!("bad-{}", Uuid::new_v4().simple()), "name": "x", "stock": 5});

@@ -43,6 +43,8 @@ pub enum NewSaleError {
     BadQueueCapacity,
     #[error("maxActiveHolds must be between 0 and {MAX_STOCK}")]
     BadMaxActiveHolds,
+    #[error("maxActiveHolds must be 0 (no cap) or at least maxPerOrder")]
+    MaxActiveHoldsBelowOrder,
     #[error("perCustomerLimit must be between 1 and {MAX_PER_CUSTOMER_LIMIT}")]
     BadPerCustomerLimit,
     #[error("maxPerOrder must be between 1 and perCustomerLimit")]
@@ -95,6 +97,11 @@ impl NewSale {
         }
         if !(1..=self.per_customer_limit).contains(&self.max_per_order) {
             return Err(NewSaleError::BadMaxPerOrder);
+        }
+        // A cap below one order's units would never admit that order, nor anyone queued
+        // behind it (admission is in ticket order): the queue would stall with units free.
+        if self.max_active_holds != 0 && self.max_active_holds < self.max_per_order {
+            return Err(NewSaleError::MaxActiveHoldsBelowOrder);
         }
         if !self
             .starts_at
