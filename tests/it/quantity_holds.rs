@@ -98,19 +98,24 @@ async fn queued_holds_reserve_their_quantity_through_admission_expiry_release_an
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hold_larger_than_all_that_is_left_is_passed_over_and_told_sold_out() {
-    let app = spawn_app().await;
-    let (sku, sale) = queued_sale(&app, 4, json!({"perCustomerLimit": 3})).await;
-    let _ = join_units(&app, &sku, "first", 2).await;
+/// A first buyer joins for two units, is admitted and confirms.
+async fn first_buys_two(app: &TestApp, sku: &str, sale: uuid::Uuid) {
+    let _ = join_units(app, sku, "first", 2).await;
     assert_eq!(tick(&app.store, sale).await.admitted, 1);
     let (status, _) = queue_call(
-        &app,
+        app,
         "POST",
         format!("/api/v1/sales/{sku}/queue/first/confirm"),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_larger_than_all_that_is_left_is_passed_over_and_told_sold_out() {
+    let app = spawn_app().await;
+    let (sku, sale) = queued_sale(&app, 4, json!({"perCustomerLimit": 3})).await;
+    first_buys_two(&app, &sku, sale).await;
     // Two units left, none held: an order of three can never be served.
     let _ = join_units(&app, &sku, "big", 3).await;
     let _ = join_units(&app, &sku, "small", 2).await;
@@ -130,15 +135,7 @@ async fn a_hold_larger_than_all_that_is_left_is_passed_over_and_told_sold_out() 
 async fn orders_that_can_never_be_served_do_not_hold_back_a_buyer_behind_them() {
     let app = spawn_app().await;
     let (sku, sale) = queued_sale(&app, 3, json!({"perCustomerLimit": 2})).await;
-    let _ = join_units(&app, &sku, "first", 2).await;
-    assert_eq!(tick(&app.store, sale).await.admitted, 1);
-    let (status, _) = queue_call(
-        &app,
-        "POST",
-        format!("/api/v1/sales/{sku}/queue/first/confirm"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    first_buys_two(&app, &sku, sale).await;
     // One unit left, none held: the room is one unit, so the head is one entry long. Three
     // orders of two at the front can never be served; the order of one behind them can.
     for user in ["big-1", "big-2", "big-3"] {
