@@ -5,8 +5,9 @@
 //!   whatever has happened by then, each change once, so running it twice or late is
 //!   harmless. The public state never waits for it: it is derived on every read.
 //! - `queue_tick`: runs a queued sale's waiting room (draw the pre-queue from the opening,
-//!   a bounded slice per tick, expire holds, admit buyers) and schedules the next tick while the queue is live: at the next hold
-//!   expiry or after [`TICK_INTERVAL`], whichever is first. Joins and releases wake it
+//!   a bounded slice per tick, expire holds, admit buyers) and schedules the next tick while
+//!   the queue needs ticking: at once while a tick was bounded by its batch, else at the next
+//!   hold expiry or after [`TICK_INTERVAL`], whichever is first. Joins and releases wake it
 //!   earlier.
 //! - `prune_events`: retention: removes events and finished webhook deliveries older than
 //!   the retention time, at most [`PRUNE_SLICE`] rows a run so that no run holds a slot
