@@ -137,6 +137,9 @@ impl QueueApi {
             JoinOutcome::QuantityTooLarge { max_per_order } => {
                 JoinResponse::BadRequest(ErrorBody::quantity_too_large(max_per_order))
             }
+            JoinOutcome::InsufficientStock { unsold } => {
+                JoinResponse::Conflict(ErrorBody::insufficient_stock(unsold))
+            }
             JoinOutcome::SaleNotFound => JoinResponse::NotFound(ErrorBody::sale_not_found(&sale.0)),
         })
     }
@@ -318,6 +321,7 @@ fn join_outcome_name(outcome: &JoinOutcome) -> &'static str {
         JoinOutcome::NotActive(_) => "not_active",
         JoinOutcome::QueueFull => "queue_full",
         JoinOutcome::QuantityTooLarge { .. } => "quantity_too_large",
+        JoinOutcome::InsufficientStock { .. } => "insufficient_stock",
         JoinOutcome::WrongCheckout => "wrong_checkout",
         JoinOutcome::SaleNotFound => "sale_not_found",
     }

@@ -47,6 +47,11 @@ pub enum JoinOutcome {
     QuantityTooLarge {
         max_per_order: i32,
     },
+    /// The join asks for more units than the sale has left unsold (`unsold`: available and
+    /// held), so its hold could never be granted.
+    InsufficientStock {
+        unsold: i32,
+    },
     WrongCheckout,
     SaleNotFound,
 }

@@ -98,10 +98,13 @@ async fn queued_holds_reserve_their_quantity_through_admission_expiry_release_an
     );
 }
 
-/// A first buyer joins for two units, is admitted and confirms.
-async fn first_buys_two(app: &TestApp, sku: &str, sale: uuid::Uuid) {
+/// A first buyer joins for two units and is admitted; `confirm_first` buys them.
+async fn first_holds_two(app: &TestApp, sku: &str, sale: uuid::Uuid) {
     let _ = join_units(app, sku, "first", 2).await;
     assert_eq!(tick(&app.store, sale).await.admitted, 1);
+}
+
+async fn confirm_first(app: &TestApp, sku: &str) {
     let (status, _) = queue_call(
         app,
         "POST",
@@ -112,13 +115,27 @@ async fn first_buys_two(app: &TestApp, sku: &str, sale: uuid::Uuid) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hold_larger_than_all_that_is_left_is_passed_over_and_told_sold_out() {
+async fn a_hold_larger_than_all_that_is_left_is_refused_at_the_door_or_passed_over() {
     let app = spawn_app().await;
     let (sku, sale) = queued_sale(&app, 4, json!({"perCustomerLimit": 3})).await;
-    first_buys_two(&app, &sku, sale).await;
-    // Two units left, none held: an order of three can never be served.
-    let _ = join_units(&app, &sku, "big", 3).await;
+    first_holds_two(&app, &sku, sale).await;
+    // Four units unsold (two held): an order of three may yet be served, and is queued.
+    let (status, _) = join_units(&app, &sku, "big", 3).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     let _ = join_units(&app, &sku, "small", 2).await;
+    confirm_first(&app, &sku).await;
+    // Two units unsold now: big's order can never be served. It is passed over, and a new
+    // order of three is refused at the door with what is unsold.
+    let (status, refused) = join_units(&app, &sku, "bigger", 3).await;
+    assert_eq!(
+        (
+            status,
+            refused["code"].as_str(),
+            refused["available"].as_i64()
+        ),
+        (StatusCode::CONFLICT, Some("INSUFFICIENT_STOCK"), Some(2)),
+        "{refused}"
+    );
     assert_eq!(tick(&app.store, sale).await.admitted, 1);
     let (_, big) = queue_call(&app, "GET", format!("/api/v1/sales/{sku}/queue/big")).await;
     assert_eq!(big["status"], "sold_out", "{big}");
@@ -135,13 +152,15 @@ async fn a_hold_larger_than_all_that_is_left_is_passed_over_and_told_sold_out() 
 async fn orders_that_can_never_be_served_do_not_hold_back_a_buyer_behind_them() {
     let app = spawn_app().await;
     let (sku, sale) = queued_sale(&app, 3, json!({"perCustomerLimit": 2})).await;
-    first_buys_two(&app, &sku, sale).await;
-    // One unit left, none held: the room is one unit, so the head is one entry long. Three
-    // orders of two at the front can never be served; the order of one behind them can.
+    first_holds_two(&app, &sku, sale).await;
     for user in ["big-1", "big-2", "big-3"] {
-        let _ = join_units(&app, &sku, user, 2).await;
+        let (status, _) = join_units(&app, &sku, user, 2).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
     }
     let _ = join_units(&app, &sku, "small", 1).await;
+    confirm_first(&app, &sku).await;
+    // One unit left, none held: the room is one unit, so the head is one entry long. The
+    // three orders of two at the front can never be served; the order of one behind them can.
     assert_eq!(tick(&app.store, sale).await.admitted, 1);
     let (_, small) = queue_call(&app, "GET", format!("/api/v1/sales/{sku}/queue/small")).await;
     assert_eq!(small["status"], "held", "{small}");

@@ -51,7 +51,9 @@ pub enum JoinResponse {
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// `ALREADY_PURCHASED` (with the purchase), `SOLD_OUT` (no stock and no live holds),
-    /// `SALE_NOT_ACTIVE` (with the state), `WRONG_CHECKOUT` (an instant sale).
+    /// `INSUFFICIENT_STOCK` (with `available`: the units unsold, available or held, fewer
+    /// than the join asks for: its hold could never be granted), `SALE_NOT_ACTIVE` (with
+    /// the state), `WRONG_CHECKOUT` (an instant sale).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// `RATE_LIMITED`, with `Retry-After`.

@@ -145,6 +145,7 @@ pub(super) async fn join_batch(
         state => Some(JoinOutcome::NotActive(state)),
     };
     let mut room = i64::from(sale.queue_capacity) - i64::from(door.waiting);
+    let unsold = sale.available + sale.held;
     let (mut joining, mut rejoining, mut bought) = (Vec::new(), Vec::new(), Vec::new());
     for user in users {
         let entry = existing.get(user);
@@ -160,6 +161,12 @@ pub(super) async fn join_batch(
             }
             _ if room <= 0 => {
                 outcomes.insert(user.clone(), JoinOutcome::QueueFull);
+            }
+            // Larger than all that is unsold: its hold could never be granted, so it is
+            // refused rather than queued to be passed over. Final: under the queue row's lock
+            // the sale was read after it, and units only leave `available + held` (sold).
+            _ if quantities.get(user).copied().unwrap_or(1) > unsold => {
+                outcomes.insert(user.clone(), JoinOutcome::InsufficientStock { unsold });
             }
             (None, None) => {
                 room -= 1;
