@@ -35,9 +35,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use gauges::refresh_gauges;
-pub use runner::{JobHandler, Runner, RunnerConfig, backoff};
+pub use runner::{JobHandler, Runner, RunnerConfig};
 pub use service_jobs::{ADMIT_BATCH, PRUNE_SLICE, ServiceJobs};
-pub use webhooks::{WebhookConfig, WebhookSender, retry_delay};
+pub use webhooks::{WebhookConfig, WebhookSender};
 
 pub use crate::status::RunnerHealth;
 

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::slots::{InHand, reaped};
 use super::{BACKSTOP_INTERVAL, RunnerHealth};
+use crate::domain::backoff;
 use crate::metrics::Metrics;
 use crate::store::{FreeSlots, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, Store, StoreError};
 use crate::telemetry::Throttle;
@@ -73,15 +74,6 @@ impl Default for RunnerConfig {
             max_backoff: Duration::from_secs(300),
         }
     }
-}
-
-/// The delay before retry number `attempts` (1 after the first failure).
-pub fn backoff(config: &RunnerConfig, attempts: i32) -> Duration {
-    let exponent = attempts.saturating_sub(1).clamp(0, 20) as u32;
-    config
-        .base_backoff
-        .saturating_mul(2u32.saturating_pow(exponent))
-        .min(config.max_backoff)
 }
 
 /// Takes jobs from the queue until `shutdown` turns true.
@@ -268,7 +260,11 @@ impl<H: JobHandler> Runner<H> {
                 }
             },
             Err(err) => {
-                let mut delay = backoff(&self.config, job.attempts);
+                let mut delay = backoff(
+                    self.config.base_backoff,
+                    self.config.max_backoff,
+                    job.attempts,
+                );
                 if job.kind == JobKind::QueueTick.as_str() {
                     delay = delay.min(QUEUE_TICK_MAX_BACKOFF);
                 } else if job.attempts >= MAX_ATTEMPTS {
@@ -349,20 +345,5 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
     match listener {
         Some(listener) => listener.recv().await.is_ok(),
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_the_base_and_stops_at_the_cap() {
-        let config = RunnerConfig::default();
-        assert_eq!(backoff(&config, 1), Duration::from_millis(500));
-        assert_eq!(backoff(&config, 2), Duration::from_secs(1));
-        assert_eq!(backoff(&config, 4), Duration::from_secs(4));
-        assert_eq!(backoff(&config, 30), Duration::from_secs(300));
-        assert_eq!(backoff(&config, i32::MAX), Duration::from_secs(300));
     }
 }

@@ -110,14 +110,6 @@ impl WebhookConfig {
     }
 }
 
-/// The delay before attempt `attempts + 1`: exponential from `base`, capped at `max`, with
-/// half of it random (so retries of many deliveries spread out).
-pub fn retry_delay(base: Duration, max: Duration, attempts: i32) -> Duration {
-    let exponent = attempts.saturating_sub(1).clamp(0, 30) as u32;
-    let full = base.saturating_mul(2u32.saturating_pow(exponent)).min(max);
-    full / 2 + full.mul_f64(fastrand::f64() / 2.0)
-}
-
 /// Sends the outbox to the registered endpoints until shut down.
 #[derive(Clone)]
 pub struct WebhookSender {
@@ -298,25 +290,5 @@ impl WebhookSender {
         let target = self.store.webhook_target(endpoint_id).await?.map(Arc::new);
         state.target = target.clone().map(|target| (target, Instant::now()));
         Ok(target)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
-        for (attempts, full) in [(1, 1.0), (2, 2.0), (4, 8.0), (40, 3600.0)] {
-            for _ in 0..50 {
-                let delay =
-                    retry_delay(Duration::from_secs(1), Duration::from_secs(3600), attempts)
-                        .as_secs_f64();
-                assert!(
-                    delay >= full / 2.0 && delay <= full,
-                    "attempt {attempts}: {delay}"
-                );
-            }
-        }
     }
 }

@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use super::address::{AddressRefused, check_url};
-use super::{MAX_ERROR_CHARS, WebhookSender, retry_delay};
+use super::{MAX_ERROR_CHARS, WebhookSender};
+use crate::domain::{backoff, jittered};
 use crate::store::{AttemptResult, ClaimedDelivery, EndpointTarget};
 
 impl WebhookSender {
@@ -21,11 +22,12 @@ impl WebhookSender {
             sent: Instant::now() <= start_by,
             status: None,
             error: None,
-            retry_in: retry_delay(
+            // Jittered, so the retries of many deliveries spread out.
+            retry_in: jittered(backoff(
                 self.config.base_backoff,
                 self.config.max_backoff,
                 delivery.attempts,
-            ),
+            )),
         };
         if !result.sent {
             return result;
