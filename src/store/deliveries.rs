@@ -2,6 +2,7 @@
 //! event); claim due deliveries with a lease; record what each attempt did; list, count and
 //! replay them.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,6 +10,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::events::{EVENT_COLUMNS, EventRow, FeedFilter, visible_events};
+use super::lease::{Claim, Pick};
 use super::{Store, StoreError};
 use crate::domain::{Event, FeedCursor};
 
@@ -156,39 +158,39 @@ impl Store {
 
     /// Claims up to `limit` due deliveries of one endpoint for `lease`, oldest first.
     ///
-    /// Race-free with any number of instances: `FOR UPDATE SKIP LOCKED` gives each due row
-    /// to one claimer, and the lease it sets hides the row from every other claim until it
-    /// runs out; the lease is longer than an attempt can take (connect + answer timeouts),
-    /// so no delivery is sent twice at once. The claim commits on its own: nothing is locked
-    /// while the request is in flight, and no purchase ever waits for a delivery.
+    /// Race-free with any number of instances (the argument in full is [`Claim::sql`]'s):
+    /// `FOR UPDATE SKIP LOCKED` gives each due row to one claimer, and the lease it sets
+    /// hides the row from every other claim until it runs out; the lease is longer than an
+    /// attempt can take (connect + answer timeouts), so no delivery is sent twice at once.
+    /// The claim commits on its own: nothing is locked while the request is in flight, and
+    /// no purchase ever waits for a delivery.
     pub async fn claim_deliveries(
         &self,
         endpoint_id: Uuid,
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let sql = format!(
-            "WITH due AS (
-                 SELECT id FROM webhook_deliveries
-                  WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at <= now()
-                    AND (locked_until IS NULL OR locked_until < now())
-                  ORDER BY next_attempt_at, id
-                  LIMIT $2
-                  FOR UPDATE SKIP LOCKED
-             ), claimed AS (
-                 UPDATE webhook_deliveries d
-                    SET locked_until = now() + make_interval(secs => $3),
-                        lock_token = gen_random_uuid(), attempts = attempts + 1
-                   FROM due WHERE d.id = due.id
-                 RETURNING d.id, d.lock_token, d.attempts, d.event_tx, d.sale_id, d.sequence
-             )
-             SELECT c.id AS delivery_id, c.lock_token, c.attempts, {EVENT_COLUMNS}
+        static CLAIM_DELIVERIES: LazyLock<String> = LazyLock::new(|| {
+            Claim {
+                table: "webhook_deliveries",
+                picks: &[Pick {
+                    name: "due_deliveries",
+                    due: "endpoint_id = $1 AND status = 'pending' AND next_attempt_at <= now()",
+                    order_by: "next_attempt_at, id",
+                    limit: "$2",
+                }],
+                lease_secs: "$3",
+                returning: "c.id, c.lock_token, c.attempts, c.event_tx, c.sale_id, c.sequence",
+            }
+            .sql(&format!(
+                "SELECT c.id AS delivery_id, c.lock_token, c.attempts, {EVENT_COLUMNS}
                FROM claimed c
                JOIN events e ON e.feed_tx = c.event_tx AND e.sale_id = c.sale_id
                             AND e.sequence = c.sequence
               ORDER BY e.sale_id, e.sequence"
-        );
-        let rows = sqlx::query_as::<_, ClaimRow>(sqlx::AssertSqlSafe(sql))
+            ))
+        });
+        let rows = sqlx::query_as::<_, ClaimRow>(sqlx::AssertSqlSafe(CLAIM_DELIVERIES.as_str()))
             .bind(endpoint_id)
             .bind(limit)
             .bind(lease.as_secs_f64())

@@ -5,6 +5,7 @@
 //! heartbeat), so the lease only has to outlast a missed beat, not the job. Times are the
 //! database's.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +13,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::db::Db;
+use super::lease::{Claim, Pick};
 use super::{Store, StoreError, violated_constraint};
 
 mod failed;
@@ -158,43 +160,45 @@ impl Store {
     /// Claims due jobs for `lease`: up to `free.queue_ticks` queue ticks and `free.others`
     /// other jobs, each class picked on its own so a backlog of one never crowds out the other.
     ///
-    /// Race-free with any number of runners: `FOR UPDATE SKIP LOCKED` gives each due row to
-    /// exactly one claiming transaction (the others skip it), and the UPDATE sets a lease
-    /// that makes the row invisible to the `locked_until` filter of later claims until it
-    /// runs out. The statement commits on its own, so no lock is held while the job runs.
+    /// Race-free with any number of runners (the argument in full is [`Claim::sql`]'s):
+    /// `FOR UPDATE SKIP LOCKED` gives each due row to exactly one claiming transaction (the
+    /// others skip it), and the UPDATE sets a lease that makes the row invisible to the
+    /// `locked_until` filter of later claims until it runs out. The statement commits on its
+    /// own, so no lock is held while the job runs.
     pub async fn claim_jobs(
         &self,
         free: FreeSlots,
         lease: Duration,
     ) -> Result<Vec<Job>, StoreError> {
-        let jobs = sqlx::query_as::<_, Job>(
-            "WITH ticks AS (
-                 SELECT id FROM jobs
-                  WHERE kind = 'queue_tick' AND dead_at IS NULL AND run_at <= now()
-                    AND (locked_until IS NULL OR locked_until < now())
-                  ORDER BY run_at, id
-                  LIMIT $1
-                  FOR UPDATE SKIP LOCKED
-             ), others AS (
-                 SELECT id FROM jobs
-                  WHERE kind <> 'queue_tick' AND dead_at IS NULL AND run_at <= now()
-                    AND (locked_until IS NULL OR locked_until < now())
-                  ORDER BY run_at, id
-                  LIMIT $2
-                  FOR UPDATE SKIP LOCKED
-             )
-             UPDATE jobs SET locked_until = now() + make_interval(secs => $3),
-                             lock_token = gen_random_uuid(), attempts = attempts + 1
-               FROM (SELECT id FROM ticks UNION ALL SELECT id FROM others) due
-              WHERE jobs.id = due.id
-             RETURNING jobs.id, jobs.kind, jobs.sale_id, jobs.attempts, jobs.lock_token,
-                       GREATEST(EXTRACT(EPOCH FROM now() - jobs.run_at), 0)::float8 AS lag_seconds",
-        )
-        .bind(free.queue_ticks)
-        .bind(free.others)
-        .bind(seconds(lease))
-        .fetch_all(&mut self.conn().await?)
-        .await?;
+        static CLAIM_JOBS: LazyLock<String> = LazyLock::new(|| {
+            Claim {
+                table: "jobs",
+                picks: &[
+                    Pick {
+                        name: "ticks",
+                        due: "kind = 'queue_tick' AND dead_at IS NULL AND run_at <= now()",
+                        order_by: "run_at, id",
+                        limit: "$1",
+                    },
+                    Pick {
+                        name: "others",
+                        due: "kind <> 'queue_tick' AND dead_at IS NULL AND run_at <= now()",
+                        order_by: "run_at, id",
+                        limit: "$2",
+                    },
+                ],
+                lease_secs: "$3",
+                returning: "c.id, c.kind, c.sale_id, c.attempts, c.lock_token,
+                    GREATEST(EXTRACT(EPOCH FROM now() - c.run_at), 0)::float8 AS lag_seconds",
+            }
+            .sql("SELECT * FROM claimed")
+        });
+        let jobs = sqlx::query_as::<_, Job>(sqlx::AssertSqlSafe(CLAIM_JOBS.as_str()))
+            .bind(free.queue_ticks)
+            .bind(free.others)
+            .bind(seconds(lease))
+            .fetch_all(&mut self.conn().await?)
+            .await?;
         Ok(jobs)
     }
 

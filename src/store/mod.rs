@@ -11,6 +11,7 @@ mod deliveries;
 mod events;
 mod group_commit;
 mod jobs;
+mod lease;
 mod live;
 mod migrate;
 mod outage;
