@@ -12,6 +12,7 @@ mod events;
 mod group_commit;
 mod jobs;
 mod lease;
+mod listen;
 mod live;
 mod migrate;
 mod outage;
@@ -39,6 +40,7 @@ pub use group_commit::{MAX_BATCH, PurchaseBatcher};
 pub use jobs::{
     FailedJob, FreeSlots, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, PRUNE_INTERVAL, RequeueOutcome,
 };
+pub use listen::{Heard, Listen};
 pub use live::{ChangePage, EntryChange, EntryChangeKind, LiveQueue, LiveSale};
 pub use migrate::{MIGRATOR, migrate, pending_migrations};
 pub use purchases::{BatchBuyer, BatchResult, Order, PurchaseOutcome};

@@ -7,8 +7,9 @@
 //! outside any transaction, extending its own lease while it runs, and a failure is retried
 //! with exponential backoff. Queue ticks have slots of their own, so admission never waits
 //! behind another kind of job. The runner sleeps until the next job is due, a `NOTIFY` on
-//! the jobs channel wakes it early, and a poll interval bounds the sleep in case a
-//! notification is lost (the listener is registered before the first claim).
+//! the jobs channel wakes it early (the store's one LISTEN loop, [`Store::listen`], which
+//! also wakes it whenever it starts listening, so nothing queued before is left waiting),
+//! and a poll interval bounds the sleep in case a notification is lost.
 //!
 //! The runner is supervised ([`supervise`]): if its loop dies (a bug), it is started again
 //! (a job that panics ends only its own task). Its loop never waits for a job, and it beats
@@ -22,6 +23,7 @@
 //! [`Store::claim_jobs`]: crate::store::Store::claim_jobs
 //! [`Store::ensure_queue_ticks`]: crate::store::Store::ensure_queue_ticks
 //! [`Store::ensure_prune_job`]: crate::store::Store::ensure_prune_job
+//! [`Store::listen`]: crate::store::Store::listen
 
 mod gauges;
 mod runner;

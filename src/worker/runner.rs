@@ -17,14 +17,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::slots::{InHand, reaped};
 use super::{BACKSTOP_INTERVAL, RunnerHealth};
 use crate::domain::backoff;
 use crate::metrics::Metrics;
-use crate::store::{FreeSlots, JOBS_CHANNEL, Job, JobKind, MAX_ATTEMPTS, Store, StoreError};
+use crate::store::{
+    FreeSlots, JOBS_CHANNEL, Job, JobKind, Listen, MAX_ATTEMPTS, Store, StoreError,
+};
 use crate::telemetry::Throttle;
 
 /// Longest wait before a failed queue tick runs again (other jobs back off up to
@@ -141,7 +144,10 @@ impl<H: JobHandler> Runner<H> {
 
     /// Runs until `shutdown` is set; returns after the jobs in hand have finished.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut listener = self.listen().await;
+        let woken = Arc::new(Notify::new());
+        // Dropped when the loop ends, which ends the listener with it.
+        let mut ear = JoinSet::new();
+        ear.spawn(self.listen(woken.clone(), shutdown.clone()));
         tracing::info!("job runner started");
         let mut in_hand = InHand::new(self.config.tick_slots, self.config.other_slots);
         let mut next_backstop = Instant::now();
@@ -166,16 +172,9 @@ impl<H: JobHandler> Runner<H> {
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = tokio::time::sleep(sleep) => {}
-                woke = wait_for_notification(&mut listener) => {
-                    if !woke {
-                        listener = None;
-                    }
-                }
+                _ = woken.notified() => {}
                 // A slot came free (disabled while nothing runs).
                 Some(done) = in_hand.tasks.join_next() => reaped(done),
-            }
-            if listener.is_none() {
-                listener = self.listen().await;
             }
         }
         if !in_hand.tasks.is_empty() {
@@ -319,31 +318,21 @@ impl<H: JobHandler> Runner<H> {
         }
     }
 
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = match PgListener::connect_with(self.store.session_pool()).await {
-            Ok(listener) => listener,
-            Err(err) => {
-                static LOGGED: Throttle = Throttle::new(QUIET_FOR);
-                if LOGGED.ready() {
-                    tracing::warn!(error = %err, "LISTEN connection failed; polling only (the next 30 s: quiet)");
-                }
-                return None;
-            }
+    /// The runner's ear (the store's one LISTEN loop): any notification on the jobs
+    /// channel wakes the loop, and so does listening (again), so a job queued before the
+    /// LISTEN was registered, or while it was away, is claimed at once all the same.
+    fn listen(
+        &self,
+        woken: Arc<Notify>,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let store = self.store.clone();
+        let listen = Listen {
+            channel: JOBS_CHANNEL,
+            name: "job runner",
+            meanwhile: "the runner polls",
         };
-        match listener.listen(JOBS_CHANNEL).await {
-            Ok(()) => Some(listener),
-            Err(err) => {
-                tracing::warn!(error = %err, "LISTEN failed; polling only");
-                None
-            }
-        }
-    }
-}
-
-/// Waits for a notification; false when the listener broke (pending forever without one).
-async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(listener) => listener.recv().await.is_ok(),
-        None => std::future::pending().await,
+        async move { store.listen(listen, shutdown, |_| woken.notify_one()).await }
+            .in_current_span()
     }
 }
