@@ -22,7 +22,6 @@ out="$here/results/$(date +%Y%m%d-%H%M%S)-pgbouncer"
 mkdir -p "$out"
 log() { printf '[pgbouncer] %s\n' "$*" >&2; }
 die() { log "$*"; exit 2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 pgbouncer=${PGBOUNCER:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
 [ -x "$pgbouncer" ] || die "no pgbouncer (apt-get install pgbouncer)"
@@ -35,22 +34,9 @@ export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
 
 data=$(mktemp -d /tmp/flashsale-pgbouncer-XXXXXX)
 chmod 755 "$data"   # the embedded cluster and pgbouncer run as postgres when this runs as root
-pids=()
-# shellcheck disable=SC2317  # run by the EXIT trap
-cleanup() {
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
-  rm -rf "$data"
-}
+# shellcheck source=stress/lib.sh
+. "$here/lib.sh"
 trap cleanup EXIT
-wait_healthy() {  # port log pid
-  for _ in $(seq 1 120); do
-    curl -fsS "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return
-    kill -0 "$3" 2>/dev/null || break
-    sleep 0.25
-  done
-  log "the instance on $1 did not become healthy:"; grep -v '^ \+[0-9]*:\|^ \+at ' "$2" | tail -8 >&2; exit 2
-}
 started=$(date +%s)
 
 # Postgres: the embedded cluster of a direct instance (it also serves DIRECT=1's run).

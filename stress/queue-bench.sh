@@ -13,13 +13,15 @@ log() { printf '[queue-bench] %s\n' "$*" >&2; }
 command -v wrk >/dev/null || { log "wrk is required (apt-get install wrk)"; exit 2; }
 (cd "$root" && cargo build --release --quiet)
 data=$(mktemp -d /tmp/flashsale-qbench-XXXXXX); chmod 755 "$data"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# shellcheck source=stress/lib.sh
+. "$here/lib.sh"
+trap cleanup EXIT
+port=$(free_port)
 export BASE_URL=http://127.0.0.1:$port ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
 (cd "$root" && PORT=$port DATA_DIR=$data RUST_LOG=warn RATE_LIMIT_PER_USER=0 \
   exec target/release/flashsale > "$out/service.log" 2>&1) &
-service=$!
-trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 1 120); do curl -fsS "$BASE_URL/health" >/dev/null 2>&1 && break; sleep 0.5; done
+pids+=($!)
+wait_healthy "$port" "$out/service.log" $!
 export DATABASE_URL="postgres://postgres@127.0.0.1:$(sed -n 4p "$data/pg/postmaster.pid")/flashsale"
 admin() { curl -fsS -H "Authorization: Bearer $ADMIN_API_KEY" -H 'Content-Type: application/json' "$@"; }
 

@@ -22,7 +22,6 @@ stock=${STOCK:-20000}
 burst=${BURST_SECONDS:-6}
 connections=${CONNECTIONS:-200}
 log() { printf '[webhook-crash] %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 command -v wrk >/dev/null || { log "wrk is required (apt-get install wrk)"; exit 2; }
 venv="$root/.venv"
@@ -39,17 +38,9 @@ export WEBHOOK_BACKOFF_BASE_MS=${WEBHOOK_BACKOFF_BASE_MS:-100} WEBHOOK_BACKOFF_M
 # The receiver answers at once: short timeouts make the killed instance's claims (leased for
 # 2 x (connect + answer) + 5 s) come back after 11 s instead of 35 s.
 export WEBHOOK_CONNECT_TIMEOUT_MS=${WEBHOOK_CONNECT_TIMEOUT_MS:-1000} WEBHOOK_TIMEOUT_MS=${WEBHOOK_TIMEOUT_MS:-2000}
-pids=()
-cleanup() {
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
-  rm -rf "$data"
-}
+# shellcheck source=stress/lib.sh
+. "$here/lib.sh"
 trap cleanup EXIT
-wait_healthy() {  # port
-  for _ in $(seq 1 120); do curl -fsS "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return; sleep 0.25; done
-  log "instance on $1 did not become healthy"; exit 2
-}
 
 log "instance A on $port_a (embedded Postgres), receiver on $port_r"
 (PORT=$port_a DATA_DIR=$data RUST_LOG=warn RATE_LIMIT_PER_USER=0 WEBHOOK_ALLOWED_NETWORKS=127.0.0.0/8 exec "$bin" > "$out/a.log" 2>&1) &
