@@ -121,6 +121,23 @@ pub(crate) async fn create_sale(client: &reqwest::Client, base: &str, body: Valu
     serde_json::from_slice(&response.bytes().await.expect("sale")).expect("sale json")
 }
 
+/// Creates a sale on a running instance and opens its public stream (answered 200).
+pub(crate) async fn sale_with_stream(
+    client: &reqwest::Client,
+    base: &str,
+    sale: Value,
+) -> reqwest::Response {
+    let sku = sale["sku"].as_str().expect("sku").to_string();
+    create_sale(client, base, sale).await;
+    let stream = client
+        .get(format!("{base}/api/v1/sales/{sku}/events"))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_instances_started_together_on_an_empty_database_all_become_healthy() {
     let url = empty_database().await;
@@ -229,20 +246,9 @@ async fn sigterm_under_purchase_load_loses_no_acknowledged_purchase_and_cuts_no_
     instance.wait_healthy(&client).await;
     let base = instance.base.clone();
     let sku = format!("drain-{}", Uuid::new_v4().simple());
-    create_sale(
-        &client,
-        &base,
-        json!({"sku": sku, "name": "Drain", "stock": 1_000_000}),
-    )
-    .await;
-
     // A stream open through the shutdown gets a last message and ends.
-    let mut stream = client
-        .get(format!("{base}/api/v1/sales/{sku}/events"))
-        .send()
-        .await
-        .expect("stream");
-    assert_eq!(stream.status(), 200);
+    let sale = json!({"sku": sku, "name": "Drain", "stock": 1_000_000});
+    let mut stream = sale_with_stream(&client, &base, sale).await;
 
     // The load balancer: takes the instance out as soon as /health says 503.
     let out = Arc::new(AtomicBool::new(false));

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 mod bouncer;
 
-use crate::deploy::{Instance, client, create_sale};
+use crate::deploy::{Instance, client, create_sale, sale_with_stream};
 use crate::support::{ADMIN_KEY, empty_database};
 use bouncer::{Bouncer, pgbouncer_binary};
 
@@ -105,18 +105,8 @@ async fn behind_pgbouncer_in_transaction_mode_buyers_queue_stream_and_timeouts_w
 
     // Instant: 200 buyers at once for 50 units, a public stream watching.
     let sku = format!("pooled-{}", Uuid::new_v4().simple());
-    create_sale(
-        &client,
-        &base,
-        json!({"sku": sku, "name": "Pooled", "stock": 50}),
-    )
-    .await;
-    let mut stream = client
-        .get(format!("{base}/api/v1/sales/{sku}/events"))
-        .send()
-        .await
-        .expect("stream");
-    assert_eq!(stream.status(), 200);
+    let sale = json!({"sku": sku, "name": "Pooled", "stock": 50});
+    let mut stream = sale_with_stream(&client, &base, sale).await;
     assert_eq!(
         sold_on_stream(&mut stream, 0, Duration::from_secs(5)).await,
         0
