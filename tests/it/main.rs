@@ -7,6 +7,7 @@
 #![recursion_limit = "256"]
 
 mod admin;
+mod allowlist;
 mod archive;
 mod bad_input;
 mod deploy;
