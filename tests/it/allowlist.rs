@@ -1,6 +1,6 @@
 //! Allow-lists (presales) against real Postgres: who may buy and join, the uploads (JSON and
 //! CSV, replace and add, all or nothing, idempotent, streamed), removals that keep
-//! purchases, and list changes racing purchases (group-committed and single-statement).
+//! purchases. List changes racing purchases are in `allowlist_races.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,6 @@ use flashsale::store::{Order, PurchaseOutcome};
 use poem::Body;
 use poem::http::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::Barrier;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -17,7 +16,7 @@ use crate::queue::{broken_invariants, queued_sale};
 use crate::support::{ADMIN_KEY, TestApp, code, id_of, spawn_app, status_and_json};
 
 /// An active instant sale with an allow-list (and `extra` fields); its sku and id.
-async fn listed_sale(app: &TestApp, stock: i64, extra: Value) -> (String, Uuid) {
+pub(crate) async fn listed_sale(app: &TestApp, stock: i64, extra: Value) -> (String, Uuid) {
     let sku = format!("pre-{}", Uuid::new_v4().simple());
     let mut body = json!({"sku": sku, "name": "Presale", "stock": stock, "allowlist": true});
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
@@ -28,7 +27,7 @@ async fn listed_sale(app: &TestApp, stock: i64, extra: Value) -> (String, Uuid) 
 }
 
 /// Uploads `body` with `content_type` to the sale's list (`PUT` replaces, `POST` adds).
-async fn upload(
+pub(crate) async fn upload(
     app: &TestApp,
     method: &str,
     sku: &str,
@@ -52,12 +51,12 @@ async fn upload(
 }
 
 /// Asserts a refusal's status and code.
-fn refused(status: StatusCode, body: &Value, want: StatusCode, want_code: &str) {
+pub(crate) fn refused(status: StatusCode, body: &Value, want: StatusCode, want_code: &str) {
     assert_eq!((status, code(body)), (want, want_code), "{body}");
 }
 
 /// Another handle on the same app (for tasks).
-fn share(app: &TestApp) -> TestApp {
+pub(crate) fn share(app: &TestApp) -> TestApp {
     TestApp {
         store: app.store.clone(),
         client: app.client.clone(),
@@ -66,7 +65,7 @@ fn share(app: &TestApp) -> TestApp {
 
 /// One purchase of one unit: through HTTP (group commit) or the single statement; whether
 /// it bought (any refusal other than `NOT_ELIGIBLE` fails the test).
-async fn buy(app: &TestApp, sku: &str, sale: Uuid, user: &str, single: bool) -> bool {
+pub(crate) async fn buy(app: &TestApp, sku: &str, sale: Uuid, user: &str, single: bool) -> bool {
     if single {
         let outcome = app
             .store
@@ -95,7 +94,7 @@ async fn buy(app: &TestApp, sku: &str, sale: Uuid, user: &str, single: bool) -> 
     }
 }
 
-async fn put_json(app: &TestApp, sku: &str, users: &[String]) -> (StatusCode, Value) {
+pub(crate) async fn put_json(app: &TestApp, sku: &str, users: &[String]) -> (StatusCode, Value) {
     upload(
         app,
         "PUT",
@@ -106,7 +105,7 @@ async fn put_json(app: &TestApp, sku: &str, users: &[String]) -> (StatusCode, Va
     .await
 }
 
-async fn remove(app: &TestApp, sku: &str, user: &str) -> StatusCode {
+pub(crate) async fn remove(app: &TestApp, sku: &str, user: &str) -> StatusCode {
     app.client
         .delete(format!("/api/v1/admin/sales/{sku}/allowlist/{user}"))
         .header("Authorization", format!("Bearer {ADMIN_KEY}"))
@@ -116,7 +115,7 @@ async fn remove(app: &TestApp, sku: &str, user: &str) -> StatusCode {
         .status()
 }
 
-async fn on_list(app: &TestApp, sku: &str, user: &str) -> bool {
+pub(crate) async fn on_list(app: &TestApp, sku: &str, user: &str) -> bool {
     let (status, body) = app
         .admin_get(&format!(
             "/api/v1/admin/sales/{sku}/allowlist?userId={user}"
@@ -126,7 +125,7 @@ async fn on_list(app: &TestApp, sku: &str, user: &str) -> bool {
     body["onAllowlist"].as_bool().expect("onAllowlist")
 }
 
-async fn list_size(app: &TestApp, sku: &str) -> i64 {
+pub(crate) async fn list_size(app: &TestApp, sku: &str) -> i64 {
     let (status, body) = app
         .admin_get(&format!("/api/v1/admin/sales/{sku}/allowlist"))
         .await;
@@ -134,11 +133,11 @@ async fn list_size(app: &TestApp, sku: &str) -> i64 {
     body["size"].as_i64().expect("size")
 }
 
-fn users(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+pub(crate) fn users(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{prefix}-{i}")).collect()
 }
 
-async fn purchase_rows(app: &TestApp, sale: Uuid) -> i64 {
+pub(crate) async fn purchase_rows(app: &TestApp, sale: Uuid) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM purchases WHERE sale_id = $1")
         .bind(sale)
         .fetch_one(app.store.pool())
@@ -317,155 +316,6 @@ async fn a_removed_buyer_keeps_the_purchase_and_buys_no_more() {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = app.purchase(&sku, "alice").await;
     refused(status, &body, StatusCode::FORBIDDEN, "NOT_ELIGIBLE");
-}
-
-/// What one buyer's race did.
-struct Raced {
-    user: String,
-    removal_answered: Instant,
-    purchase_sent: Instant,
-    bought: bool,
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removals_racing_purchases_never_let_a_removed_buyer_buy_after_the_answer() {
-    let app = spawn_app().await;
-    // A limit of 2: a buyer who bought could buy again, so any later sale is visible.
-    let (sku, sale) = listed_sale(&app, 2_000, json!({"perCustomerLimit": 2})).await;
-    let buyers = users("r", 0..300);
-    put_json(&app, &sku, &buyers).await;
-    let barrier = Arc::new(Barrier::new(buyers.len() * 2));
-    let mut tasks = Vec::new();
-    for (i, user) in buyers.iter().cloned().enumerate() {
-        let (app1, barrier1, sku1, user1) =
-            (share(&app), barrier.clone(), sku.clone(), user.clone());
-        let removal = tokio::spawn(async move {
-            barrier1.wait().await;
-            assert_eq!(remove(&app1, &sku1, &user1).await, StatusCode::NO_CONTENT);
-            Instant::now()
-        });
-        let (app2, barrier2, sku2) = (share(&app), barrier.clone(), sku.clone());
-        let purchase = tokio::spawn(async move {
-            barrier2.wait().await;
-            let sent = Instant::now();
-            // Every other buyer through the single statement, the rest group-committed.
-            let bought = buy(&app2, &sku2, sale, &user, i % 2 == 1).await;
-            (user, sent, bought)
-        });
-        tasks.push((removal, purchase));
-    }
-    let mut raced = Vec::new();
-    for (removal, buy) in tasks {
-        let removal_answered = removal.await.expect("removal");
-        let (user, purchase_sent, bought) = buy.await.expect("purchase");
-        raced.push(Raced {
-            user,
-            removal_answered,
-            purchase_sent,
-            bought,
-        });
-    }
-    let bought: Vec<&Raced> = raced.iter().filter(|r| r.bought).collect();
-    // Every 201 is a committed row; none was sent after its buyer's removal was answered.
-    assert_eq!(purchase_rows(&app, sale).await, bought.len() as i64);
-    for race in &bought {
-        assert!(
-            race.purchase_sent <= race.removal_answered,
-            "{} bought after removal",
-            race.user
-        );
-    }
-    // After every removal was answered, nobody buys, through either path.
-    assert_eq!(list_size(&app, &sku).await, 0);
-    for (i, race) in raced.iter().enumerate() {
-        assert!(
-            !buy(&app, &sku, sale, &race.user, i % 2 == 1).await,
-            "{}",
-            race.user
-        );
-    }
-    assert_eq!(purchase_rows(&app, sale).await, bought.len() as i64);
-    assert_eq!(
-        broken_invariants(&app.store, &sku).await,
-        Vec::<String>::new()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replacing_upload_racing_purchases_sells_only_to_listed_buyers() {
-    let app = spawn_app().await;
-    let (sku, sale) = listed_sale(&app, 5_000, json!({"perCustomerLimit": 10})).await;
-    // old: 0-199, new: 100-299; 300-399 on neither list.
-    let old = users("p", 0..200);
-    let new = users("p", 100..300);
-    put_json(&app, &sku, &old).await;
-    let everyone = users("p", 0..400);
-    let barrier = Arc::new(Barrier::new(everyone.len() + 1));
-    let replacing = {
-        let (app, sku, new, barrier) = (share(&app), sku.clone(), new.clone(), barrier.clone());
-        tokio::spawn(async move {
-            barrier.wait().await;
-            let (status, body) = put_json(&app, &sku, &new).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            assert_eq!(
-                (body["added"].as_i64(), body["removed"].as_i64()),
-                (Some(100), Some(100))
-            );
-            Instant::now()
-        })
-    };
-    let mut tasks = Vec::new();
-    for (i, user) in everyone.iter().cloned().enumerate() {
-        let (client, sku, barrier) = (app.client.clone(), sku.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            let mut answers = Vec::new();
-            // Three purchases in a row each, spread over the upload.
-            for _ in 0..3 {
-                let sent = Instant::now();
-                let (status, body) = crate::support::purchase(&client, &sku, &user).await;
-                answers.push((sent, status, code(&body).to_string()));
-                tokio::time::sleep(Duration::from_millis((i % 7) as u64)).await;
-            }
-            (user, answers)
-        }));
-    }
-    let replaced_at = replacing.await.expect("upload");
-    for task in tasks {
-        let (user, answers) = task.await.expect("buyer");
-        let n: usize = user[2..].parse().expect("number");
-        for (sent, status, code) in answers {
-            match n {
-                // On both lists: never refused.
-                100..200 => assert_eq!(status, StatusCode::CREATED, "{user}: {code}"),
-                // Only on the old list: nothing sent after the replace was answered sells.
-                0..100 if status == StatusCode::CREATED => {
-                    assert!(sent <= replaced_at, "{user} bought after the replace")
-                }
-                // Never listed: never sells.
-                300.. => assert_eq!((status.as_u16(), code.as_str()), (403, "NOT_ELIGIBLE")),
-                _ => assert!(
-                    status == StatusCode::CREATED
-                        || (status == StatusCode::FORBIDDEN && code == "NOT_ELIGIBLE"),
-                    "{user}: {status} {code}"
-                ),
-            }
-        }
-    }
-    let outsiders: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM purchases WHERE sale_id = $1
-            AND substr(user_id, 3)::int >= 300",
-    )
-    .bind(sale)
-    .fetch_one(app.store.pool())
-    .await
-    .expect("count");
-    assert_eq!(outsiders, 0);
-    assert_eq!(list_size(&app, &sku).await, 200);
-    assert_eq!(
-        broken_invariants(&app.store, &sku).await,
-        Vec::<String>::new()
-    );
 }
 
 /// A process's resident set, in kB.

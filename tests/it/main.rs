@@ -8,6 +8,7 @@
 
 mod admin;
 mod allowlist;
+mod allowlist_races;
 mod archive;
 mod bad_input;
 mod deploy;
