@@ -114,7 +114,10 @@ impl AdminApi {
         let stats = self.store.queue_stats(found.id).await?;
         let mut view = AdminSaleView::from(&found);
         view.events = Some(events.into_iter().map(SaleEventView::from).collect());
-        view.queue = stats.map(|stats| QueueStatsView::new(&found, stats));
+        view.queue = stats.map(|stats| Box::new(QueueStatsView::new(&found, stats)));
+        if found.allowlist {
+            view.allowlist_size = Some(self.store.allowlist_of(found.id, None).await?.0);
+        }
         Ok(AdminSaleResponse::Ok(Json(view)))
     }
 

@@ -60,7 +60,8 @@ pub enum PurchaseResponse {
     /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// `FORBIDDEN`: the token's user is not the request's `userId`.
+    /// `FORBIDDEN`: the token's user is not the request's `userId`; `NOT_ELIGIBLE`: the
+    /// sale has an allow-list and the buyer is not on it.
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// `SALE_NOT_FOUND`.
@@ -237,6 +238,7 @@ impl BuyerApi {
             PurchaseOutcome::NotActive(state) => {
                 PurchaseResponse::Conflict(ErrorBody::not_active(state))
             }
+            PurchaseOutcome::NotEligible => PurchaseResponse::Forbidden(ErrorBody::not_eligible()),
             PurchaseOutcome::WrongCheckout => conflict(
                 ErrorCode::WrongCheckout,
                 "this sale uses the queued checkout: join its queue",
@@ -299,6 +301,7 @@ fn outcome_name(outcome: &PurchaseOutcome) -> &'static str {
         PurchaseOutcome::QuantityTooLarge { .. } => "quantity_too_large",
         PurchaseOutcome::NotActive(_) => "not_active",
         PurchaseOutcome::WrongCheckout => "wrong_checkout",
+        PurchaseOutcome::NotEligible => "not_eligible",
         PurchaseOutcome::SaleNotFound => "sale_not_found",
         PurchaseOutcome::SaleArchived => "sale_archived",
     }

@@ -13,6 +13,7 @@ use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::{Body, Endpoint, IntoResponse, Request, Response};
 use tokio::sync::Semaphore;
 
+use super::allowlist;
 use super::error::{ErrorBody, ErrorCode, RETRY_AFTER_SECONDS};
 
 /// The limits of the edge (see `Config` for the variables that set them).
@@ -114,13 +115,24 @@ pub async fn guard<E: Endpoint>(
             "the path or query contains a control character",
         ));
     }
-    if let Some(refusal) = limit_body(&mut req, edge.limits.max_body_bytes).await {
+    let upload = is_allowlist_upload(req.method(), req.uri().path());
+    let refusal = if upload {
+        // Streamed by its route, which stops reading at its own cap.
+        limit_declared_body(&req, allowlist::ids::MAX_UPLOAD_BYTES)
+    } else {
+        limit_body(&mut req, edge.limits.max_body_bytes).await
+    };
+    if let Some(refusal) = refusal {
         return Ok(refusal);
     }
     // A clone of the URI shares its bytes: no copy on the way of every request.
     let uri = req.uri().clone();
     let options = *req.method() == Method::OPTIONS;
-    let deadline = edge.limits.request_deadline();
+    let deadline = if upload {
+        allowlist::UPLOAD_DEADLINE
+    } else {
+        edge.limits.request_deadline()
+    };
     let mut response = match tokio::time::timeout(deadline, next.call(req)).await {
         Ok(result) => result.map(IntoResponse::into_response)?,
         Err(_) => {
@@ -140,6 +152,33 @@ pub async fn guard<E: Endpoint>(
         response.headers_mut().insert(header::ALLOW, value);
     }
     Ok(response)
+}
+
+/// An allow-list upload (`PUT` or `POST /api/v1/admin/sales/{sale}/allowlist`): a body of
+/// up to 64 MiB, streamed by its route, and a deadline of minutes instead of seconds.
+fn is_allowlist_upload(method: &Method, path: &str) -> bool {
+    (*method == Method::PUT || *method == Method::POST)
+        && path
+            .strip_prefix("/api/v1/admin/sales/")
+            .and_then(|rest| rest.strip_suffix("/allowlist"))
+            .is_some_and(|sale| !sale.is_empty() && !sale.contains('/'))
+}
+
+/// The 413 for a body whose `Content-Length` is over `limit` bytes (a chunked body is
+/// counted by whoever reads it).
+fn limit_declared_body(req: &Request, limit: u64) -> Option<Response> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())?;
+    (declared > limit).then(|| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            &format!("the upload is larger than {limit} bytes"),
+        )
+    })
 }
 
 /// The 413 for a body over `limit` bytes, read no further than `limit + 1` bytes: at once

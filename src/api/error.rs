@@ -56,6 +56,14 @@ pub enum ErrorCode {
     SaleNotActive,
     /// The sale uses the other checkout.
     WrongCheckout,
+    /// The sale has an allow-list (a presale) and the buyer is not on it (403).
+    NotEligible,
+    /// An allow-list upload is not a list of valid user ids (the message names the line or
+    /// position); nothing was changed.
+    InvalidAllowlist,
+    /// The sale was created without an allow-list (`"allowlist": true`), so it has none to
+    /// change.
+    NoAllowlist,
     /// The user has no purchase in this sale.
     NotPurchased,
     /// The sale already ended; it cannot be cancelled.
@@ -153,6 +161,14 @@ impl ErrorBody {
 impl ErrorBody {
     pub fn sale_not_found(sale_ref: &str) -> Json<Self> {
         Self::json(ErrorCode::SaleNotFound, format!("no sale {sale_ref:?}"))
+    }
+
+    /// `NOT_ELIGIBLE`: the buyer is not on the sale's allow-list.
+    pub fn not_eligible() -> Json<Self> {
+        Self::json(
+            ErrorCode::NotEligible,
+            "this sale is restricted to the buyers on its allow-list",
+        )
     }
 
     pub fn invalid_user_id() -> Json<Self> {

@@ -5,6 +5,7 @@
 //! (that is [`crate::store`]).
 
 mod admin;
+mod allowlist;
 pub mod auth;
 mod buyer;
 pub mod buyer_auth;
@@ -36,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::status::RunnerHealth;
 use crate::store::{JoinBatcher, PurchaseBatcher, Store};
 use admin::AdminApi;
+use allowlist::AllowlistApi;
 use auth::AdminKey;
 use buyer::BuyerApi;
 use buyer_auth::BuyerTokens;
@@ -68,6 +70,7 @@ pub enum ApiTags {
 
 type Apis = (
     AdminApi,
+    AllowlistApi,
     EventsApi,
     WebhooksApi,
     BuyerApi,
@@ -87,7 +90,7 @@ or the service is at its limit of requests in flight, a route answers 503 `UNAVA
 with `Retry-After` within a few seconds, never a 500 and never a hang. A buyer write whose \
 answer was lost answers 503 with `outcomeUnknown: true`; retrying it is safe (a purchase or \
 confirm then answers 201 or `ALREADY_PURCHASED` with the purchase). Bodies over 16 KiB are \
-413 `PAYLOAD_TOO_LARGE`.";
+413 `PAYLOAD_TOO_LARGE`, except allow-list uploads (streamed, up to 64 MiB).";
 
 /// What the HTTP layer needs from the rest of the service.
 #[derive(Clone)]
@@ -154,6 +157,9 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             AdminApi {
+                store: state.store.clone(),
+            },
+            AllowlistApi {
                 store: state.store.clone(),
             },
             EventsApi {

@@ -134,6 +134,10 @@ pub struct CreateSaleRequest {
     /// (1-`perCustomerLimit`); default `perCustomerLimit`.
     #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
     pub max_per_order: MaybeUndefined<i32>,
+    /// A presale: only the buyers on the sale's allow-list may buy or join its queue
+    /// (everyone else is 403 `NOT_ELIGIBLE`); upload the list with
+    /// `PUT /api/v1/admin/sales/{sale}/allowlist`. Default false; fixed at creation.
+    pub allowlist: MaybeUndefined<bool>,
 }
 
 /// An optional field: absent means the default; an explicit `null` is refused (the schema
@@ -184,6 +188,7 @@ impl CreateSaleRequest {
             per_customer_limit,
             max_per_order: optional(self.max_per_order, "maxPerOrder")?
                 .unwrap_or(per_customer_limit),
+            allowlist: optional(self.allowlist, "allowlist")?.unwrap_or(false),
         })
     }
 }
@@ -246,6 +251,8 @@ pub struct SaleView {
     pub per_customer_limit: i32,
     /// Most units one order may ask for.
     pub max_per_order: i32,
+    /// Only the buyers on the sale's allow-list may buy or join (a presale).
+    pub allowlist: bool,
 }
 
 impl From<&Sale> for SaleView {
@@ -266,6 +273,7 @@ impl From<&Sale> for SaleView {
             queue_length: sale.queue_length,
             per_customer_limit: sale.per_customer_limit,
             max_per_order: sale.max_per_order,
+            allowlist: sale.allowlist,
         }
     }
 }
@@ -321,9 +329,13 @@ pub struct AdminSaleView {
     /// The state changes the workers recorded (only on the single-sale view).
     #[oai(skip_serializing_if_is_none)]
     pub events: Option<Vec<SaleEventView>>,
-    /// The waiting room's counters (queued sales, single-sale view only).
+    /// The waiting room's counters (queued sales, single-sale view only). (Boxed: every
+    /// admin response enum carries this view by value.)
     #[oai(skip_serializing_if_is_none)]
-    pub queue: Option<QueueStatsView>,
+    pub queue: Option<Box<QueueStatsView>>,
+    /// Buyers on the allow-list (sales with one, single-sale view only).
+    #[oai(skip_serializing_if_is_none)]
+    pub allowlist_size: Option<i64>,
 }
 
 impl From<&Sale> for AdminSaleView {
@@ -339,6 +351,7 @@ impl From<&Sale> for AdminSaleView {
             created_at: sale.created_at,
             events: None,
             queue: None,
+            allowlist_size: None,
         }
     }
 }

@@ -134,6 +134,7 @@ impl QueueApi {
                 QUEUE_FULL_RETRY_SECONDS,
             ),
             JoinOutcome::WrongCheckout => JoinResponse::Conflict(wrong_checkout()),
+            JoinOutcome::NotEligible => JoinResponse::Forbidden(ErrorBody::not_eligible()),
             JoinOutcome::QuantityTooLarge { max_per_order } => {
                 JoinResponse::BadRequest(ErrorBody::quantity_too_large(max_per_order))
             }
@@ -323,6 +324,7 @@ fn join_outcome_name(outcome: &JoinOutcome) -> &'static str {
         JoinOutcome::QuantityTooLarge { .. } => "quantity_too_large",
         JoinOutcome::InsufficientStock { .. } => "insufficient_stock",
         JoinOutcome::WrongCheckout => "wrong_checkout",
+        JoinOutcome::NotEligible => "not_eligible",
         JoinOutcome::SaleNotFound => "sale_not_found",
     }
 }

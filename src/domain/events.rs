@@ -23,10 +23,12 @@ pub enum EventType {
     SaleEnded,
     SaleCancelled,
     SaleArchived,
+    /// An admin changed the sale's allow-list (an upload or a removal).
+    SaleAllowlistChanged,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::PurchaseCreated,
         EventType::HoldGranted,
         EventType::HoldExpired,
@@ -36,6 +38,7 @@ impl EventType {
         EventType::SaleEnded,
         EventType::SaleCancelled,
         EventType::SaleArchived,
+        EventType::SaleAllowlistChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +52,7 @@ impl EventType {
             EventType::SaleEnded => "sale.ended",
             EventType::SaleCancelled => "sale.cancelled",
             EventType::SaleArchived => "sale.archived",
+            EventType::SaleAllowlistChanged => "sale.allowlist_changed",
         }
     }
 

@@ -119,6 +119,9 @@ pub struct Sale {
     pub per_customer_limit: i32,
     /// Most units one order (a purchase, or a queued hold) may ask for.
     pub max_per_order: i32,
+    /// Only the buyers on the sale's allow-list may buy or join (set at creation, never
+    /// changed).
+    pub allowlist: bool,
     pub cancelled_at: Option<DateTime<Utc>>,
     /// Set when the sale was deleted while it had purchases or holds (see [`SaleState::Archived`]).
     pub archived_at: Option<DateTime<Utc>>,
@@ -206,6 +209,7 @@ mod tests {
             max_active_holds: 0,
             queue_length: 0,
             per_customer_limit: 1,
+            allowlist: false,
             max_per_order: 1,
             cancelled_at: None,
             archived_at: None,

@@ -4,6 +4,7 @@
 //! The store knows Postgres and the domain types, never HTTP. Refusals a buyer can cause
 //! (sold out, duplicate, ...) are ordinary values; [`StoreError`] is for what went wrong.
 
+mod allowlist;
 mod audit;
 mod batcher;
 mod db;
@@ -33,6 +34,7 @@ use db::Db;
 use prometheus::Histogram;
 use sqlx::PgPool;
 
+pub use allowlist::{AllowlistChunks, AllowlistOutcome, UploadMode};
 pub use audit::{AuditCheck, AuditReport};
 pub use deliveries::{AttemptResult, AttemptTally, ClaimedDelivery, DeliveryView, ReplayOutcome};
 pub use events::{FeedFilter, Pruned};

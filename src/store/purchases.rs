@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::allowlist::listed_of;
 use super::db::Db;
 use super::jobs::JobKind;
 use super::sales::sale_by_id;
@@ -54,6 +55,8 @@ pub enum PurchaseOutcome {
     NotActive(SaleState),
     /// The sale uses the queued checkout.
     WrongCheckout,
+    /// The sale has an allow-list and the buyer is not on it.
+    NotEligible,
     SaleNotFound,
     /// The sale with this id was archived: nothing about it is answered here, so that a
     /// caller who reached it through a sku can look the sku up again (see `PurchaseBatcher`).
@@ -128,10 +131,20 @@ pub struct Owned {
 /// - Cancel, archive, start and end are re-checked on the locked row with the statement's
 ///   `now()`.
 /// - The order that sells out the sale queues the state job in the same statement.
+/// - An allow-listed sale sells only to a listed buyer: `listed` locks the buyer's list row
+///   FOR KEY SHARE, and only when the sale has a list (`NOT allowlist` decides first, on a
+///   column that never changes: a sale without a list reads no list). The lock is taken
+///   while the UPDATE's condition is evaluated, before the UPDATE waits for the sale row,
+///   and held to the commit: a removal committed before it leaves no row to lock (the
+///   buyer is refused), one that comes later waits for this commit (the purchase stays);
+///   see `store/allowlist.rs`.
 ///
 /// The buyer is answered after the implicit commit of this single statement.
 const PURCHASE_SQL: &str = "
-    WITH owned AS (
+    WITH listed AS (
+        SELECT 1 FROM sale_allowlist WHERE sale_id = $1 AND user_id = $2
+           FOR KEY SHARE
+    ), owned AS (
         SELECT COALESCE(sum(quantity), 0)::int AS units FROM purchases
          WHERE sale_id = $1 AND user_id = $2
     ), taken AS (
@@ -140,6 +153,7 @@ const PURCHASE_SQL: &str = "
            AND $5 <= max_per_order AND (SELECT units FROM owned) + $5 <= per_customer_limit
            AND cancelled_at IS NULL AND archived_at IS NULL
            AND starts_at <= now() AND now() < ends_at
+           AND (NOT allowlist OR EXISTS (SELECT 1 FROM listed))
         RETURNING id, available
     ), sold_out_job AS (
         INSERT INTO jobs (kind, sale_id) SELECT $4, id FROM taken WHERE available = 0
@@ -253,22 +267,34 @@ async fn classify_refusal(
         None => None,
     };
     let owned = owned_by(conn, sale.id, &[user_id]).await?.remove(user_id);
-    Ok(refusal_for_buyer(&sale, keyed, owned, order.quantity))
+    let eligible = !sale.allowlist || !listed_of(conn, sale.id, &[user_id]).await?.is_empty();
+    Ok(refusal_for_buyer(
+        &sale,
+        keyed,
+        owned,
+        order.quantity,
+        eligible,
+    ))
 }
 
 /// Why the sale refuses this buyer's order of `quantity` now, given the order their key
-/// names (`keyed`) and what they own, both read after the sale; `None` when it could sell
-/// it. The one place that decides a refusal, for lone purchases and group-commit batches
+/// names (`keyed`), what they own and whether they are on its allow-list (`eligible`:
+/// true for a sale without one), all read after the sale; `None` when it could sell it.
+/// The one place that decides a refusal, for lone purchases and group-commit batches
 /// alike. Order matters: an archived sale answers nothing else (its buyers are never told
 /// about it through a sku that may name another sale now); an order whose key the buyer
 /// has used answers with that order; a repeat buyer of a limit-one sale hears
 /// `ALREADY_PURCHASED`, and any buyer the order would take past the limit `LIMIT_REACHED`,
-/// never `SOLD_OUT`; a sold-out sale says so whatever else its state is.
+/// never `SOLD_OUT` (so a removed buyer's repeat hears about their purchase); a sold-out
+/// sale says so whatever else its state is (to listed and unlisted buyers alike, as the
+/// sold-out memory of group commit does without reading the list); then an off-list buyer
+/// hears `NOT_ELIGIBLE` whatever the sale's state.
 pub(super) fn refusal_for_buyer(
     sale: &Sale,
     keyed: Option<Purchase>,
     owned: Option<Owned>,
     quantity: i32,
+    eligible: bool,
 ) -> Option<PurchaseOutcome> {
     if sale.archived_at.is_some() {
         return Some(PurchaseOutcome::SaleArchived);
@@ -297,6 +323,9 @@ pub(super) fn refusal_for_buyer(
     if sale.available == 0 {
         return Some(PurchaseOutcome::SoldOut);
     }
+    if !eligible {
+        return Some(PurchaseOutcome::NotEligible);
+    }
     match sale.state() {
         SaleState::Active if sale.available < quantity => {
             Some(PurchaseOutcome::InsufficientStock {
@@ -314,7 +343,7 @@ impl Store {
     pub async fn refusal_now(&self, sale_id: Uuid) -> Result<Option<PurchaseOutcome>, StoreError> {
         Ok(match self.sale_by_id(sale_id).await? {
             None => Some(PurchaseOutcome::SaleNotFound),
-            Some(sale) => refusal_for_buyer(&sale, None, None, 1),
+            Some(sale) => refusal_for_buyer(&sale, None, None, 1, true),
         })
     }
 }

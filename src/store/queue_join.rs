@@ -53,6 +53,8 @@ pub enum JoinOutcome {
         unsold: i32,
     },
     WrongCheckout,
+    /// The sale has an allow-list and the buyer is not on it.
+    NotEligible,
     SaleNotFound,
 }
 

@@ -20,7 +20,8 @@ mod ending;
 pub(super) const SALE_COLUMNS: &str = "id, sku, name, stock, available, held, sold, starts_at, \
      ends_at, checkout, hold_seconds, queue_capacity, max_active_holds, \
      COALESCE((SELECT q.waiting FROM sale_queues q WHERE q.sale_id = id), 0) AS queue_length, \
-     per_customer_limit, max_per_order, cancelled_at, archived_at, created_at, now() AS observed_at";
+     per_customer_limit, max_per_order, allowlist, cancelled_at, archived_at, created_at, \
+     now() AS observed_at";
 
 #[derive(FromRow)]
 pub(super) struct SaleRow {
@@ -40,6 +41,7 @@ pub(super) struct SaleRow {
     queue_length: i32,
     per_customer_limit: i32,
     max_per_order: i32,
+    allowlist: bool,
     cancelled_at: Option<DateTime<Utc>>,
     archived_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
@@ -66,6 +68,7 @@ impl From<SaleRow> for Sale {
             queue_length: row.queue_length,
             per_customer_limit: row.per_customer_limit,
             max_per_order: row.max_per_order,
+            allowlist: row.allowlist,
             cancelled_at: row.cancelled_at,
             archived_at: row.archived_at,
             created_at: row.created_at,
@@ -116,9 +119,9 @@ impl Store {
         let sql = format!(
             "INSERT INTO sales (id, sku, name, stock, available, starts_at, ends_at, checkout, \
                                 hold_seconds, queue_capacity, max_active_holds, \
-                                per_customer_limit, max_per_order)
+                                per_customer_limit, max_per_order, allowlist)
              SELECT $1, $2, $3, $4, $4, start_at, COALESCE($6, start_at + interval '1 hour'),
-                    $7, $8, $9, $10, $11, $12
+                    $7, $8, $9, $10, $11, $12, $13
                FROM (SELECT COALESCE($5, now()) AS start_at) AS s
              RETURNING {SALE_COLUMNS}"
         );
@@ -135,6 +138,7 @@ impl Store {
             .bind(new.max_active_holds)
             .bind(new.per_customer_limit)
             .bind(new.max_per_order)
+            .bind(new.allowlist)
             .fetch_one(&mut *tx)
             .await;
         let sale: Sale = match inserted {

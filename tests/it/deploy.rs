@@ -47,6 +47,11 @@ impl Instance {
         }
     }
 
+    /// The process id (to read its memory from `/proc`).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -92,7 +97,7 @@ impl Drop for Instance {
 }
 
 /// A fresh database migrated by `flashsale::store::migrate`, with a pool on it and its URL.
-async fn migrated_database() -> (sqlx::PgPool, String) {
+pub(crate) async fn migrated_database() -> (sqlx::PgPool, String) {
     let url = empty_database().await;
     flashsale::store::migrate(&url).await.expect("migrate");
     (sqlx::PgPool::connect(&url).await.expect("connect"), url)

@@ -7,6 +7,8 @@
 #![recursion_limit = "256"]
 
 mod admin;
+mod allowlist;
+mod allowlist_races;
 mod archive;
 mod bad_input;
 mod deploy;

@@ -263,6 +263,7 @@ async function createSale(event) {
   if (values.holdSeconds && body.checkout === 'queued') body.holdSeconds = Number(values.holdSeconds);
   if (values.perCustomerLimit) body.perCustomerLimit = Number(values.perCustomerLimit);
   if (values.maxPerOrder) body.maxPerOrder = Number(values.maxPerOrder);
+  if (values.allowlist) body.allowlist = true;
   try {
     const sale = await api('POST', '/api/v1/admin/sales', body);
     form.reset();

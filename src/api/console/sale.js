@@ -23,6 +23,7 @@ async function openDetail(id) {
   $('detail-sku').textContent = sale.sku;
   $('detail-name').textContent = `${sale.name} · ${sale.checkout} checkout · ` +
     `up to ${sale.perCustomerLimit} per buyer, ${sale.maxPerOrder} per order · ` +
+    (sale.allowlist ? `presale: ${sale.allowlistSize ?? 0} on the allow-list · ` : '') +
     `${new Date(sale.startsAt).toLocaleString()} – ${new Date(sale.endsAt).toLocaleString()}`;
   $('detail-counters').dataset.sale = sale.sku;
   $('queue-panel').hidden = sale.checkout !== 'queued';

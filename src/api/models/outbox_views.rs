@@ -45,6 +45,11 @@ pub enum EventTypeView {
     /// counters (its live holds are voided next, each with its `hold.expired`).
     #[oai(rename = "sale.archived")]
     SaleArchived,
+    /// An admin changed the sale's allow-list: one event per upload (`PUT` or `POST`) or
+    /// removal. `data`: `change` (`replaced`, `added` or `removed`), `added`, `removed`
+    /// and `size` (the list's size after the change), and `userId` for a removal.
+    #[oai(rename = "sale.allowlist_changed")]
+    SaleAllowlistChanged,
 }
 
 impl From<EventTypeView> for EventType {
@@ -59,6 +64,7 @@ impl From<EventTypeView> for EventType {
             EventTypeView::SaleEnded => EventType::SaleEnded,
             EventTypeView::SaleCancelled => EventType::SaleCancelled,
             EventTypeView::SaleArchived => EventType::SaleArchived,
+            EventTypeView::SaleAllowlistChanged => EventType::SaleAllowlistChanged,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct NewSale {
     pub per_customer_limit: i32,
     /// Most units in one order; the admin's default is `per_customer_limit`.
     pub max_per_order: i32,
+    /// Only buyers on the sale's allow-list may buy or join (false by default).
+    pub allowlist: bool,
 }
 
 /// Why a requested sale is not valid.
@@ -139,6 +141,7 @@ mod tests {
             max_active_holds: 0,
             per_customer_limit: 4,
             max_per_order: 2,
+            allowlist: false,
         };
         assert_eq!(good.validate(), Ok(()));
         let cases: Vec<(NewSale, NewSaleError)> = vec![

@@ -224,11 +224,19 @@ impl PurchaseBatcher {
         let mut keyed = self.keyed_of(sale_id, by_user, orders).await?;
         let refused: Vec<&str> = by_user.keys().map(String::as_str).collect();
         let mut owned = self.store.owned_of(sale_id, &refused).await?;
+        // Read after the statement: a buyer added since is decided again, one removed since
+        // is refused (the statement's own lock decided what was sold).
+        let listed = if sale.allowlist {
+            Some(self.store.listed_of(sale_id, &refused).await?)
+        } else {
+            None
+        };
         let users: Vec<String> = by_user.keys().cloned().collect();
         for user in users {
             let quantity = orders.get(&user).map_or(1, |order| order.quantity);
             let (keyed, owned) = (keyed.remove(&user), owned.remove(&user));
-            let Some(refusal) = refusal_for_buyer(&sale, keyed, owned, quantity) else {
+            let eligible = listed.as_ref().is_none_or(|listed| listed.contains(&user));
+            let Some(refusal) = refusal_for_buyer(&sale, keyed, owned, quantity, eligible) else {
                 continue;
             };
             if matches!(refusal, PurchaseOutcome::SoldOut) && !self.sold_out.contains_key(&sale_id)

@@ -59,17 +59,34 @@ pub struct BatchBuyer {
 ///   statement again for those the sale could serve now: nobody hears `SOLD_OUT` while
 ///   units remain, `INSUFFICIENT_STOCK` while enough remain, or `SOLD_OUT` after they
 ///   bought.
+/// - Allow-lists: in a sale with a list, only listed buyers are candidates. `listed` locks
+///   the batch's buyers' list rows FOR KEY SHARE, in user order (as every writer of many
+///   list rows does: no deadlock), and it is read before `locked` takes the sale row (its
+///   count is part of `locked`'s condition, so it runs first): no statement waits for the
+///   sale row while a list writer waits for it. The locks are held to the commit, so a
+///   removal committed before the lock leaves no row (the buyer is refused), one that comes
+///   later waits for this commit (the purchase stays); see `store/allowlist.rs`. A sale
+///   without a list reads no list row: `listed` is empty by its one-time condition on the
+///   sale's `allowlist` (set at creation, never changed: the snapshot's value is the
+///   truth), so the plain path pays one primary-key read of the sale per statement, not a
+///   probe per buyer.
 const BATCH_SQL: &str = "
     WITH RECURSIVE req AS (
         SELECT u.user_id, u.purchase_id, u.quantity, u.order_key, u.ord
           FROM unnest($2::text[], $3::uuid[], $5::int[], $7::uuid[])
                WITH ORDINALITY AS u(user_id, purchase_id, quantity, order_key, ord)
+    ), listed AS MATERIALIZED (
+        SELECT a.user_id FROM sale_allowlist a
+         WHERE a.sale_id = $1 AND a.user_id = ANY($2::text[])
+           AND EXISTS (SELECT 1 FROM sales WHERE id = $1 AND allowlist)
+         ORDER BY a.user_id COLLATE \"C\"
+           FOR KEY SHARE
     ), locked AS (
-        SELECT available, per_customer_limit AS lim, max_per_order,
+        SELECT available, per_customer_limit AS lim, max_per_order, allowlist,
                archived_at IS NULL AS live,
                checkout = 'instant' AND cancelled_at IS NULL AND archived_at IS NULL
                    AND starts_at <= now() AND now() < ends_at AS sellable
-          FROM sales WHERE id = $1
+          FROM sales WHERE id = $1 AND (SELECT count(*) FROM listed) >= 0
            FOR NO KEY UPDATE
     ), owned AS (
         SELECT p.user_id, sum(p.quantity)::int AS units,
@@ -84,8 +101,9 @@ const BATCH_SQL: &str = "
         SELECT r.user_id, r.purchase_id, r.quantity, r.order_key, r.ord,
                COALESCE(o.units, 0) AS before,
                COALESCE(o.units, 0) + r.quantity <= l.lim AND r.quantity <= l.max_per_order
-                   AS within_limit
+                   AND (NOT l.allowlist OR s.user_id IS NOT NULL) AS within_limit
           FROM req r CROSS JOIN locked l LEFT JOIN owned o ON o.user_id = r.user_id
+               LEFT JOIN listed s ON s.user_id = r.user_id
     ), {DECIDE}, bought AS (
         INSERT INTO purchases (id, sale_id, user_id, quantity, units_before, order_key)
         SELECT c.purchase_id, $1, c.user_id, c.quantity, c.before, c.order_key FROM chosen c

@@ -1,7 +1,7 @@
 //! The statements of a join batch ([`join_batch`]): who may (re)join, tickets, counters,
 //! under one lock of the queue row; the front of the door is in [`super`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use uuid::Uuid;
@@ -44,6 +44,9 @@ struct Door {
 ///    locked first, in user order (`COLLATE "C"`), so a leave or another batch cannot
 ///    change them under us, and two batches lock in one order (no deadlock). A buyer's
 ///    own statements lock their entry before the queue row too, and so does the draw.
+///    Then, for a sale with an allow-list, the buyers' list rows (FOR KEY SHARE, held to
+///    the commit): a buyer off the list is refused, and a removal either committed before
+///    (no row: refused) or waits for this commit (see `store/allowlist.rs`).
 /// 2. The queue row is locked (FOR UPDATE) and held to the commit. Every statement that
 ///    inserts an entry or moves `last_ticket` or `waiting` holds it (joins, leaves,
 ///    admission, the draw's opening), so from here no entry of this sale can be inserted
@@ -90,6 +93,25 @@ pub(super) async fn join_batch(
     .bind(users)
     .execute(&mut *tx)
     .await?;
+    // 1b. An allow-listed sale: the buyers' list rows, locked FOR KEY SHARE in user order
+    // (as every writer of many list rows locks them), before the queue row (every writer of
+    // the list locks list rows before the sale's or the queue's row: no deadlock), and held
+    // to the commit. A removal committed before this statement left no row (the buyer is
+    // refused); one that comes later waits for this commit (the join came first). A sale
+    // without a list reads none (its `allowlist`, set at creation, never changes).
+    let listed: HashSet<String> = sqlx::query_scalar(
+        "SELECT a.user_id FROM sale_allowlist a
+          WHERE a.sale_id = $1 AND a.user_id = ANY($2::text[])
+            AND EXISTS (SELECT 1 FROM sales WHERE id = $1 AND allowlist)
+          ORDER BY a.user_id COLLATE \"C\"
+            FOR KEY SHARE",
+    )
+    .bind(sale_id)
+    .bind(users)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
     // 2. The queue row, locked to the commit.
     let door: Option<Door> = sqlx::query_as(
         "SELECT last_ticket, waiting, shuffled_at IS NOT NULL AS opened, shuffle_seed
@@ -125,6 +147,7 @@ pub(super) async fn join_batch(
         });
     };
     let sale = Sale::from(sale);
+    let not_listed = |user: &String| sale.allowlist && !listed.contains(user);
     // 3: whoever already has an entry is answered with it (as of this commit).
     let existing: HashMap<String, QueueEntry> = sqlx::query_as::<_, EntryRow>(ENTRY_SQL_FOR_USERS)
         .bind(sale_id)
@@ -156,6 +179,13 @@ pub(super) async fn join_batch(
                 }
             }
             (Some(EntryStatus::Purchased), _) => bought.push(user.as_str()),
+            (_, Some(JoinOutcome::SoldOut)) => {
+                outcomes.insert(user.clone(), JoinOutcome::SoldOut);
+            }
+            // Checked at the join only: an entry already queued or held keeps its place.
+            _ if not_listed(user) => {
+                outcomes.insert(user.clone(), JoinOutcome::NotEligible);
+            }
             (_, Some(refusal)) => {
                 outcomes.insert(user.clone(), refusal.clone());
             }

@@ -76,10 +76,18 @@ impl Store {
     ///    `sold = 0 AND held = 0` and that no entry exists. A unit or an entry committed
     ///    first makes it match nothing, and the sale is archived instead. The
     ///    `ON DELETE RESTRICT` key of purchases would refuse the DELETE anyway.
+    ///
+    /// Before all that, the sale's allow-list rows (none for most sales), under the list's
+    /// writer lock and in user order, like every writer of the list: a buyer's statement
+    /// locks its list row before the sale row, so a DELETE that took the sale row first and
+    /// then waited for a list row (the cascade) could deadlock with it.
     pub async fn remove_sale(&self, sale_id: Uuid) -> Result<RemoveOutcome, StoreError> {
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
         for lock in [
+            "SELECT pg_advisory_xact_lock(hashtextextended('allowlist:' || $1::text, 0))",
+            "SELECT 1 FROM (SELECT user_id FROM sale_allowlist WHERE sale_id = $1
+                             ORDER BY user_id COLLATE \"C\" FOR UPDATE) l",
             "SELECT 1 FROM sales WHERE id = $1 FOR NO KEY UPDATE",
             "SELECT 1 FROM sale_queues WHERE sale_id = $1 FOR UPDATE",
         ] {
