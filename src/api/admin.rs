@@ -12,8 +12,8 @@ use super::ApiTags;
 use super::auth::AdminAuth;
 use super::error::{ErrorBody, ErrorCode, ServerError};
 use super::models::{
-    AdminSaleView, AuditView, CreateSaleRequest, FailedJobView, QueueStatsView, RemovalKind,
-    RemovedSaleView, RequeuedJobView, SaleEventView,
+    AdminSaleView, AuditView, CreateSaleRequest, FailedJobView, QueueStatsView, RaffleStatsView,
+    RemovalKind, RemovedSaleView, RequeuedJobView, SaleEventView,
 };
 use crate::domain::Sale;
 use crate::store::{CancelOutcome, RemoveOutcome, RequeueOutcome, Store, StoreError};
@@ -115,6 +115,11 @@ impl AdminApi {
         let mut view = AdminSaleView::from(&found);
         view.events = Some(events.into_iter().map(SaleEventView::from).collect());
         view.queue = stats.map(|stats| QueueStatsView::new(&found, stats));
+        view.raffle = self
+            .store
+            .raffle_stats(found.id)
+            .await?
+            .map(|stats| Box::new(RaffleStatsView::from(stats)));
         Ok(AdminSaleResponse::Ok(Json(view)))
     }
 

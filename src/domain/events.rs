@@ -23,10 +23,16 @@ pub enum EventType {
     SaleEnded,
     SaleCancelled,
     SaleArchived,
+    RaffleEntered,
+    RaffleWithdrawn,
+    RaffleDrawn,
+    RaffleSelected,
+    RaffleExpired,
+    RaffleNotSelected,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 15] = [
         EventType::PurchaseCreated,
         EventType::HoldGranted,
         EventType::HoldExpired,
@@ -36,6 +42,12 @@ impl EventType {
         EventType::SaleEnded,
         EventType::SaleCancelled,
         EventType::SaleArchived,
+        EventType::RaffleEntered,
+        EventType::RaffleWithdrawn,
+        EventType::RaffleDrawn,
+        EventType::RaffleSelected,
+        EventType::RaffleExpired,
+        EventType::RaffleNotSelected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +61,12 @@ impl EventType {
             EventType::SaleEnded => "sale.ended",
             EventType::SaleCancelled => "sale.cancelled",
             EventType::SaleArchived => "sale.archived",
+            EventType::RaffleEntered => "raffle.entered",
+            EventType::RaffleWithdrawn => "raffle.withdrawn",
+            EventType::RaffleDrawn => "raffle.drawn",
+            EventType::RaffleSelected => "raffle.selected",
+            EventType::RaffleExpired => "raffle.expired",
+            EventType::RaffleNotSelected => "raffle.not_selected",
         }
     }
 

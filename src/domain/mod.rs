@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod queue;
+pub mod raffle;
 pub mod sale;
 
 pub use events::{
@@ -12,4 +13,5 @@ pub use events::{
     new_webhook_secret,
 };
 pub use queue::{EntryStatus, QueueEntry};
+pub use raffle::{RaffleEntry, RaffleStats, RaffleStatus};
 pub use sale::{Checkout, EndReason, NewSale, NewSaleError, Purchase, Sale, SaleState};
