@@ -290,15 +290,21 @@ impl Store {
     }
 
     /// Records that the raffle is done (nobody waits, no hold is live, and the draw is
-    /// complete or the raffle void); true once it is.
+    /// complete or the raffle void); true once it is. Each probe matches one partial index
+    /// (waiting ranked, waiting unranked, live holds), so a tick never walks the entrants.
     async fn finish_raffle_if_done(&self, sale_id: Uuid, void: bool) -> Result<bool, StoreError> {
         let finished: Option<bool> = sqlx::query_scalar(
             "UPDATE sale_raffles r
                 SET finished_at = COALESCE(finished_at,
-                                           CASE WHEN (drawn_at IS NOT NULL OR $2) AND NOT EXISTS (
-                                                    SELECT 1 FROM raffle_entries e
-                                                     WHERE e.sale_id = $1
-                                                       AND e.status IN ('entered', 'selected'))
+                                           CASE WHEN (drawn_at IS NOT NULL OR $2)
+                                                     AND NOT EXISTS (SELECT 1 FROM raffle_entries e
+                                                          WHERE e.sale_id = $1 AND e.status = 'entered'
+                                                            AND e.draw_position IS NOT NULL)
+                                                     AND NOT EXISTS (SELECT 1 FROM raffle_entries e
+                                                          WHERE e.sale_id = $1 AND e.status = 'entered'
+                                                            AND e.draw_position IS NULL)
+                                                     AND NOT EXISTS (SELECT 1 FROM raffle_entries e
+                                                          WHERE e.sale_id = $1 AND e.status = 'selected')
                                                 THEN now() END)
               WHERE sale_id = $1
              RETURNING finished_at IS NOT NULL",
