@@ -9,8 +9,10 @@
 -- sale exists; units purchased <= stock; every buyer within the sale's per-customer limit
 -- (no order above `max_per_order`, each buyer's orders a gapless chain of `units_before`);
 -- sold + held + available = stock; no negative counter; `sold` equals the units purchased;
--- `held` equals the units of the live holds; the queue length equals the waiting entries;
--- every confirmed hold has its purchase of the same quantity; every purchase has its `purchase.created` event (counting those retention
+-- `held` equals the units of the live holds (queue holds and raffle selections); the queue length equals the waiting entries;
+-- every confirmed hold (a raffle's selections too) has its purchase of the same quantity;
+-- a raffle's orders are exactly its purchased entries and its draw positions run 1..n once
+-- each; every purchase has its `purchase.created` event (counting those retention
 -- pruned); the sale's event sequence runs from 1 (or past the pruned prefix) to the sale's
 -- last number with no gap and no repeat.
 --
@@ -55,6 +57,14 @@ WITH sale AS (
            COALESCE(sum(orders_too_large), 0) AS orders_too_large,
            COALESCE(sum(broken_links), 0) AS broken_links
       FROM per_buyer
+), holders AS (
+    -- Queue entries and raffle entries alike: a raffle's `selected` is a live hold.
+    SELECT q.sale_id, q.user_id, q.status, q.quantity, q.hold_expires_at
+      FROM queue_entries q JOIN sale s ON q.sale_id = s.id
+    UNION ALL
+    SELECT r.sale_id, r.user_id, CASE WHEN r.status = 'selected' THEN 'held' ELSE r.status END,
+           r.quantity, r.hold_expires_at
+      FROM raffle_entries r JOIN sale s ON r.sale_id = s.id
 ), entries AS (
     SELECT COALESCE(sum(e.quantity) FILTER (WHERE e.status = 'held'), 0) AS holds,
            count(*) FILTER (WHERE e.status = 'queued') AS queued,
@@ -64,7 +74,15 @@ WITH sale AS (
                   AND p.quantity = e.quantity
            )) AS confirmed_without_purchase,
            count(*) FILTER (WHERE e.status = 'held' AND e.hold_expires_at IS NULL) AS holds_without_expiry
-      FROM queue_entries e JOIN sale s ON e.sale_id = s.id
+      FROM holders e
+), raffle AS (
+    -- A raffle sells only by confirmed selections: one purchase per purchased entry, and
+    -- nobody else buys. The draw ranks each entrant once, 1..n without a gap.
+    SELECT count(*) FILTER (WHERE r.status = 'purchased') AS purchased_entries,
+           count(DISTINCT r.draw_position) AS positions,
+           count(r.draw_position) AS ranked,
+           COALESCE(max(r.draw_position), 0) AS last_position
+      FROM raffle_entries r JOIN sale s ON r.sale_id = s.id
 ), queue AS (
     SELECT COALESCE(max(q.waiting), 0) AS waiting FROM sale_queues q JOIN sale s ON q.sale_id = s.id
 ), pruned AS (
@@ -131,6 +149,15 @@ WITH sale AS (
                   COALESCE(o.first::text, '-'), COALESCE(o.last::text, '-'),
                   s.last_event_sequence, p.through)
       FROM sale s, outbox o, pruned p
+    UNION ALL
+    SELECT 12, 'raffle_purchases_are_selections',
+           s.checkout <> 'raffle'
+               OR (b.purchases = r.purchased_entries AND r.positions = r.ranked
+                   AND r.last_position = r.ranked),
+           format('checkout=%s orders=%s purchased_entries=%s ranked=%s distinct_positions=%s '
+                  'last_position=%s', s.checkout, b.purchases, r.purchased_entries, r.ranked,
+                  r.positions, r.last_position)
+      FROM sale s, bought b, raffle r
 )
 SELECT check_name, passed, detail FROM checks ORDER BY ord
 -- flashsale:audit:end

@@ -12,8 +12,8 @@ use super::ApiTags;
 use super::auth::AdminAuth;
 use super::error::{ErrorBody, ErrorCode, ServerError};
 use super::models::{
-    AdminSaleView, AuditView, CreateSaleRequest, FailedJobView, QueueStatsView, RemovalKind,
-    RemovedSaleView, RequeuedJobView, SaleEventView,
+    AdminSaleView, AuditView, CreateSaleRequest, FailedJobView, QueueStatsView, RaffleStatsView,
+    RemovalKind, RemovedSaleView, RequeuedJobView, SaleEventView,
 };
 use crate::domain::Sale;
 use crate::store::{CancelOutcome, RemoveOutcome, RequeueOutcome, Store, StoreError};
@@ -118,6 +118,11 @@ impl AdminApi {
         if found.allowlist {
             view.allowlist_size = Some(self.store.allowlist_of(found.id, None).await?.0);
         }
+        view.raffle = self
+            .store
+            .raffle_stats(found.id)
+            .await?
+            .map(|stats| Box::new(RaffleStatsView::from(stats)));
         Ok(AdminSaleResponse::Ok(Json(view)))
     }
 

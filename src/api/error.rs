@@ -84,6 +84,14 @@ pub enum ErrorCode {
     NoHold,
     /// The hold ran out before the confirmation; the unit went back to stock.
     HoldExpired,
+    /// A raffle takes entries only while active (its window); the body carries the state.
+    NotAcceptingEntries,
+    /// The buyer withdrew from this raffle and may not enter again.
+    EntryWithdrawn,
+    /// The user has no entry in this raffle.
+    NotEntered,
+    /// No selection to confirm: waiting, not selected or withdrawn (the message says).
+    NotSelected,
     /// No background job has this id.
     JobNotFound,
     /// The job has not failed for good; only failed jobs can be requeued.
@@ -115,7 +123,7 @@ pub struct ErrorBody {
     pub code: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
-    /// With `SALE_NOT_ACTIVE`: the sale's current state.
+    /// With `SALE_NOT_ACTIVE` and `NOT_ACCEPTING_ENTRIES`: the sale's current state.
     pub state: Option<SaleStateView>,
     /// With `ALREADY_PURCHASED`: the purchase the user already owns. (Boxed: the largest
     /// field, and every handler returns this body by value in its response enum.)
@@ -221,12 +229,23 @@ impl ErrorBody {
         Json(body)
     }
 
+    /// `NOT_ACCEPTING_ENTRIES`, carrying the sale's state.
+    pub fn not_accepting_entries(state: SaleState) -> Json<Self> {
+        let message = format!(
+            "the raffle takes entries only while active; it is {}",
+            state.as_str()
+        );
+        Self::with_state(ErrorCode::NotAcceptingEntries, message, state)
+    }
+
     /// `SALE_NOT_ACTIVE`, carrying the sale's state.
     pub fn not_active(state: SaleState) -> Json<Self> {
-        let mut body = Self::new(
-            ErrorCode::SaleNotActive,
-            format!("the sale is {}", state.as_str()),
-        );
+        let message = format!("the sale is {}", state.as_str());
+        Self::with_state(ErrorCode::SaleNotActive, message, state)
+    }
+
+    fn with_state(code: ErrorCode, message: String, state: SaleState) -> Json<Self> {
+        let mut body = Self::new(code, message);
         body.state = Some(state.into());
         Json(body)
     }

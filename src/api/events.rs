@@ -209,7 +209,7 @@ impl EventsApi {
         #[oai(validator(max_length = 64))]
         sale: Query<Option<String>>,
         /// Only these types (repeat the parameter for several).
-        #[oai(name = "type", validator(max_items = 9))]
+        #[oai(name = "type", validator(max_items = 15))]
         event_types: Query<Vec<EventTypeView>>,
     ) -> Result<FeedResponse, ServerError> {
         let query = match self
@@ -256,7 +256,7 @@ impl EventsApi {
         #[oai(validator(max_length = 64))]
         sale: Query<Option<String>>,
         /// Only these types (repeat the parameter for several).
-        #[oai(name = "type", validator(max_items = 9))]
+        #[oai(name = "type", validator(max_items = 15))]
         event_types: Query<Vec<EventTypeView>>,
     ) -> Result<StreamResponse, ServerError> {
         let resume = last_event_id.0.or(after.0);

@@ -19,6 +19,7 @@ mod health;
 mod journey;
 pub mod models;
 mod queue;
+mod raffle;
 pub mod rate_limit;
 mod streams;
 mod strict;
@@ -35,7 +36,7 @@ use poem_openapi::{OpenApiService, OperationId, Tags};
 use crate::live::{LiveConfig, LiveHub};
 use crate::metrics::Metrics;
 use crate::status::RunnerHealth;
-use crate::store::{JoinBatcher, PurchaseBatcher, Store};
+use crate::store::{EntryBatcher, JoinBatcher, PurchaseBatcher, Store};
 use admin::AdminApi;
 use allowlist::AllowlistApi;
 use auth::AdminKey;
@@ -47,6 +48,7 @@ use error::{ErrorBody, ErrorCode};
 use events::EventsApi;
 use health::HealthApi;
 use queue::QueueApi;
+use raffle::RaffleApi;
 use rate_limit::RateLimits;
 use streams::StreamsApi;
 use view_cache::SaleViewCache;
@@ -60,6 +62,8 @@ pub enum ApiTags {
     Buyer,
     /// Queued checkout: the waiting room, holds and confirmation.
     Queue,
+    /// Raffles: entries, the seeded draw, selections and confirmation.
+    Raffle,
     /// The outbox, pulled: the event feed, its live stream, and purchase exports.
     Events,
     /// The outbox, pushed: webhook endpoints and their deliveries.
@@ -75,6 +79,7 @@ type Apis = (
     WebhooksApi,
     BuyerApi,
     QueueApi,
+    RaffleApi,
     StreamsApi,
     HealthApi,
 );
@@ -182,6 +187,13 @@ pub fn openapi_service(state: &ApiState) -> OpenApiService<Apis, ()> {
             QueueApi {
                 store: state.store.clone(),
                 joins: state.joins.clone(),
+                limits: state.limits.clone(),
+                tokens: state.tokens.clone(),
+                metrics: state.metrics.clone(),
+            },
+            RaffleApi {
+                store: state.store.clone(),
+                entries: EntryBatcher::new(state.store.clone(), state.edge.answer_timeout),
                 limits: state.limits.clone(),
                 tokens: state.tokens.clone(),
                 metrics: state.metrics.clone(),

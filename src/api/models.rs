@@ -6,6 +6,7 @@
 mod admin_views;
 mod outbox_views;
 mod queue_views;
+mod raffle_views;
 
 pub use admin_views::{
     AuditCheckView, AuditView, FailedJobView, RemovalKind, RemovedSaleView, RequeuedJobView,
@@ -15,6 +16,7 @@ pub use outbox_views::{
     PurchasePage, WebhookSecretView, WebhookView,
 };
 pub use queue_views::{QueueStatsView, QueueStatusKind, QueueStatusView, QueueStreamEvent};
+pub use raffle_views::{EntryRequest, RaffleEntryView, RaffleStatsView, RaffleStatusView};
 
 use chrono::{DateTime, Utc};
 use poem_openapi::types::MaybeUndefined;
@@ -33,6 +35,9 @@ pub enum CheckoutView {
     Instant,
     /// Waiting room: join, get a hold, confirm.
     Queued,
+    /// A draw: enter during the window; at its end the entrants are ranked by a seeded
+    /// draw, and holds go to them in that order.
+    Raffle,
 }
 
 impl From<Checkout> for CheckoutView {
@@ -40,6 +45,7 @@ impl From<Checkout> for CheckoutView {
         match value {
             Checkout::Instant => CheckoutView::Instant,
             Checkout::Queued => CheckoutView::Queued,
+            Checkout::Raffle => CheckoutView::Raffle,
         }
     }
 }
@@ -49,6 +55,7 @@ impl From<CheckoutView> for Checkout {
         match value {
             CheckoutView::Instant => Checkout::Instant,
             CheckoutView::Queued => Checkout::Queued,
+            CheckoutView::Raffle => Checkout::Raffle,
         }
     }
 }
@@ -114,9 +121,10 @@ pub struct CreateSaleRequest {
     pub starts_at: MaybeUndefined<DateTime<Utc>>,
     /// RFC 3339, after `startsAt`, years 2000-9999; default: one hour after the start.
     pub ends_at: MaybeUndefined<DateTime<Utc>>,
-    /// Default `instant`.
+    /// Default `instant`; `raffle`: see "Raffles (draws)" in the README.
     pub checkout: MaybeUndefined<CheckoutView>,
-    /// How long a queued buyer's hold lasts, in seconds (1-86400); default 600.
+    /// How long a queued buyer's (or a selected raffle entrant's) hold lasts, in seconds
+    /// (1-86400); default 600.
     #[oai(validator(minimum(value = "1"), maximum(value = "86400")))]
     pub hold_seconds: MaybeUndefined<i32>,
     /// Queued checkout: most buyers waiting at once (1-10,000,000); default 100,000.
@@ -142,7 +150,7 @@ pub struct CreateSaleRequest {
 
 /// An optional field: absent means the default; an explicit `null` is refused (the schema
 /// says the field is a string or a number, never null).
-fn optional<T>(field: MaybeUndefined<T>, name: &str) -> Result<Option<T>, String> {
+pub(super) fn optional<T>(field: MaybeUndefined<T>, name: &str) -> Result<Option<T>, String> {
     match field {
         MaybeUndefined::Value(value) => Ok(Some(value)),
         MaybeUndefined::Undefined => Ok(None),
@@ -336,6 +344,10 @@ pub struct AdminSaleView {
     /// Buyers on the allow-list (sales with one, single-sale view only).
     #[oai(skip_serializing_if_is_none)]
     pub allowlist_size: Option<i64>,
+    /// The draw and its entrants (raffles, single-sale view only). (Boxed: every admin
+    /// response carries this view by value.)
+    #[oai(skip_serializing_if_is_none)]
+    pub raffle: Option<Box<RaffleStatsView>>,
 }
 
 impl From<&Sale> for AdminSaleView {
@@ -352,6 +364,7 @@ impl From<&Sale> for AdminSaleView {
             events: None,
             queue: None,
             allowlist_size: None,
+            raffle: None,
         }
     }
 }

@@ -25,10 +25,16 @@ pub enum EventType {
     SaleArchived,
     /// An admin changed the sale's allow-list (an upload or a removal).
     SaleAllowlistChanged,
+    RaffleEntered,
+    RaffleWithdrawn,
+    RaffleDrawn,
+    RaffleSelected,
+    RaffleExpired,
+    RaffleNotSelected,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 16] = [
         EventType::PurchaseCreated,
         EventType::HoldGranted,
         EventType::HoldExpired,
@@ -39,6 +45,12 @@ impl EventType {
         EventType::SaleCancelled,
         EventType::SaleArchived,
         EventType::SaleAllowlistChanged,
+        EventType::RaffleEntered,
+        EventType::RaffleWithdrawn,
+        EventType::RaffleDrawn,
+        EventType::RaffleSelected,
+        EventType::RaffleExpired,
+        EventType::RaffleNotSelected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +65,12 @@ impl EventType {
             EventType::SaleCancelled => "sale.cancelled",
             EventType::SaleArchived => "sale.archived",
             EventType::SaleAllowlistChanged => "sale.allowlist_changed",
+            EventType::RaffleEntered => "raffle.entered",
+            EventType::RaffleWithdrawn => "raffle.withdrawn",
+            EventType::RaffleDrawn => "raffle.drawn",
+            EventType::RaffleSelected => "raffle.selected",
+            EventType::RaffleExpired => "raffle.expired",
+            EventType::RaffleNotSelected => "raffle.not_selected",
         }
     }
 

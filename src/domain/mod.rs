@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod events;
 pub mod queue;
+pub mod raffle;
 pub mod sale;
 
 pub use backoff::{backoff, jittered};
@@ -14,4 +15,5 @@ pub use events::{
     new_webhook_secret,
 };
 pub use queue::{EntryStatus, QueueEntry};
+pub use raffle::{RaffleEntry, RaffleStats, RaffleStatus};
 pub use sale::{Checkout, EndReason, NewSale, NewSaleError, Purchase, Sale, SaleState};

@@ -25,6 +25,9 @@ pub enum Checkout {
     Instant,
     /// Buyers wait in a queue, are admitted to a hold and confirm it.
     Queued,
+    /// Buyers enter during the window; at its end a seeded draw ranks them, and holds go
+    /// to them in that order.
+    Raffle,
 }
 
 impl Checkout {
@@ -32,6 +35,7 @@ impl Checkout {
         match self {
             Checkout::Instant => "instant",
             Checkout::Queued => "queued",
+            Checkout::Raffle => "raffle",
         }
     }
 
@@ -39,6 +43,7 @@ impl Checkout {
         match value {
             "instant" => Some(Checkout::Instant),
             "queued" => Some(Checkout::Queued),
+            "raffle" => Some(Checkout::Raffle),
             _ => None,
         }
     }

@@ -225,7 +225,7 @@ impl PurchaseBatcher {
                 max_per_order: target.max_per_order,
             });
         }
-        if !self.batching || target.checkout == Checkout::Queued {
+        if !self.batching || target.checkout != Checkout::Instant {
             return self
                 .store
                 .purchase(target.id, user_id, order, answer_by)

@@ -24,7 +24,7 @@ pub use failed::{FailedJob, RequeueOutcome};
 pub const JOBS_CHANNEL: &str = "flashsale_jobs";
 
 /// After this many failed attempts a job is parked (`dead_at`) and no longer retried, until
-/// an admin requeues it. Queue ticks and sale-state jobs are never parked: admission and
+/// an admin requeues it. Queue and raffle ticks and sale-state jobs are never parked: admission and
 /// expiry must go on, and a sale's end by the clock is recorded (its event sent) by a
 /// state job.
 pub const MAX_ATTEMPTS: i32 = 25;
@@ -37,6 +37,9 @@ pub enum JobKind {
     /// Run a queued sale's waiting room: draw the pre-queue from the opening, return
     /// expired holds to stock, admit the next buyers to holds.
     QueueTick,
+    /// Run a raffle: from its end, draw (rank the entrants in slices), return expired holds
+    /// to stock, select the next entrants in draw order, tell the rest `not_selected`.
+    RaffleTick,
     /// Remove events and finished webhook deliveries past their retention; runs every
     /// [`PRUNE_INTERVAL`], one pending at a time (`jobs_one_pending_prune`).
     PruneEvents,
@@ -50,6 +53,7 @@ impl JobKind {
         match self {
             JobKind::SyncSaleState => "sync_sale_state",
             JobKind::QueueTick => "queue_tick",
+            JobKind::RaffleTick => "raffle_tick",
             JobKind::PruneEvents => "prune_events",
         }
     }
@@ -58,6 +62,7 @@ impl JobKind {
         match value {
             "sync_sale_state" => Some(JobKind::SyncSaleState),
             "queue_tick" => Some(JobKind::QueueTick),
+            "raffle_tick" => Some(JobKind::RaffleTick),
             "prune_events" => Some(JobKind::PruneEvents),
             _ => None,
         }
@@ -243,7 +248,8 @@ impl Store {
         let retried = sqlx::query(
             "UPDATE jobs SET locked_until = NULL, lock_token = NULL, last_error = $3,
                     run_at = now() + make_interval(secs => $4),
-                    dead_at = CASE WHEN attempts >= $5 AND kind NOT IN ('queue_tick', 'sync_sale_state')
+                    dead_at = CASE WHEN attempts >= $5
+                                         AND kind NOT IN ('queue_tick', 'raffle_tick', 'sync_sale_state')
                                     THEN now() END
               WHERE id = $1 AND lock_token = $2",
         )
@@ -257,7 +263,12 @@ impl Store {
         match retried {
             Ok(_) => Ok(()),
             // Another tick for this sale is already pending and will do the same work.
-            Err(err) if violated_constraint(&err) == Some("jobs_one_pending_queue_tick") => {
+            Err(err)
+                if matches!(
+                    violated_constraint(&err),
+                    Some("jobs_one_pending_queue_tick" | "jobs_one_pending_raffle_tick")
+                ) =>
+            {
                 self.complete_job(job).await.map(|_| ())
             }
             Err(err) => Err(err.into()),

@@ -8,10 +8,12 @@
 //! sale's `per_customer_limit` without a lock of its own.
 
 mod batch;
+mod held;
 mod owned;
 
 pub(super) use batch::purchase_batch;
 pub use batch::{BatchBuyer, BatchResult};
+pub(super) use held::{HeldBought, buy_held};
 pub(super) use owned::{find_purchase, keyed_orders, owned_by};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,7 +55,7 @@ pub enum PurchaseOutcome {
     },
     /// Scheduled, ended by time, or cancelled.
     NotActive(SaleState),
-    /// The sale uses the queued checkout.
+    /// The sale uses the queued checkout or is a raffle.
     WrongCheckout,
     /// The sale has an allow-list and the buyer is not on it.
     NotEligible,
@@ -317,7 +319,7 @@ pub(super) fn refusal_for_buyer(
             });
         }
     }
-    if sale.checkout == Checkout::Queued {
+    if sale.checkout != Checkout::Instant {
         return Some(PurchaseOutcome::WrongCheckout);
     }
     if sale.available == 0 {

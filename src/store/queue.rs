@@ -19,8 +19,8 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::db::Db;
-use super::jobs::{self, JobKind, enqueue_queue_tick};
-use super::purchases::{PurchaseRow, find_purchase};
+use super::jobs::enqueue_queue_tick;
+use super::purchases::{HeldBought, PurchaseRow, buy_held, find_purchase};
 use super::queue_entry::find_entry;
 use super::{Store, StoreError};
 use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, Sale, SaleState};
@@ -108,48 +108,17 @@ impl Store {
             tx.rollback().await?;
             return self.confirm_refusal(&mut conn, sale, user_id).await;
         };
-        let moved: Option<bool> = sqlx::query_scalar(
-            "UPDATE sales SET held = held - $2, sold = sold + $2
-              WHERE id = $1 AND cancelled_at IS NULL AND archived_at IS NULL
-             RETURNING available = 0 AND held = 0",
-        )
-        .bind(sale.id)
-        .bind(quantity)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(sold_out) = moved else {
-            tx.rollback().await?;
-            let state = match self.sale_by_id(sale.id).await? {
-                Some(now) if now.archived_at.is_some() => SaleState::Archived,
-                _ => SaleState::Cancelled,
-            };
-            return Ok(ConfirmOutcome::NotActive(state));
+        let purchase = match buy_held(&mut tx, sale.id, user_id, quantity).await? {
+            HeldBought::Bought { purchase, .. } => purchase,
+            HeldBought::Refused => {
+                tx.rollback().await?;
+                return Ok(ConfirmOutcome::NotActive(self.void_state(sale.id).await?));
+            }
         };
-        if sold_out {
-            // The last unit: record the sell-out (and emit sale.sold_out) now, not at the
-            // end of the window; queued in this transaction, so it cannot be lost.
-            jobs::enqueue(&mut tx, JobKind::SyncSaleState, sale.id, None).await?;
-        }
-        // The next link of the buyer's chain (see the quantities migration): a queued buyer
-        // has one entry, so one order, and `units_before` is 0 unless the chain already has
-        // one (then the insert fails on the chain key and the confirm rolls back). The
-        // sale row is locked above, as by every insert of a purchase of this sale.
-        let purchase = sqlx::query_as::<_, PurchaseRow>(
-            "INSERT INTO purchases (id, sale_id, user_id, quantity, units_before)
-             SELECT $1, $2, $3, $4, COALESCE(sum(quantity), 0)::int FROM purchases
-              WHERE sale_id = $2 AND user_id = $3
-             RETURNING id, sale_id, user_id, created_at, quantity",
-        )
-        .bind(Uuid::new_v4())
-        .bind(sale.id)
-        .bind(user_id)
-        .bind(quantity)
-        .fetch_one(&mut *tx)
-        .await?;
         // Sent and unanswered, the commit may or may not have happened: a retry answers
         // ALREADY_PURCHASED or HOLD_EXPIRED, which tells the buyer which.
         tx.commit().await.map_err(StoreError::after_write)?;
-        Ok(ConfirmOutcome::Purchased(purchase.into()))
+        Ok(ConfirmOutcome::Purchased(purchase))
     }
 
     async fn confirm_refusal(

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::db::Db;
 use super::jobs::{self, JobKind};
+use super::raffle_tick::enqueue_raffle_tick;
 use super::{Store, StoreError, violated_constraint};
 use crate::domain::{Checkout, EndReason, NewSale, Sale};
 
@@ -60,7 +61,7 @@ impl From<SaleRow> for Sale {
             sold: row.sold,
             starts_at: row.starts_at,
             ends_at: row.ends_at,
-            // The column's CHECK allows only the two values.
+            // The column's CHECK allows only the three values.
             checkout: Checkout::parse(&row.checkout).unwrap_or(Checkout::Instant),
             hold_seconds: row.hold_seconds,
             queue_capacity: row.queue_capacity,
@@ -162,6 +163,11 @@ impl Store {
         if sale.checkout == Checkout::Queued {
             create_queue(&mut tx, sale.id).await?;
             jobs::enqueue_queue_tick(&mut tx, sale.id, Some(sale.starts_at)).await?;
+        }
+        if sale.checkout == Checkout::Raffle {
+            // The draw is the first tick's, at the end of the entry window.
+            create_raffle(&mut tx, sale.id).await?;
+            enqueue_raffle_tick(&mut tx, sale.id, Some(sale.ends_at)).await?;
         }
         tx.commit().await?;
         Ok(sale)
@@ -323,6 +329,17 @@ pub(super) async fn sale_by_id(conn: &mut Db, id: Uuid) -> Result<Option<Sale>, 
 async fn create_queue(conn: &mut Db, sale_id: Uuid) -> Result<(), StoreError> {
     let seed = (Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
     sqlx::query("INSERT INTO sale_queues (sale_id, shuffle_seed) VALUES ($1, $2)")
+        .bind(sale_id)
+        .bind(seed)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Creates the raffle row of a new raffle, with the seed of its draw.
+async fn create_raffle(conn: &mut Db, sale_id: Uuid) -> Result<(), StoreError> {
+    let seed = (Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
+    sqlx::query("INSERT INTO sale_raffles (sale_id, draw_seed) VALUES ($1, $2)")
         .bind(sale_id)
         .bind(seed)
         .execute(conn)

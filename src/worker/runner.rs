@@ -195,6 +195,11 @@ impl<H: JobHandler> Runner<H> {
             Ok(added) => tracing::warn!(added, "backstop: queue ticks were missing; added"),
             Err(err) => tracing::warn!(error = %err, "backstop: could not check queue ticks"),
         }
+        match self.store.ensure_raffle_ticks().await {
+            Ok(0) => {}
+            Ok(added) => tracing::warn!(added, "backstop: raffle ticks were missing; added"),
+            Err(err) => tracing::warn!(error = %err, "backstop: could not check raffle ticks"),
+        }
         if let Err(err) = self.store.ensure_prune_job().await {
             tracing::warn!(error = %err, "backstop: could not check the retention job");
         }
@@ -264,7 +269,9 @@ impl<H: JobHandler> Runner<H> {
                     self.config.max_backoff,
                     job.attempts,
                 );
-                if job.kind == JobKind::QueueTick.as_str() {
+                if job.kind == JobKind::QueueTick.as_str()
+                    || job.kind == JobKind::RaffleTick.as_str()
+                {
                     delay = delay.min(QUEUE_TICK_MAX_BACKOFF);
                 } else if job.attempts >= MAX_ATTEMPTS {
                     self.count(job, "dead");

@@ -9,6 +9,11 @@
 //!   the queue needs ticking: at once while a tick was bounded by its batch, else at the next
 //!   hold expiry or after [`TICK_INTERVAL`], whichever is first. Joins and releases wake it
 //!   earlier.
+//! - `raffle_tick`: runs a raffle from the end of its entry window (close the entries, rank
+//!   the entrants a slice per tick, expire holds, select the next entrants in draw order,
+//!   tell the rest `not_selected`), then every [`TICK_INTERVAL`] or at the next hold
+//!   expiry until nothing is left to do. A withdrawal of a hold or the last confirm wakes
+//!   it earlier.
 //! - `prune_events`: retention: removes events and finished webhook deliveries older than
 //!   the retention time, at most [`PRUNE_SLICE`] rows a run so that no run holds a slot
 //!   for long; it queues itself again due at once while a slice came back full, else after
@@ -135,6 +140,43 @@ impl ServiceJobs {
     }
 }
 
+impl ServiceJobs {
+    async fn raffle_tick(&self, sale_id: uuid::Uuid) -> anyhow::Result<()> {
+        let report = self
+            .store
+            .raffle_tick(sale_id, ADMIT_BATCH)
+            .await
+            .context("Failed to run the raffle tick")?;
+        if report.ranked.is_some()
+            || report.expired > 0
+            || report.selected > 0
+            || report.not_selected > 0
+        {
+            tracing::info!(
+                ranked = report.ranked,
+                expired = report.expired,
+                selected = report.selected,
+                not_selected = report.not_selected,
+                "raffle tick"
+            );
+        }
+        let full = [report.expired, report.selected, report.not_selected]
+            .iter()
+            .any(|done| *done >= ADMIT_BATCH);
+        if let Some(at) = report.opens_draw_at {
+            self.store.schedule_raffle_tick(sale_id, Some(at)).await?;
+        } else if report.drawing || full {
+            self.store.schedule_raffle_tick(sale_id, None).await?;
+        } else if !report.finished {
+            self.store
+                .schedule_next_raffle_tick(sale_id, TICK_INTERVAL)
+                .await
+                .context("Failed to schedule the next raffle tick")?;
+        }
+        Ok(())
+    }
+}
+
 impl JobHandler for ServiceJobs {
     async fn run(&self, job: &Job) -> anyhow::Result<()> {
         let kind = JobKind::parse(&job.kind);
@@ -147,6 +189,7 @@ impl JobHandler for ServiceJobs {
         match kind {
             Some(JobKind::SyncSaleState) => self.sync_sale_state(sale_id).await,
             Some(JobKind::QueueTick) => self.queue_tick(sale_id, job.lag_seconds).await,
+            Some(JobKind::RaffleTick) => self.raffle_tick(sale_id).await,
             Some(JobKind::PruneEvents) | None => anyhow::bail!("unknown job kind {:?}", job.kind),
         }
     }

@@ -30,6 +30,8 @@ mod quantity_input;
 mod queue;
 mod queue_door;
 mod races;
+mod raffle;
+mod raffle_rules;
 mod rate_limits;
 mod receiver;
 mod retention;

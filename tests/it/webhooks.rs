@@ -273,7 +273,7 @@ async fn endpoints_are_validated_listed_without_secrets_and_deleted() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["saleId"], sale["id"]);
-    assert_eq!(created["events"].as_array().map(Vec::len), Some(10));
+    assert_eq!(created["events"].as_array().map(Vec::len), Some(16));
     let (status, list) = app.admin_get("/api/v1/admin/webhooks").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().map(Vec::len), Some(1));

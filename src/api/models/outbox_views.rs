@@ -50,6 +50,27 @@ pub enum EventTypeView {
     /// and `size` (the list's size after the change), and `userId` for a removal.
     #[oai(rename = "sale.allowlist_changed")]
     SaleAllowlistChanged,
+    /// A buyer entered a raffle. `data`: `userId`, `quantity`.
+    #[oai(rename = "raffle.entered")]
+    RaffleEntered,
+    /// An entrant withdrew (a hold they had went back to stock). `data`: `userId`,
+    /// `quantity`, `drawPosition` (once drawn).
+    #[oai(rename = "raffle.withdrawn")]
+    RaffleWithdrawn,
+    /// The raffle's draw is complete. `data`: `drawSeed` (decimal string), `entrants`.
+    #[oai(rename = "raffle.drawn")]
+    RaffleDrawn,
+    /// An entrant's turn came: a hold of their units. `data`: `userId`, `quantity`,
+    /// `drawPosition`, `holdExpiresAt`.
+    #[oai(rename = "raffle.selected")]
+    RaffleSelected,
+    /// A selected entrant's hold ran out (or was voided); it passes on. `data`: as
+    /// `raffle.selected`.
+    #[oai(rename = "raffle.expired")]
+    RaffleExpired,
+    /// An entrant will not be served. `data`: `userId`, `quantity`, `drawPosition`.
+    #[oai(rename = "raffle.not_selected")]
+    RaffleNotSelected,
 }
 
 impl From<EventTypeView> for EventType {
@@ -65,6 +86,12 @@ impl From<EventTypeView> for EventType {
             EventTypeView::SaleCancelled => EventType::SaleCancelled,
             EventTypeView::SaleArchived => EventType::SaleArchived,
             EventTypeView::SaleAllowlistChanged => EventType::SaleAllowlistChanged,
+            EventTypeView::RaffleEntered => EventType::RaffleEntered,
+            EventTypeView::RaffleWithdrawn => EventType::RaffleWithdrawn,
+            EventTypeView::RaffleDrawn => EventType::RaffleDrawn,
+            EventTypeView::RaffleSelected => EventType::RaffleSelected,
+            EventTypeView::RaffleExpired => EventType::RaffleExpired,
+            EventTypeView::RaffleNotSelected => EventType::RaffleNotSelected,
         }
     }
 }
@@ -122,8 +149,8 @@ pub struct CreateWebhookRequest {
     /// Where to POST the events: an absolute `http` or `https` URL, at most 2048 characters.
     #[oai(validator(min_length = 1, max_length = 2048))]
     pub url: StrictString,
-    /// Only these event types (1-9 distinct); default: every type.
-    #[oai(validator(min_items = 1, max_items = 9, unique_items))]
+    /// Only these event types (1-15 distinct); default: every type.
+    #[oai(validator(min_items = 1, max_items = 15, unique_items))]
     pub events: MaybeUndefined<Vec<EventTypeView>>,
     /// Only the events of this sale (its id, or the sku of a live sale: stored as the id);
     /// default: every sale.

@@ -7,6 +7,7 @@ use super::{CancelOutcome, RemoveOutcome, SALE_COLUMNS, SaleRow};
 use crate::domain::Checkout;
 use crate::store::jobs::{self, JobKind};
 use crate::store::queue_tick::{HoldsToReturn, return_holds};
+use crate::store::raffle_tick::{RaffleHolds, enqueue_raffle_tick, return_raffle_holds};
 use crate::store::{Store, StoreError};
 
 impl Store {
@@ -19,6 +20,8 @@ impl Store {
     /// A queued sale's queue row is locked too (a no-op update), after the sale row, the
     /// order admission takes: a join batch holds that row while it reads the sale, so a
     /// join either read the sale after this commit (and is refused) or committed before it.
+    /// A raffle's entry batch holds the sale row itself while it reads the sale; its tick
+    /// is made due now, to tell the entrants `not_selected`.
     pub async fn cancel_sale(&self, sale_id: Uuid) -> Result<CancelOutcome, StoreError> {
         let sql = format!(
             "WITH cancelled AS (
@@ -41,6 +44,12 @@ impl Store {
              ), door AS (
                  UPDATE sale_queues SET last_ticket = last_ticket
                   WHERE sale_id IN (SELECT id FROM cancelled)
+             ), raffle_tick AS (
+                 INSERT INTO jobs (kind, sale_id)
+                 SELECT 'raffle_tick', id FROM cancelled WHERE checkout = 'raffle'
+                 ON CONFLICT (sale_id)
+                    WHERE kind = 'raffle_tick' AND lock_token IS NULL AND dead_at IS NULL
+                 DO UPDATE SET run_at = LEAST(jobs.run_at, now())
              )
              SELECT {SALE_COLUMNS} FROM cancelled"
         );
@@ -73,7 +82,8 @@ impl Store {
     /// 2. The queue row FOR UPDATE (a queued sale): every join inserts under it, so from here
     ///    no entry can be added, and one just added is committed.
     /// 3. The DELETE, in a statement whose snapshot is taken after both locks, re-checks
-    ///    `sold = 0 AND held = 0` and that no entry exists. A unit or an entry committed
+    ///    `sold = 0 AND held = 0` and that no queue or raffle entry exists (a raffle's
+    ///    entry batch holds the sale row's lock of step 1). A unit or an entry committed
     ///    first makes it match nothing, and the sale is archived instead. The
     ///    `ON DELETE RESTRICT` key of purchases would refuse the DELETE anyway.
     ///
@@ -95,7 +105,8 @@ impl Store {
         }
         let deleted = sqlx::query(
             "DELETE FROM sales WHERE id = $1 AND sold = 0 AND held = 0 AND archived_at IS NULL
-                AND NOT EXISTS (SELECT 1 FROM queue_entries WHERE sale_id = $1)",
+                AND NOT EXISTS (SELECT 1 FROM queue_entries WHERE sale_id = $1)
+                AND NOT EXISTS (SELECT 1 FROM raffle_entries WHERE sale_id = $1)",
         )
         .bind(sale_id)
         .execute(&mut *tx)
@@ -177,8 +188,13 @@ impl Store {
         if archived.checkout == Checkout::Queued.as_str() {
             jobs::enqueue_queue_tick(&mut self.conn().await?, sale_id, None).await?;
         }
-        let voided_holds =
-            return_holds(&mut self.conn().await?, sale_id, HoldsToReturn::All).await?;
+        let voided_holds = if archived.checkout == Checkout::Raffle.as_str() {
+            // The tick tells the entrants still waiting `not_selected`.
+            enqueue_raffle_tick(&mut self.conn().await?, sale_id, None).await?;
+            return_raffle_holds(&mut self.conn().await?, sale_id, RaffleHolds::All).await?
+        } else {
+            return_holds(&mut self.conn().await?, sale_id, HoldsToReturn::All).await?
+        };
         let sale = self
             .sale_by_id(sale_id)
             .await?
