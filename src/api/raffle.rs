@@ -123,6 +123,7 @@ impl RaffleApi {
             EnterOutcome::QuantityTooLarge { max_per_order } => {
                 EnterResponse::BadRequest(ErrorBody::quantity_too_large(max_per_order))
             }
+            EnterOutcome::NotEligible => EnterResponse::Forbidden(ErrorBody::not_eligible()),
             EnterOutcome::WrongCheckout => EnterResponse::Conflict(wrong_checkout()),
             EnterOutcome::SaleNotFound => {
                 EnterResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
@@ -298,6 +299,7 @@ fn enter_outcome_name(outcome: &EnterOutcome) -> &'static str {
         EnterOutcome::Withdrawn(_) => "withdrawn",
         EnterOutcome::NotAccepting(_) => "not_accepting",
         EnterOutcome::QuantityTooLarge { .. } => "quantity_too_large",
+        EnterOutcome::NotEligible => "not_eligible",
         EnterOutcome::WrongCheckout => "wrong_checkout",
         EnterOutcome::SaleNotFound => "sale_not_found",
     }

@@ -114,6 +114,31 @@ async fn list_size(tx: &mut Db, sale_id: Uuid) -> Result<i64, StoreError> {
     )
 }
 
+/// Which of `users` are on the sale's list, their list rows locked FOR KEY SHARE in user
+/// order and held to the caller's commit; none for a sale without a list (its `allowlist`,
+/// set at creation, never changes). Called before the caller locks the sale's or the
+/// queue's row: every writer of the list locks list rows before those rows (no deadlock).
+/// A removal committed before this statement left no row (the buyer is refused); one that
+/// comes later waits for the caller's commit (the caller's write came first).
+pub(super) async fn lock_listed(
+    tx: &mut Db,
+    sale_id: Uuid,
+    users: &[String],
+) -> Result<HashSet<String>, StoreError> {
+    let listed: Vec<String> = sqlx::query_scalar(
+        "SELECT a.user_id FROM sale_allowlist a
+          WHERE a.sale_id = $1 AND a.user_id = ANY($2::text[])
+            AND EXISTS (SELECT 1 FROM sales WHERE id = $1 AND allowlist)
+          ORDER BY a.user_id COLLATE \"C\"
+            FOR KEY SHARE",
+    )
+    .bind(sale_id)
+    .bind(users)
+    .fetch_all(tx)
+    .await?;
+    Ok(listed.into_iter().collect())
+}
+
 /// Which of `users` are on the sale's list, read now (no lock): how a refusal is explained
 /// after the statement that refused.
 pub(super) async fn listed_of(

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::allowlist::lock_listed;
 use super::batcher::{self, Batchers, claim};
 use super::db::Db;
 use super::raffle::{ENTRY_COLUMNS, EntryRow};
@@ -44,6 +45,8 @@ pub enum EnterOutcome {
     QuantityTooLarge {
         max_per_order: i32,
     },
+    /// The sale has an allow-list and the buyer is not on it.
+    NotEligible,
     WrongCheckout,
     SaleNotFound,
 }
@@ -124,9 +127,6 @@ impl EntryBatcher {
             let max_per_order = target.max_per_order;
             return Ok((EnterOutcome::QuantityTooLarge { max_per_order }, true));
         }
-        // Eligibility seam: an allow-listed sale (issue 21 item 3, `allowlist`) refuses a
-        // buyer not on its list here, before the batch, with 403 NOT_ELIGIBLE, exactly as
-        // a purchase or a join does.
         let (reply, answer) = batcher::reply_channel();
         let answer_by = Instant::now() + self.answer_timeout;
         let request = EntryRequest {
@@ -226,6 +226,10 @@ async fn enter_batch(
     committing: &AtomicBool,
 ) -> Result<(HashMap<String, EnterOutcome>, bool), StoreError> {
     let mut tx = conn.begin().await?;
+    // An allow-listed sale: its buyers' list rows, locked before the sale row to the commit
+    // (see `lock_listed`). An entrant removed later keeps their entry, as a queued buyer
+    // keeps their place.
+    let listed = lock_listed(&mut tx, sale_id, users).await?;
     let seed: Option<i64> = sqlx::query_scalar(
         "SELECT r.draw_seed FROM sales s JOIN sale_raffles r ON r.sale_id = s.id
           WHERE s.id = $1 FOR NO KEY UPDATE OF s",
@@ -252,7 +256,14 @@ async fn enter_batch(
     let sale_unarchived = sale.archived_at.is_none();
     let state = sale.state();
     let mut outcomes = HashMap::new();
-    if state == SaleState::Active {
+    let eligible = |user: &String| !sale.allowlist || listed.contains(user);
+    let (users_in, quantities_in): (Vec<String>, Vec<i32>) = users
+        .iter()
+        .zip(quantities)
+        .filter(|(user, _)| eligible(user))
+        .map(|(user, quantity)| (user.clone(), *quantity))
+        .unzip();
+    if state == SaleState::Active && !users_in.is_empty() {
         let sql = format!(
             "WITH entered AS (
                  INSERT INTO raffle_entries AS e (sale_id, user_id, quantity, status, draw_key)
@@ -268,8 +279,8 @@ async fn enter_batch(
         // Built from constant text only.
         let rows: Vec<EntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(sale_id)
-            .bind(users)
-            .bind(quantities)
+            .bind(&users_in)
+            .bind(&quantities_in)
             .bind(seed)
             .fetch_all(&mut *tx)
             .await?;
@@ -302,9 +313,11 @@ async fn enter_batch(
         }
     }
     for user in users {
-        outcomes
-            .entry(user.clone())
-            .or_insert(EnterOutcome::NotAccepting(state));
+        let refusal = match state {
+            SaleState::Active if !eligible(user) => EnterOutcome::NotEligible,
+            state => EnterOutcome::NotAccepting(state),
+        };
+        outcomes.entry(user.clone()).or_insert(refusal);
     }
     committing.store(true, Ordering::Release);
     tx.commit().await.map_err(StoreError::after_write)?;

@@ -6,6 +6,7 @@ use poem::http::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::allowlist::{remove, upload};
 use crate::queue::broken_invariants;
 use crate::raffle::{
     confirm, end_window, enter, entry, raffle, replay, tick_until_finished, withdraw,
@@ -164,4 +165,36 @@ async fn multi_unit_entries_are_served_whole_in_draw_order_and_hopeless_ones_are
         "{types:?}"
     );
     assert!(broken_invariants(&app.store, &sku).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_listed_raffle_takes_entries_only_from_its_list() {
+    let app = spawn_app().await;
+    let (sku, _) = raffle(&app, 10, json!({"allowlist": true})).await;
+    let (status, _) = upload(&app, "PUT", &sku, "text/csv", "alice\nbob\n").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = enter(&app, &sku, json!({"userId": "alice"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = enter(&app, &sku, json!({"userId": "mallory"})).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, "NOT_ELIGIBLE"),
+        "{body}"
+    );
+    // Removed after entering: the entry stays, and entering again answers with it.
+    assert_eq!(remove(&app, &sku, "alice").await, StatusCode::NO_CONTENT);
+    let (status, body) = enter(&app, &sku, json!({"userId": "alice"})).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("entered")),
+        "{body}"
+    );
+    // Removed before entering: refused.
+    assert_eq!(remove(&app, &sku, "bob").await, StatusCode::NO_CONTENT);
+    let (status, body) = enter(&app, &sku, json!({"userId": "bob"})).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, "NOT_ELIGIBLE"),
+        "{body}"
+    );
 }

@@ -45,7 +45,8 @@ pub enum EnterResponse {
     /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// `FORBIDDEN`: the token's user is not the request's `userId`.
+    /// `FORBIDDEN`: the token's user is not the request's `userId`; `NOT_ELIGIBLE`: the
+    /// sale has an allow-list and the buyer is not on it.
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// `SALE_NOT_FOUND`.

@@ -1,7 +1,7 @@
 //! The statements of a join batch ([`join_batch`]): who may (re)join, tickets, counters,
 //! under one lock of the queue row; the front of the door is in [`super`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use uuid::Uuid;
@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::JoinOutcome;
 use crate::domain::{EntryStatus, QueueEntry, Sale, SaleState};
 use crate::store::StoreError;
+use crate::store::allowlist::lock_listed;
 use crate::store::db::Db;
 use crate::store::jobs::enqueue_queue_tick;
 use crate::store::purchases::find_purchase;
@@ -99,19 +100,7 @@ pub(super) async fn join_batch(
     // to the commit. A removal committed before this statement left no row (the buyer is
     // refused); one that comes later waits for this commit (the join came first). A sale
     // without a list reads none (its `allowlist`, set at creation, never changes).
-    let listed: HashSet<String> = sqlx::query_scalar(
-        "SELECT a.user_id FROM sale_allowlist a
-          WHERE a.sale_id = $1 AND a.user_id = ANY($2::text[])
-            AND EXISTS (SELECT 1 FROM sales WHERE id = $1 AND allowlist)
-          ORDER BY a.user_id COLLATE \"C\"
-            FOR KEY SHARE",
-    )
-    .bind(sale_id)
-    .bind(users)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+    let listed = lock_listed(&mut tx, sale_id, users).await?;
     // 2. The queue row, locked to the commit.
     let door: Option<Door> = sqlx::query_as(
         "SELECT last_ticket, waiting, shuffled_at IS NOT NULL AS opened, shuffle_seed
