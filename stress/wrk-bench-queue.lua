@@ -1,6 +1,7 @@
 -- wrk script for stress/bench-queue.sh. Every request is a new buyer <RUN>-<thread>-<n>:
 --   MODE=join      POST /api/v1/sales/SKU/queue {"userId": ...}
 --   MODE=purchase  POST /api/v1/sales/SKU/purchases {"userId": ...}
+--   MODE=enter     POST /api/v1/sales/SKU/entries {"userId": ...} (a raffle)
 --   MODE=live      GET /health/live (the floor: no database work)
 -- TARGET (join only; 0 = no limit): the run's successful joins, split over THREADS threads.
 -- A thread sends a new join only while its successes plus joins in flight are below its
@@ -14,7 +15,7 @@ local sku = os.getenv("SKU") or "bench"
 local run = os.getenv("RUN") or tostring(os.time())
 local target = tonumber(os.getenv("TARGET") or "0")
 local thread_count = tonumber(os.getenv("THREADS") or "1")
-local ok_status = ({ join = 202, purchase = 201, live = 200 })[mode]
+local ok_status = ({ join = 202, purchase = 201, enter = 202, live = 200 })[mode]
 local thread_id = 0
 local threads = {}
 local filler_request = wrk.format("GET", "/health/live")
@@ -62,7 +63,7 @@ function request()
   if share_pending() then return filler_request end
   n = n + 1
   inflight = inflight + 1
-  local path = mode == "join" and "/queue" or "/purchases"
+  local path = ({ join = "/queue", purchase = "/purchases", enter = "/entries" })[mode]
   return wrk.format("POST", "/api/v1/sales/" .. sku .. path,
     { ["Content-Type"] = "application/json" },
     string.format('{"userId":"%s-%d-%d"}', run, tid, n))
