@@ -230,13 +230,18 @@ async fn enter_batch(
     // (see `lock_listed`). An entrant removed later keeps their entry, as a queued buyer
     // keeps their place.
     let listed = lock_listed(&mut tx, sale_id, users).await?;
-    let seed: Option<i64> = sqlx::query_scalar(
-        "SELECT r.draw_seed FROM sales s JOIN sale_raffles r ON r.sale_id = s.id
+    // The draw's close is recorded too: once it began, nothing enters, whatever the clock
+    // says (a database clock stepped back below `ends_at` would otherwise let an entry in
+    // that the draw never ranks).
+    let raffle: Option<(i64, bool)> = sqlx::query_as(
+        "SELECT r.draw_seed, r.draw_started_at IS NOT NULL
+           FROM sales s JOIN sale_raffles r ON r.sale_id = s.id
           WHERE s.id = $1 FOR NO KEY UPDATE OF s",
     )
     .bind(sale_id)
     .fetch_optional(&mut *tx)
     .await?;
+    let (seed, drawing) = raffle.unzip();
     let sql = format!(
         "SELECT {} FROM sales WHERE id = $1",
         SALE_COLUMNS.replace("now() AS observed_at", "clock_timestamp() AS observed_at")
@@ -254,7 +259,10 @@ async fn enter_batch(
         return Ok((gone.collect(), false));
     };
     let sale_unarchived = sale.archived_at.is_none();
-    let state = sale.state();
+    let state = match sale.state() {
+        SaleState::Active if drawing == Some(true) => SaleState::Ended,
+        state => state,
+    };
     let mut outcomes = HashMap::new();
     let eligible = |user: &String| !sale.allowlist || listed.contains(user);
     let (users_in, quantities_in): (Vec<String>, Vec<i32>) = users

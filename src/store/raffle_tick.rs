@@ -236,12 +236,16 @@ impl Store {
                 "WITH head AS (
                      SELECT ctid AS row_id, draw_position, quantity FROM raffle_entries
                       WHERE sale_id = $1 AND status = 'entered' AND draw_position IS NOT NULL
+                        AND quantity <= $4
                       ORDER BY draw_position LIMIT $2
                       FOR UPDATE SKIP LOCKED
                  ), fitting AS (
+                     -- Entrants asking more than is unsold are filtered before the LIMIT:
+                     -- taken into a head of `room` rows, they would hold back a servable
+                     -- entrant behind them (they are turned away below).
                      SELECT row_id FROM (
                          SELECT row_id, sum(quantity) OVER (ORDER BY draw_position) AS through
-                           FROM head WHERE quantity <= $4
+                           FROM head
                      ) h
                       WHERE through <= $2
                  ), selected AS (
