@@ -198,3 +198,36 @@ async fn an_allow_listed_raffle_takes_entries_only_from_its_list() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entrants_who_can_never_be_served_do_not_hold_back_one_behind_them() {
+    let app = spawn_app().await;
+    let (sku, sale) = raffle(&app, 3, json!({"perCustomerLimit": 2, "holdSeconds": 600})).await;
+    // The draw's order of the candidates, computed from the seed as the draw will.
+    let order: Vec<String> = sqlx::query_scalar(
+        "SELECT u FROM unnest($2::text[]) u, sale_raffles r WHERE r.sale_id = $1
+          ORDER BY md5(r.draw_seed::text || u), u COLLATE \"C\"",
+    )
+    .bind(sale)
+    .bind((0..5).map(|n| format!("e-{n}")).collect::<Vec<_>>())
+    .fetch_all(app.store.pool())
+    .await
+    .expect("order");
+    // The first four ask for two units each, the last for one.
+    for (place, user) in order.iter().enumerate() {
+        let quantity = if place == 4 { 1 } else { 2 };
+        let (status, body) = enter(&app, &sku, json!({"userId": user, "quantity": quantity})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    end_window(&app, sale).await;
+    let report = app.store.raffle_tick(sale, 500).await.expect("tick");
+    assert_eq!(report.selected, 1, "{report:?}");
+    assert_eq!(replay(&app, &sku, sale).await, order);
+    assert_eq!(confirm(&app, &sku, &order[0]).await.0, StatusCode::CREATED);
+    // One unit unsold: the three orders of two can never be served; the one behind them is
+    // selected in the same tick (a head of one row used to hold only the first of them).
+    let report = app.store.raffle_tick(sale, 500).await.expect("tick");
+    assert_eq!(report.selected, 1, "{report:?}");
+    assert_eq!(entry(&app, &sku, &order[4]).await.1["status"], "selected");
+    assert!(broken_invariants(&app.store, &sku).await.is_empty());
+}
