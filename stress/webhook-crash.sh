@@ -22,6 +22,8 @@ stock=${STOCK:-20000}
 burst=${BURST_SECONDS:-6}
 connections=${CONNECTIONS:-200}
 log() { printf '[webhook-crash] %s\n' "$*" >&2; }
+# shellcheck source=stress/lib.sh
+. "$here/lib.sh"
 
 command -v wrk >/dev/null || { log "wrk is required (apt-get install wrk)"; exit 2; }
 venv="$root/.venv"
@@ -38,8 +40,6 @@ export WEBHOOK_BACKOFF_BASE_MS=${WEBHOOK_BACKOFF_BASE_MS:-100} WEBHOOK_BACKOFF_M
 # The receiver answers at once: short timeouts make the killed instance's claims (leased for
 # 2 x (connect + answer) + 5 s) come back after 11 s instead of 35 s.
 export WEBHOOK_CONNECT_TIMEOUT_MS=${WEBHOOK_CONNECT_TIMEOUT_MS:-1000} WEBHOOK_TIMEOUT_MS=${WEBHOOK_TIMEOUT_MS:-2000}
-# shellcheck source=stress/lib.sh
-. "$here/lib.sh"
 trap cleanup EXIT
 
 log "instance A on $port_a (embedded Postgres), receiver on $port_r"
