@@ -1,7 +1,8 @@
 //! The JSON shapes of the API: requests as clients send them (validated here, at the edge)
 //! and views of the domain types. The waiting room's views are in [`queue_views`], the
-//! admin-only ones (audit, delete, jobs) in [`admin_views`], the outbox's (events, webhooks,
-//! exports) in [`outbox_views`].
+//! raffle's in [`raffle_views`], the admin-only ones (a sale with its counters and history,
+//! the audit, delete, jobs) in [`admin_views`], the outbox's (events, webhooks, exports) in
+//! [`outbox_views`].
 
 mod admin_views;
 mod outbox_views;
@@ -9,7 +10,8 @@ mod queue_views;
 mod raffle_views;
 
 pub use admin_views::{
-    AuditCheckView, AuditView, FailedJobView, RemovalKind, RemovedSaleView, RequeuedJobView,
+    AdminSaleView, AuditCheckView, AuditView, FailedJobView, RemovalKind, RemovedSaleView,
+    RequeuedJobView, SaleEventView,
 };
 pub use outbox_views::{
     CreateWebhookRequest, DeliveryStatusView, DeliveryView, EventPage, EventTypeView, EventView,
@@ -25,7 +27,7 @@ use uuid::Uuid;
 
 use super::strict::StrictString;
 use crate::domain::{self, Checkout, EndReason, Purchase, Sale, SaleState};
-use crate::store::{Order, SaleEvent};
+use crate::store::Order;
 
 /// How buyers check out.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,89 +284,6 @@ impl From<&Sale> for SaleView {
             per_customer_limit: sale.per_customer_limit,
             max_per_order: sale.max_per_order,
             allowlist: sale.allowlist,
-        }
-    }
-}
-
-/// A recorded state change.
-#[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
-pub struct SaleEventView {
-    /// `active`, `ended` or `archived`.
-    pub state: String,
-    /// For `ended`: `sold_out`, `time` or `cancelled` (absent otherwise).
-    #[oai(skip_serializing_if_is_none)]
-    pub reason: Option<String>,
-    /// For `archived`: the live holds the archive voided (their units went back to stock).
-    #[oai(skip_serializing_if_is_none)]
-    pub voided_holds: Option<i32>,
-    /// When the change happened (the start, the end, the last sale or the cancel).
-    pub occurred_at: DateTime<Utc>,
-    /// When a worker recorded it.
-    pub recorded_at: DateTime<Utc>,
-}
-
-impl From<SaleEvent> for SaleEventView {
-    fn from(event: SaleEvent) -> Self {
-        Self {
-            state: event.state,
-            reason: event.reason,
-            voided_holds: event.voided_holds,
-            occurred_at: event.occurred_at,
-            recorded_at: event.recorded_at,
-        }
-    }
-}
-
-/// The admin view of a sale: the public view plus live counters and history.
-#[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
-pub struct AdminSaleView {
-    #[oai(flatten)]
-    pub sale: SaleView,
-    pub hold_seconds: i32,
-    pub queue_capacity: i32,
-    pub max_active_holds: i32,
-    /// Why the sale no longer sells; absent while scheduled or active.
-    #[oai(skip_serializing_if_is_none)]
-    pub end_reason: Option<EndReasonView>,
-    #[oai(skip_serializing_if_is_none)]
-    pub cancelled_at: Option<DateTime<Utc>>,
-    /// When the sale was archived (deleted while it had purchases or holds).
-    #[oai(skip_serializing_if_is_none)]
-    pub archived_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    /// The state changes the workers recorded (only on the single-sale view).
-    #[oai(skip_serializing_if_is_none)]
-    pub events: Option<Vec<SaleEventView>>,
-    /// The waiting room's counters (queued sales, single-sale view only). (Boxed: every
-    /// admin response enum carries this view by value.)
-    #[oai(skip_serializing_if_is_none)]
-    pub queue: Option<Box<QueueStatsView>>,
-    /// Buyers on the allow-list (sales with one, single-sale view only).
-    #[oai(skip_serializing_if_is_none)]
-    pub allowlist_size: Option<i64>,
-    /// The draw and its entrants (raffles, single-sale view only). (Boxed: every admin
-    /// response carries this view by value.)
-    #[oai(skip_serializing_if_is_none)]
-    pub raffle: Option<Box<RaffleStatsView>>,
-}
-
-impl From<&Sale> for AdminSaleView {
-    fn from(sale: &Sale) -> Self {
-        Self {
-            sale: sale.into(),
-            hold_seconds: sale.hold_seconds,
-            queue_capacity: sale.queue_capacity,
-            max_active_holds: sale.max_active_holds,
-            end_reason: sale.end_reason().map(EndReasonView::from),
-            cancelled_at: sale.cancelled_at,
-            archived_at: sale.archived_at,
-            created_at: sale.created_at,
-            events: None,
-            queue: None,
-            allowlist_size: None,
-            raffle: None,
         }
     }
 }

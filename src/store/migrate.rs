@@ -1,4 +1,5 @@
-//! Schema migrations: run once, one instance at a time, on a connection of their own.
+//! Schema migrations, and the database they go into ([`create_database_if_missing`]).
+//! Migrations run once, one instance at a time, on a connection of their own.
 //!
 //! The pools' sessions carry the request timeouts (`statement_timeout` 5 s, `lock_timeout`
 //! 3 s, see `route.rs`): under them a migration step longer than 5 s could never finish,
@@ -58,4 +59,32 @@ pub async fn pending_migrations(pool: &sqlx::PgPool) -> Result<Vec<i64>, sqlx::E
         .map(|migration| migration.version)
         .filter(|version| !applied.contains(version))
         .collect())
+}
+
+/// Creates `database` on the server at `server_url` unless it exists (embedded cluster and
+/// tests). The name is quoted as an identifier.
+pub async fn create_database_if_missing(
+    server_url: &str,
+    database: &str,
+) -> Result<(), sqlx::Error> {
+    let mut conn = PgConnection::connect(server_url).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", database.replace('"', "\"\""));
+        // CREATE DATABASE takes no parameters; the name is quoted above.
+        let created = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+            .execute(&mut conn)
+            .await;
+        // Another instance may have created it between the check and here.
+        if let Err(err) = created
+            && err.as_database_error().and_then(|db| db.code()).as_deref() != Some("42P04")
+        {
+            return Err(err);
+        }
+    }
+    conn.close().await
 }

@@ -47,7 +47,7 @@ pub use jobs::{
 };
 pub use listen::{Heard, Listen};
 pub use live::{ChangePage, EntryChange, EntryChangeKind, LiveQueue, LiveSale};
-pub use migrate::{MIGRATOR, migrate, pending_migrations};
+pub use migrate::{MIGRATOR, create_database_if_missing, migrate, pending_migrations};
 pub use purchases::{BatchBuyer, BatchResult, Order, PurchaseOutcome};
 pub use queue::{ConfirmOutcome, LeaveOutcome, QueueStats};
 pub use queue_join::{JoinBatcher, JoinOutcome, MAX_JOIN_BATCH};
@@ -373,33 +373,4 @@ fn deadline_missed(conn: &mut Db, sent: bool, what: &str) -> StoreError {
 /// The name of the constraint a database error violated, if any.
 fn violated_constraint(err: &sqlx::Error) -> Option<&str> {
     err.as_database_error().and_then(|db| db.constraint())
-}
-
-/// Creates `database` on the server at `server_url` unless it exists (embedded cluster and
-/// tests). The name is quoted as an identifier.
-pub async fn create_database_if_missing(
-    server_url: &str,
-    database: &str,
-) -> Result<(), sqlx::Error> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(server_url).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(database)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-        // CREATE DATABASE takes no parameters; the name is quoted above.
-        let created = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
-            .execute(&mut conn)
-            .await;
-        // Another instance may have created it between the check and here.
-        if let Err(err) = created
-            && err.as_database_error().and_then(|db| db.code()).as_deref() != Some("42P04")
-        {
-            return Err(err);
-        }
-    }
-    conn.close().await
 }

@@ -1,13 +1,96 @@
-//! Views only the admin API answers with: the invariant audit, what a DELETE did, and the
-//! failed background jobs.
+//! Views only the admin API answers with: a sale with its counters and history, the
+//! invariant audit, what a DELETE did, and the failed background jobs.
 
 use chrono::{DateTime, Utc};
 use poem_openapi::{Enum, Object};
 use uuid::Uuid;
 
-use super::AdminSaleView;
+use super::{EndReasonView, QueueStatsView, RaffleStatsView, SaleView};
 use crate::domain::Sale;
-use crate::store::{AuditReport, FailedJob};
+use crate::store::{AuditReport, FailedJob, SaleEvent};
+
+/// A recorded state change.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase")]
+pub struct SaleEventView {
+    /// `active`, `ended` or `archived`.
+    pub state: String,
+    /// For `ended`: `sold_out`, `time` or `cancelled` (absent otherwise).
+    #[oai(skip_serializing_if_is_none)]
+    pub reason: Option<String>,
+    /// For `archived`: the live holds the archive voided (their units went back to stock).
+    #[oai(skip_serializing_if_is_none)]
+    pub voided_holds: Option<i32>,
+    /// When the change happened (the start, the end, the last sale or the cancel).
+    pub occurred_at: DateTime<Utc>,
+    /// When a worker recorded it.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl From<SaleEvent> for SaleEventView {
+    fn from(event: SaleEvent) -> Self {
+        Self {
+            state: event.state,
+            reason: event.reason,
+            voided_holds: event.voided_holds,
+            occurred_at: event.occurred_at,
+            recorded_at: event.recorded_at,
+        }
+    }
+}
+
+/// The admin view of a sale: the public view plus live counters and history.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase")]
+pub struct AdminSaleView {
+    #[oai(flatten)]
+    pub sale: SaleView,
+    pub hold_seconds: i32,
+    pub queue_capacity: i32,
+    pub max_active_holds: i32,
+    /// Why the sale no longer sells; absent while scheduled or active.
+    #[oai(skip_serializing_if_is_none)]
+    pub end_reason: Option<EndReasonView>,
+    #[oai(skip_serializing_if_is_none)]
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// When the sale was archived (deleted while it had purchases or holds).
+    #[oai(skip_serializing_if_is_none)]
+    pub archived_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// The state changes the workers recorded (only on the single-sale view).
+    #[oai(skip_serializing_if_is_none)]
+    pub events: Option<Vec<SaleEventView>>,
+    /// The waiting room's counters (queued sales, single-sale view only). (Boxed: every
+    /// admin response enum carries this view by value.)
+    #[oai(skip_serializing_if_is_none)]
+    pub queue: Option<Box<QueueStatsView>>,
+    /// Buyers on the allow-list (sales with one, single-sale view only).
+    #[oai(skip_serializing_if_is_none)]
+    pub allowlist_size: Option<i64>,
+    /// The draw and its entrants (raffles, single-sale view only). (Boxed: every admin
+    /// response carries this view by value.)
+    #[oai(skip_serializing_if_is_none)]
+    pub raffle: Option<Box<RaffleStatsView>>,
+}
+
+impl From<&Sale> for AdminSaleView {
+    fn from(sale: &Sale) -> Self {
+        Self {
+            sale: sale.into(),
+            hold_seconds: sale.hold_seconds,
+            queue_capacity: sale.queue_capacity,
+            max_active_holds: sale.max_active_holds,
+            end_reason: sale.end_reason().map(EndReasonView::from),
+            cancelled_at: sale.cancelled_at,
+            archived_at: sale.archived_at,
+            created_at: sale.created_at,
+            events: None,
+            queue: None,
+            allowlist_size: None,
+            raffle: None,
+        }
+    }
+}
 
 /// One invariant and its verdict.
 #[derive(Object, Debug, Clone)]
