@@ -14,7 +14,9 @@
 -- a raffle's orders are exactly its purchased entries and its draw positions run 1..n once
 -- each; every purchase has its `purchase.created` event (counting those retention
 -- pruned); the sale's event sequence runs from 1 (or past the pruned prefix) to the sale's
--- last number with no gap and no repeat.
+-- last number with no gap and no repeat; a sale's variants each balance, their sold is
+-- their purchased units, their sums are the sale's counters, and every order of a sale with
+-- variants names one of them.
 --
 -- Prints each check with PASS/FAIL and the numbers behind it, then raises an error when any
 -- check failed, so psql exits non-zero exactly when an invariant is broken. The service's
@@ -94,6 +96,26 @@ WITH sale AS (
            count(*) AS events, count(DISTINCT v.sequence) AS numbers,
            min(v.sequence) AS first, max(v.sequence) AS last
       FROM events v JOIN sale s ON v.sale_id = s.id
+), variants AS (
+    -- Each variant's counters balance and are never negative, `sold` is its purchased
+    -- units, the sale's counters are the variants' sums, and in a sale with variants every
+    -- order names one of them (none names one in a sale without).
+    SELECT count(*) AS n,
+           count(*) FILTER (WHERE v.sold + v.held + v.available <> v.stock
+                               OR v.available < 0 OR v.held < 0 OR v.sold < 0) AS unbalanced,
+           count(*) FILTER (WHERE v.sold <> COALESCE((
+               SELECT sum(p.quantity) FROM purchases p
+                WHERE p.sale_id = v.sale_id AND p.variant = v.code), 0)) AS sold_mismatch,
+           COALESCE(sum(v.stock), 0) AS stock, COALESCE(sum(v.available), 0) AS available,
+           COALESCE(sum(v.held), 0) AS held, COALESCE(sum(v.sold), 0) AS sold
+      FROM sale_variants v JOIN sale s ON v.sale_id = s.id
+), orders_variants AS (
+    SELECT count(*) FILTER (WHERE p.variant IS NULL) AS without,
+           count(*) FILTER (WHERE p.variant IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM sale_variants v WHERE v.sale_id = p.sale_id AND v.code = p.variant
+           )) AS unknown,
+           count(*) FILTER (WHERE p.variant IS NOT NULL) AS named
+      FROM purchases p JOIN sale s ON p.sale_id = s.id
 ), checks (ord, check_name, passed, detail) AS (
     SELECT 1, 'sale_exists', count(*) = 1, format('sales with id %s: %s',
            current_setting('flashsale.audit_sale'), count(*))
@@ -158,6 +180,17 @@ WITH sale AS (
                   'last_position=%s', s.checkout, b.purchases, r.purchased_entries, r.ranked,
                   r.positions, r.last_position)
       FROM sale s, bought b, raffle r
+    UNION ALL
+    SELECT 13, 'variants_balance_and_sum_to_the_sale',
+           CASE WHEN v.n = 0 THEN ov.named = 0
+                ELSE v.unbalanced = 0 AND v.sold_mismatch = 0 AND ov.without = 0
+                     AND ov.unknown = 0 AND v.stock = s.stock AND v.available = s.available
+                     AND v.held = s.held AND v.sold = s.sold END,
+           format('variants=%s unbalanced=%s sold_not_purchased=%s sums(stock=%s available=%s '
+                  'held=%s sold=%s) orders_without_variant=%s orders_unknown_variant=%s '
+                  'orders_naming_one=%s', v.n, v.unbalanced, v.sold_mismatch, v.stock,
+                  v.available, v.held, v.sold, ov.without, ov.unknown, ov.named)
+      FROM sale s, variants v, orders_variants ov
 )
 SELECT check_name, passed, detail FROM checks ORDER BY ord
 -- flashsale:audit:end

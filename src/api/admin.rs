@@ -15,7 +15,7 @@ use super::models::{
     AdminSaleView, AuditView, CreateSaleRequest, FailedJobView, QueueStatsView, RaffleStatsView,
     RemovalKind, RemovedSaleView, RequeuedJobView, SaleEventView,
 };
-use crate::domain::Sale;
+use crate::domain::{NewSaleError, Sale};
 use crate::store::{CancelOutcome, RemoveOutcome, RequeueOutcome, Store, StoreError};
 
 mod responses;
@@ -53,8 +53,12 @@ impl AdminApi {
             }
         };
         if let Err(err) = new_sale.validate() {
+            let code = match err {
+                NewSaleError::DuplicateVariant(_) => ErrorCode::DuplicateVariant,
+                _ => ErrorCode::InvalidRequest,
+            };
             return Ok(CreateSaleResponse::BadRequest(ErrorBody::json(
-                ErrorCode::InvalidRequest,
+                code,
                 err.to_string(),
             )));
         }

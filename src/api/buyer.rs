@@ -174,7 +174,7 @@ impl BuyerApi {
         sale: Path<String>,
         body: Json<PurchaseRequest>,
     ) -> Result<PurchaseResponse, ServerError> {
-        let (claimed, order) = match body.0.claimed_user() {
+        let (claimed, order, variant) = match body.0.claimed_user() {
             Ok(claimed) => claimed,
             Err(message) => {
                 return Ok(PurchaseResponse::BadRequest(ErrorBody::json(
@@ -199,7 +199,7 @@ impl BuyerApi {
         }
         let outcome = match self
             .purchases
-            .purchase_order(&sale.0, &user_id, order)
+            .purchase_order(&sale.0, &user_id, order, variant.as_deref())
             .await
         {
             Ok(outcome) => outcome,
@@ -226,6 +226,18 @@ impl BuyerApi {
                 PurchaseResponse::Conflict(ErrorBody::already_purchased(purchase))
             }
             PurchaseOutcome::SoldOut => conflict(ErrorCode::SoldOut, "the sale is sold out"),
+            PurchaseOutcome::VariantSoldOut => conflict(
+                ErrorCode::SoldOut,
+                "this variant is sold out (others are not)",
+            ),
+            PurchaseOutcome::VariantRequired => PurchaseResponse::BadRequest(ErrorBody::json(
+                ErrorCode::VariantRequired,
+                "this sale has variants: name one (variant)",
+            )),
+            PurchaseOutcome::UnknownVariant => PurchaseResponse::BadRequest(ErrorBody::json(
+                ErrorCode::UnknownVariant,
+                "this sale has no variant with this code",
+            )),
             PurchaseOutcome::InsufficientStock { available } => {
                 PurchaseResponse::Conflict(ErrorBody::insufficient_stock(available))
             }
@@ -296,6 +308,9 @@ fn outcome_name(outcome: &PurchaseOutcome) -> &'static str {
         PurchaseOutcome::Purchased(_) => "purchased",
         PurchaseOutcome::AlreadyPurchased(_) => "already_purchased",
         PurchaseOutcome::SoldOut => "sold_out",
+        PurchaseOutcome::VariantSoldOut => "variant_sold_out",
+        PurchaseOutcome::VariantRequired => "variant_required",
+        PurchaseOutcome::UnknownVariant => "unknown_variant",
         PurchaseOutcome::InsufficientStock { .. } => "insufficient_stock",
         PurchaseOutcome::LimitReached { .. } => "limit_reached",
         PurchaseOutcome::QuantityTooLarge { .. } => "quantity_too_large",

@@ -97,6 +97,7 @@ mod tests {
             user_id: user_id.to_string(),
             created_at: chrono::Utc::now(),
             quantity: 1,
+            variant: None,
         };
         let row = String::from_utf8(csv_rows(&[purchase]).expect("rows")).expect("utf-8");
         // Two ids of 36 characters and their commas before it; a comma, a 27-character

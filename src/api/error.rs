@@ -53,6 +53,12 @@ pub enum ErrorCode {
     LimitReached,
     /// The order asks for more units than the sale's `maxPerOrder`, which the body carries.
     QuantityTooLarge,
+    /// The sale has variants and the order names none (`variant`).
+    VariantRequired,
+    /// The order names a variant the sale does not have (or the sale has no variants).
+    UnknownVariant,
+    /// A new sale's variants repeat a code.
+    DuplicateVariant,
     /// The sale is scheduled, ended or cancelled; the body carries the state.
     SaleNotActive,
     /// The sale uses the other checkout.

@@ -8,6 +8,7 @@ mod admin_views;
 mod outbox_views;
 mod queue_views;
 mod raffle_views;
+mod variant_views;
 
 pub use admin_views::{
     AdminSaleView, AuditCheckView, AuditView, FailedJobView, RemovalKind, RemovedSaleView,
@@ -19,6 +20,7 @@ pub use outbox_views::{
 };
 pub use queue_views::{QueueStatsView, QueueStatusKind, QueueStatusView, QueueStreamEvent};
 pub use raffle_views::{EntryRequest, RaffleEntryView, RaffleStatsView, RaffleStatusView};
+pub use variant_views::{VariantRequest, VariantView};
 
 use chrono::{DateTime, Utc};
 use poem_openapi::types::MaybeUndefined;
@@ -115,9 +117,10 @@ pub struct CreateSaleRequest {
     /// Display name, 1-200 characters.
     #[oai(validator(min_length = 1, max_length = 200))]
     pub name: StrictString,
-    /// Units for sale.
+    /// Units for sale. Required without `variants`; with them it is their sum, and may be
+    /// left out (given, it must equal the sum).
     #[oai(validator(minimum(value = "1"), maximum(value = "10000000")))]
-    pub stock: i32,
+    pub stock: MaybeUndefined<i32>,
     /// RFC 3339, years 2000-9999; default: now. (Leave it out for the default: `null` is
     /// refused, like every optional field here.)
     pub starts_at: MaybeUndefined<DateTime<Utc>>,
@@ -148,6 +151,11 @@ pub struct CreateSaleRequest {
     /// (everyone else is 403 `NOT_ELIGIBLE`); upload the list with
     /// `PUT /api/v1/admin/sales/{sale}/allowlist`. Default false; fixed at creation.
     pub allowlist: MaybeUndefined<bool>,
+    /// Sizes in one drop (instant checkout only): each variant has its own stock; buyers
+    /// name one (`variant`) in every purchase, and the per-customer limit counts across
+    /// them. 1-100 variants with distinct codes. The sale sells out when every variant has.
+    #[oai(validator(min_items = 1, max_items = 100))]
+    pub variants: MaybeUndefined<Vec<VariantRequest>>,
 }
 
 /// An optional field: absent means the default; an explicit `null` is refused (the schema
@@ -165,15 +173,18 @@ pub(super) fn optional<T>(field: MaybeUndefined<T>, name: &str) -> Result<Option
 impl PurchaseRequest {
     /// The `userId` the request names, if any, and the order it asks for (default one
     /// unit, no key); `null` is refused for any of them (the message says why).
-    pub fn claimed_user(self) -> Result<(Option<String>, Order), String> {
+    pub fn claimed_user(self) -> Result<(Option<String>, Order, Option<String>), String> {
         let user = optional(self.user_id, "userId")?;
         let quantity = optional(self.quantity, "quantity")?;
         let key = optional(self.order_key, "orderKey")?;
+        let variant = optional(self.variant, "variant")?;
         let order = Order {
             quantity: quantity.unwrap_or(1),
             key,
+            // The door sets the position from the code (the third element).
+            variant: None,
         };
-        Ok((user.map(|user| user.0), order))
+        Ok((user.map(|user| user.0), order, variant.map(|code| code.0)))
     }
 }
 
@@ -182,10 +193,26 @@ impl CreateSaleRequest {
     pub fn into_domain(self) -> Result<domain::NewSale, String> {
         let per_customer_limit =
             optional(self.per_customer_limit, "perCustomerLimit")?.unwrap_or(1);
+        let variants: Vec<domain::NewVariant> = optional(self.variants, "variants")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        // Left out with variants: their sum (checked in range by the domain's validation).
+        let stock = match optional(self.stock, "stock")? {
+            Some(stock) => stock,
+            None if !variants.is_empty() => variants
+                .iter()
+                .map(|v| i64::from(v.stock))
+                .sum::<i64>()
+                .try_into()
+                .unwrap_or(i32::MAX),
+            None => return Err("stock is required (or variants, whose sum it is)".into()),
+        };
         Ok(domain::NewSale {
             sku: self.sku.0,
             name: self.name.0,
-            stock: self.stock,
+            stock,
             starts_at: optional(self.starts_at, "startsAt")?,
             ends_at: optional(self.ends_at, "endsAt")?,
             checkout: optional(self.checkout, "checkout")?
@@ -199,6 +226,7 @@ impl CreateSaleRequest {
             max_per_order: optional(self.max_per_order, "maxPerOrder")?
                 .unwrap_or(per_customer_limit),
             allowlist: optional(self.allowlist, "allowlist")?.unwrap_or(false),
+            variants,
         })
     }
 }
@@ -222,6 +250,11 @@ pub struct PurchaseRequest {
     /// this sale buys nothing and answers 409 `ALREADY_PURCHASED` with that order, so a
     /// retry after a lost answer is safe whatever the limit.
     pub order_key: MaybeUndefined<Uuid>,
+    /// In a sale with variants, required: the code of the variant to buy (an unknown code
+    /// is 400 `UNKNOWN_VARIANT`, none 400 `VARIANT_REQUIRED`); a sale without variants
+    /// takes none.
+    #[oai(validator(min_length = 1, max_length = 32))]
+    pub variant: MaybeUndefined<StrictString>,
 }
 
 /// One message of a sale's public live stream (SSE `event: sale`, `id:` the sale's event
@@ -263,6 +296,9 @@ pub struct SaleView {
     pub max_per_order: i32,
     /// Only the buyers on the sale's allow-list may buy or join (a presale).
     pub allowlist: bool,
+    /// Each variant's counters, in the admin's order (sales with variants only).
+    #[oai(skip_serializing_if_is_none)]
+    pub variants: Option<Vec<VariantView>>,
 }
 
 impl From<&Sale> for SaleView {
@@ -284,6 +320,8 @@ impl From<&Sale> for SaleView {
             per_customer_limit: sale.per_customer_limit,
             max_per_order: sale.max_per_order,
             allowlist: sale.allowlist,
+            variants: (!sale.variants.is_empty())
+                .then(|| sale.variants.iter().map(VariantView::from).collect()),
         }
     }
 }
@@ -298,6 +336,9 @@ pub struct PurchaseView {
     pub created_at: DateTime<Utc>,
     /// Units bought by this order.
     pub quantity: i32,
+    /// The variant bought, in a sale with variants.
+    #[oai(skip_serializing_if_is_none)]
+    pub variant: Option<String>,
 }
 
 impl From<Purchase> for PurchaseView {
@@ -308,6 +349,7 @@ impl From<Purchase> for PurchaseView {
             user_id: purchase.user_id,
             created_at: purchase.created_at,
             quantity: purchase.quantity,
+            variant: purchase.variant,
         }
     }
 }

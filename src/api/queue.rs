@@ -91,13 +91,19 @@ impl QueueApi {
         body: Json<PurchaseRequest>,
     ) -> Result<JoinResponse, ServerError> {
         let (claimed, quantity) = match body.0.claimed_user() {
-            Ok((_, order)) if order.key.is_some() => {
+            Ok((_, _, Some(_))) => {
+                return Ok(JoinResponse::BadRequest(ErrorBody::json(
+                    ErrorCode::UnknownVariant,
+                    "a queued sale has no variants",
+                )));
+            }
+            Ok((_, order, _)) if order.key.is_some() => {
                 return Ok(JoinResponse::BadRequest(ErrorBody::json(
                     ErrorCode::InvalidRequest,
                     "orderKey is for instant purchases: a queue entry is its own key",
                 )));
             }
-            Ok((claimed, order)) => (claimed, order.quantity),
+            Ok((claimed, order, None)) => (claimed, order.quantity),
             Err(message) => {
                 return Ok(JoinResponse::BadRequest(ErrorBody::json(
                     ErrorCode::InvalidRequest,

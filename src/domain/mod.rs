@@ -16,4 +16,6 @@ pub use events::{
 };
 pub use queue::{EntryStatus, QueueEntry};
 pub use raffle::{RaffleEntry, RaffleStats, RaffleStatus};
-pub use sale::{Checkout, EndReason, NewSale, NewSaleError, Purchase, Sale, SaleState};
+pub use sale::{
+    Checkout, EndReason, NewSale, NewSaleError, NewVariant, Purchase, Sale, SaleState, Variant,
+};

@@ -4,8 +4,10 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 mod new_sale;
+mod variant;
 
 pub use new_sale::{NewSale, NewSaleError};
+pub use variant::{MAX_VARIANTS, NewVariant, Variant, valid_variant_code};
 
 /// Largest stock one sale may have.
 pub const MAX_STOCK: i32 = 10_000_000;
@@ -127,6 +129,9 @@ pub struct Sale {
     /// Only the buyers on the sale's allow-list may buy or join (set at creation, never
     /// changed).
     pub allowlist: bool,
+    /// The sale's variants in position order (empty for a sale without variants): each
+    /// with its own stock and counters, which the sale's counters sum.
+    pub variants: Vec<Variant>,
     pub cancelled_at: Option<DateTime<Utc>>,
     /// Set when the sale was deleted while it had purchases or holds (see [`SaleState::Archived`]).
     pub archived_at: Option<DateTime<Utc>>,
@@ -140,6 +145,28 @@ impl Sale {
     /// Nothing left to sell and nothing held that could come back.
     pub fn is_sold_out(&self) -> bool {
         self.available == 0 && self.held == 0
+    }
+
+    /// The variant at `position` (1-based), if the sale has it.
+    pub fn variant_at(&self, position: i16) -> Option<&Variant> {
+        let index = usize::try_from(position).ok()?.checked_sub(1)?;
+        self.variants.get(index)
+    }
+
+    /// The position of the variant `code`, if the sale has it.
+    pub fn variant_position(&self, code: &str) -> Option<i16> {
+        self.variants
+            .iter()
+            .find(|v| v.code == code)
+            .map(|v| v.position)
+    }
+
+    /// Units an order of `variant` could take now: the variant's, or the sale's for an
+    /// order naming none.
+    pub fn available_for(&self, variant: Option<i16>) -> i32 {
+        variant
+            .and_then(|position| self.variant_at(position))
+            .map_or(self.available, |v| v.available)
     }
 
     /// The state at `observed_at`. An archive wins over everything, then a cancel; a sale
@@ -183,6 +210,8 @@ pub struct Purchase {
     pub user_id: String,
     pub created_at: DateTime<Utc>,
     pub quantity: i32,
+    /// The variant bought (its code), in a sale with variants.
+    pub variant: Option<String>,
 }
 
 /// Checks a buyer's user id: 1 to 128 characters, none of them control characters.
@@ -215,6 +244,7 @@ mod tests {
             queue_length: 0,
             per_customer_limit: 1,
             allowlist: false,
+            variants: Vec::new(),
             max_per_order: 1,
             cancelled_at: None,
             archived_at: None,

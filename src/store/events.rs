@@ -166,7 +166,7 @@ impl Store {
             // took 41 s); this takes 4.5 ms a page of 5,000. `COALESCE($2, '')`, not
             // `$2 IS NULL OR ...`, so that a generic plan keeps the bound in the index
             // condition: user ids are never empty, so every one sorts after ''.
-            "SELECT id, sale_id, user_id, created_at, quantity FROM purchases
+            "SELECT id, sale_id, user_id, created_at, quantity, variant FROM purchases
               WHERE sale_id = $1 AND user_id > COALESCE($2::text, '')
                 AND user_id <= (SELECT max(user_id) FROM (
                         SELECT DISTINCT user_id FROM purchases

@@ -83,6 +83,8 @@ struct Request {
     quantity: i32,
     /// The buyer's key for the order, if any.
     order_key: Option<Uuid>,
+    /// The variant's position, in a sale with variants.
+    variant: Option<i16>,
     /// The sale's per-customer limit (the same for every request of a batch): 1 merges a
     /// user's repeats into one order.
     limit: i32,
@@ -169,35 +171,45 @@ impl PurchaseBatcher {
         let order = Order {
             quantity,
             key: None,
+            variant: None,
         };
-        self.purchase_order(sale_ref, user_id, order).await
+        self.purchase_order(sale_ref, user_id, order, None).await
     }
 
-    /// [`PurchaseBatcher::purchase_units`] with the buyer's own key for the order, if any:
-    /// a key the buyer has used in the sale is answered `ALREADY_PURCHASED` with its order.
+    /// [`PurchaseBatcher::purchase_units`] with the buyer's own key for the order, if any
+    /// (a key the buyer has used in the sale is answered `ALREADY_PURCHASED` with its
+    /// order), and the code of the variant it buys (a sale with variants needs one, a sale
+    /// without takes none; `order.variant` is set from it here).
     pub async fn purchase_order(
         &self,
         sale_ref: &str,
         user_id: &str,
         order: Order,
+        variant: Option<&str>,
     ) -> Result<PurchaseOutcome, StoreError> {
         let Some(mut target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(PurchaseOutcome::SaleNotFound);
         };
-        let mut outcome = self.purchase_in(target, user_id, order).await?;
+        let mut outcome = self
+            .purchase_in(target.clone(), user_id, order, variant)
+            .await?;
         if target.cached
             && matches!(
                 outcome,
                 PurchaseOutcome::SaleArchived
                     | PurchaseOutcome::SaleNotFound
                     | PurchaseOutcome::QuantityTooLarge { .. }
+                    | PurchaseOutcome::VariantRequired
+                    | PurchaseOutcome::UnknownVariant
             )
         {
             let Some(fresh) = self.refs.resolve(sale_ref, true).await? else {
                 return Ok(PurchaseOutcome::SaleNotFound);
             };
             target = fresh;
-            outcome = self.purchase_in(target, user_id, order).await?;
+            outcome = self
+                .purchase_in(target.clone(), user_id, order, variant)
+                .await?;
         }
         if !matches!(outcome, PurchaseOutcome::SaleArchived) {
             return Ok(outcome);
@@ -215,10 +227,16 @@ impl PurchaseBatcher {
         &self,
         target: Target,
         user_id: &str,
-        order: Order,
+        mut order: Order,
+        variant: Option<&str>,
     ) -> Result<PurchaseOutcome, StoreError> {
         let answer_by = Instant::now() + self.answer_timeout;
         let quantity = order.quantity;
+        // A sale's variants never change (a cached target is checked again fresh).
+        order.variant = match target.variant_position(variant) {
+            Ok(position) => position,
+            Err(refusal) => return Ok(refusal),
+        };
         // A sale's max_per_order never changes (a cached target is checked again fresh).
         if quantity > target.max_per_order {
             return Ok(PurchaseOutcome::QuantityTooLarge {
@@ -256,6 +274,7 @@ impl PurchaseBatcher {
                 user_id: user_id.to_string(),
                 quantity,
                 order_key: order.key,
+                variant: order.variant,
                 limit: target.per_customer_limit,
                 reply,
                 answer_by,

@@ -39,6 +39,12 @@ pub enum PurchaseOutcome {
     AlreadyPurchased(Purchase),
     /// Nothing left to sell.
     SoldOut,
+    /// The variant asked for has nothing left to sell (others have).
+    VariantSoldOut,
+    /// The sale has variants and the order names none.
+    VariantRequired,
+    /// The order names a variant the sale does not have (or the sale has none).
+    UnknownVariant,
     /// Some units are left, fewer than the order asks for (`available` of them, read after
     /// the refusal).
     InsufficientStock {
@@ -72,6 +78,7 @@ pub(super) struct PurchaseRow {
     user_id: String,
     created_at: DateTime<Utc>,
     quantity: i32,
+    variant: Option<String>,
 }
 
 impl From<PurchaseRow> for Purchase {
@@ -82,24 +89,29 @@ impl From<PurchaseRow> for Purchase {
             user_id: row.user_id,
             created_at: row.created_at,
             quantity: row.quantity,
+            variant: row.variant,
         }
     }
 }
 
-/// What a buyer asks for: `quantity` units, and optionally their own key for the order
-/// (a request that names an order key the buyer has used in the sale is answered
-/// `ALREADY_PURCHASED` with that order, whatever the limit: a retry is safe).
+/// What a buyer asks for: `quantity` units, of the variant at `variant` (its position, in a
+/// sale with variants), and optionally their own key for the order (a request that names an
+/// order key the buyer has used in the sale is answered `ALREADY_PURCHASED` with that
+/// order, whatever the limit: a retry is safe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Order {
     pub quantity: i32,
     pub key: Option<Uuid>,
+    /// Set by the door from the code the buyer named (see `PurchaseBatcher`).
+    pub variant: Option<i16>,
 }
 
 impl Order {
-    /// One unit, no key: the order of a sale with the default limit.
+    /// One unit, no key, no variant: the order of a sale with the default limit.
     pub const ONE: Order = Order {
         quantity: 1,
         key: None,
+        variant: None,
     };
 }
 
@@ -141,6 +153,15 @@ pub struct Owned {
 ///   buyer is refused), one that comes later waits for this commit (the purchase stays);
 ///   see `store/allowlist.rs`.
 ///
+/// - A variant's order (`$7`, its position) is sold from that variant's units: `variant`
+///   locks the variant row FOR NO KEY UPDATE after the sale row is locked (its one-time
+///   condition reads `locked`, so the sale row is locked first, as every writer of a
+///   variant does: one lock order, no deadlock) and so reads its latest committed
+///   counters; no other writer of the variant can commit in between, since each holds the
+///   sale row too. The sale's totals and the variant's move in the same statement by the
+///   same units (`taken`, `vtaken`): both balances hold at the commit, and the CHECKs on
+///   both rows back them up. Without a variant (`$7` NULL) `variant` reads nothing.
+///
 /// The buyer is answered after the implicit commit of this single statement.
 const PURCHASE_SQL: &str = "
     WITH listed AS (
@@ -149,6 +170,12 @@ const PURCHASE_SQL: &str = "
     ), owned AS (
         SELECT COALESCE(sum(quantity), 0)::int AS units FROM purchases
          WHERE sale_id = $1 AND user_id = $2
+    ), locked AS (
+        SELECT id FROM sales WHERE id = $1 AND $7::smallint IS NOT NULL FOR NO KEY UPDATE
+    ), variant AS (
+        SELECT code, available FROM sale_variants
+         WHERE sale_id = $1 AND position = $7 AND EXISTS (SELECT 1 FROM locked)
+           FOR NO KEY UPDATE
     ), taken AS (
         UPDATE sales SET available = available - $5, sold = sold + $5
          WHERE id = $1 AND checkout = 'instant' AND available >= $5
@@ -156,13 +183,17 @@ const PURCHASE_SQL: &str = "
            AND cancelled_at IS NULL AND archived_at IS NULL
            AND starts_at <= now() AND now() < ends_at
            AND (NOT allowlist OR EXISTS (SELECT 1 FROM listed))
+           AND ($7::smallint IS NULL OR (SELECT available FROM variant) >= $5)
         RETURNING id, available
+    ), vtaken AS (
+        UPDATE sale_variants SET available = available - $5, sold = sold + $5
+         WHERE sale_id = $1 AND position = $7 AND EXISTS (SELECT 1 FROM taken)
     ), sold_out_job AS (
         INSERT INTO jobs (kind, sale_id) SELECT $4, id FROM taken WHERE available = 0
     )
-    INSERT INTO purchases (id, sale_id, user_id, quantity, units_before, order_key)
-    SELECT $3, id, $2, $5, (SELECT units FROM owned), $6 FROM taken
-    RETURNING id, sale_id, user_id, created_at, quantity";
+    INSERT INTO purchases (id, sale_id, user_id, quantity, units_before, order_key, variant)
+    SELECT $3, id, $2, $5, (SELECT units FROM owned), $6, (SELECT code FROM variant) FROM taken
+    RETURNING id, sale_id, user_id, created_at, quantity, variant";
 
 /// How often a purchase that failed while the sale looked sellable right after is retried
 /// (the statement saw `now()` a moment before the start, for example).
@@ -223,6 +254,7 @@ async fn purchase(
             .bind(JobKind::SyncSaleState.as_str())
             .bind(order.quantity)
             .bind(order.key)
+            .bind(order.variant)
             .fetch_optional(&mut *unit)
             .await;
         let attempt = match attempt {
@@ -270,16 +302,10 @@ async fn classify_refusal(
     };
     let owned = owned_by(conn, sale.id, &[user_id]).await?.remove(user_id);
     let eligible = !sale.allowlist || !listed_of(conn, sale.id, &[user_id]).await?.is_empty();
-    Ok(refusal_for_buyer(
-        &sale,
-        keyed,
-        owned,
-        order.quantity,
-        eligible,
-    ))
+    Ok(refusal_for_buyer(&sale, keyed, owned, order, eligible))
 }
 
-/// Why the sale refuses this buyer's order of `quantity` now, given the order their key
+/// Why the sale refuses this buyer's `order` now, given the order their key
 /// names (`keyed`), what they own and whether they are on its allow-list (`eligible`:
 /// true for a sale without one), all read after the sale; `None` when it could sell it.
 /// The one place that decides a refusal, for lone purchases and group-commit batches
@@ -289,15 +315,17 @@ async fn classify_refusal(
 /// `ALREADY_PURCHASED`, and any buyer the order would take past the limit `LIMIT_REACHED`,
 /// never `SOLD_OUT` (so a removed buyer's repeat hears about their purchase); a sold-out
 /// sale says so whatever else its state is (to listed and unlisted buyers alike, as the
-/// sold-out memory of group commit does without reading the list); then an off-list buyer
-/// hears `NOT_ELIGIBLE` whatever the sale's state.
+/// sold-out memory of group commit does without reading the list), and so does a sold-out
+/// variant; then an off-list buyer hears `NOT_ELIGIBLE` whatever the sale's state. Units
+/// are the order's variant's (the sale's for an order naming none).
 pub(super) fn refusal_for_buyer(
     sale: &Sale,
     keyed: Option<Purchase>,
     owned: Option<Owned>,
-    quantity: i32,
+    order: Order,
     eligible: bool,
 ) -> Option<PurchaseOutcome> {
+    let quantity = order.quantity;
     if sale.archived_at.is_some() {
         return Some(PurchaseOutcome::SaleArchived);
     }
@@ -325,14 +353,16 @@ pub(super) fn refusal_for_buyer(
     if sale.available == 0 {
         return Some(PurchaseOutcome::SoldOut);
     }
+    let available = sale.available_for(order.variant);
+    if available == 0 {
+        return Some(PurchaseOutcome::VariantSoldOut);
+    }
     if !eligible {
         return Some(PurchaseOutcome::NotEligible);
     }
     match sale.state() {
-        SaleState::Active if sale.available < quantity => {
-            Some(PurchaseOutcome::InsufficientStock {
-                available: sale.available,
-            })
+        SaleState::Active if available < quantity => {
+            Some(PurchaseOutcome::InsufficientStock { available })
         }
         SaleState::Active => None,
         state => Some(PurchaseOutcome::NotActive(state)),
@@ -345,7 +375,7 @@ impl Store {
     pub async fn refusal_now(&self, sale_id: Uuid) -> Result<Option<PurchaseOutcome>, StoreError> {
         Ok(match self.sale_by_id(sale_id).await? {
             None => Some(PurchaseOutcome::SaleNotFound),
-            Some(sale) => refusal_for_buyer(&sale, None, None, 1, true),
+            Some(sale) => refusal_for_buyer(&sale, None, None, Order::ONE, true),
         })
     }
 }

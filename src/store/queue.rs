@@ -248,7 +248,7 @@ impl Store {
     /// A buyer's purchases across sales, newest first.
     pub async fn user_purchases(&self, user_id: &str) -> Result<Vec<Purchase>, StoreError> {
         let rows = sqlx::query_as::<_, PurchaseRow>(
-            "SELECT id, sale_id, user_id, created_at, quantity FROM purchases
+            "SELECT id, sale_id, user_id, created_at, quantity, variant FROM purchases
               WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1000",
         )
         .bind(user_id)

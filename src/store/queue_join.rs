@@ -119,7 +119,7 @@ impl JoinBatcher {
         let Some(target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(JoinOutcome::SaleNotFound);
         };
-        let (outcome, sale_unarchived) = self.join_in(target, user_id, quantity).await?;
+        let (outcome, sale_unarchived) = self.join_in(target.clone(), user_id, quantity).await?;
         let too_large = matches!(outcome, JoinOutcome::QuantityTooLarge { .. });
         if (sale_unarchived && !too_large) || !target.cached {
             return Ok(outcome);

@@ -104,7 +104,7 @@ impl EntryBatcher {
         let Some(target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(EnterOutcome::SaleNotFound);
         };
-        let (outcome, sale_unarchived) = self.enter_in(target, user_id, quantity).await?;
+        let (outcome, sale_unarchived) = self.enter_in(target.clone(), user_id, quantity).await?;
         if sale_unarchived || !target.cached {
             return Ok(outcome);
         }

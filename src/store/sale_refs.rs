@@ -7,11 +7,13 @@
 //! answer from a cached target says the sale is gone or archived reads the reference again
 //! ([`SaleRefs::resolve`] with `fresh`) and asks what it names now. Ids are never reused.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
 use uuid::Uuid;
 
+use super::purchases::PurchaseOutcome;
 use super::{Store, StoreError};
 use crate::domain::Checkout;
 
@@ -22,7 +24,7 @@ const REF_CACHE_TTL: Duration = Duration::from_secs(1);
 const REF_CACHE_ENTRIES: u64 = 10_000;
 
 /// A `{sale}` reference resolved to a sale id.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Target {
     pub id: Uuid,
     pub checkout: Checkout,
@@ -34,6 +36,27 @@ pub(super) struct Target {
     pub cached: bool,
     /// The reference named the sale by its sku (not by its id).
     pub via_sku: bool,
+    /// The codes of the sale's variants in position order (empty: none; never changed
+    /// after creation).
+    pub variants: Arc<[String]>,
+}
+
+impl Target {
+    /// The position of the variant an order names (`code`), or why the order cannot name
+    /// it: a sale with variants needs one, a sale without takes none.
+    pub fn variant_position(&self, code: Option<&str>) -> Result<Option<i16>, PurchaseOutcome> {
+        match code {
+            None if self.variants.is_empty() => Ok(None),
+            None => Err(PurchaseOutcome::VariantRequired),
+            Some(code) => self
+                .variants
+                .iter()
+                .position(|known| known == code)
+                .and_then(|index| i16::try_from(index + 1).ok())
+                .map(Some)
+                .ok_or(PurchaseOutcome::UnknownVariant),
+        }
+    }
 }
 
 /// The reference cache of one door.
@@ -79,8 +102,9 @@ impl SaleRefs {
             max_per_order: sale.max_per_order,
             cached: false,
             via_sku,
+            variants: sale.variants.iter().map(|v| v.code.clone()).collect(),
         };
-        self.cache.insert(sale_ref.to_string(), target);
+        self.cache.insert(sale_ref.to_string(), target.clone());
         Ok(Some(target))
     }
 }

@@ -15,14 +15,24 @@ use super::{Store, StoreError, violated_constraint};
 use crate::domain::{Checkout, EndReason, NewSale, Sale};
 
 mod ending;
+mod variants;
+
+use variants::create_variants;
 
 /// The columns of a sale plus the database clock, in the order [`SaleRow`] reads them.
-/// `queue_length` comes from the sale's queue row (absent for instant sales).
+/// `queue_length` comes from the sale's queue row (absent for instant sales), `variants`
+/// from its variant rows (JSON; NULL for a sale without variants), read with the statement
+/// that reads the sale: a locking read of the sale row (cancel, archive) sees the variants
+/// as the sale's last writer left them, since every writer of a variant holds the sale row.
 pub(super) const SALE_COLUMNS: &str = "id, sku, name, stock, available, held, sold, starts_at, \
      ends_at, checkout, hold_seconds, queue_capacity, max_active_holds, \
      COALESCE((SELECT q.waiting FROM sale_queues q WHERE q.sale_id = id), 0) AS queue_length, \
      per_customer_limit, max_per_order, allowlist, cancelled_at, archived_at, created_at, \
-     now() AS observed_at";
+     now() AS observed_at, \
+     (SELECT json_agg(json_build_object('position', v.position, 'code', v.code, \
+             'stock', v.stock, 'available', v.available, 'held', v.held, 'sold', v.sold) \
+             ORDER BY v.position)::text \
+        FROM sale_variants v WHERE v.sale_id = id) AS variants";
 
 #[derive(FromRow)]
 pub(super) struct SaleRow {
@@ -47,6 +57,7 @@ pub(super) struct SaleRow {
     archived_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     observed_at: DateTime<Utc>,
+    variants: Option<String>,
 }
 
 impl From<SaleRow> for Sale {
@@ -74,6 +85,11 @@ impl From<SaleRow> for Sale {
             archived_at: row.archived_at,
             created_at: row.created_at,
             observed_at: row.observed_at,
+            // Built by SALE_COLUMNS's own json_build_object: it always parses.
+            variants: row
+                .variants
+                .and_then(|json| serde_json::from_str(&json).ok())
+                .unwrap_or_default(),
         }
     }
 }
@@ -151,6 +167,11 @@ impl Store {
                     _ => err.into(),
                 });
             }
+        };
+        let sale = if new.variants.is_empty() {
+            sale
+        } else {
+            create_variants(&mut tx, sale.id, new).await?
         };
         jobs::enqueue(
             &mut tx,

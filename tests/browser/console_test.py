@@ -6,7 +6,8 @@ chromium-driver) driven by Selenium against a running service.
 
 It refuses a wrong key with a message, signs in, creates a sale from the page, buys through
 the API and waits for `sold` to change on the page without a reload (at most 2 s), opens
-the sale, runs the audit and waits for PASS, signs out and checks the key is gone. With a
+the sale, runs the audit and waits for PASS, creates a sale with variants and watches one
+variant's counters change live, signs out and checks the key is gone. With a
 SCREENSHOT_DIR it saves the console at 1280 px and at phone width. Exits non-zero on the
 first failure.
 """
@@ -40,10 +41,11 @@ def browser():
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
-def buy(sku, user):
+def buy(sku, user, variant=None):
+    body = {"userId": user} if variant is None else {"userId": user, "variant": variant}
     request = urllib.request.Request(
         f"{BASE}/api/v1/sales/{sku}/purchases", method="POST",
-        data=json.dumps({"userId": user}).encode(), headers={"Content-Type": "application/json"})
+        data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 201, response.status
 
@@ -131,6 +133,24 @@ def main():
             driver.save_screenshot(f"{SHOTS}/console-phone.png")
             driver.set_window_size(1280, 1000)
             step(f"screenshots in {SHOTS}")
+
+        step("creates a sale with variants from the form; each variant's counters update live")
+        variant_sku = f"console-var-{uuid.uuid4().hex[:8]}"
+        driver.find_element(By.ID, "show-create").click()
+        form = driver.find_element(By.ID, "create-form")
+        form.find_element(By.NAME, "sku").send_keys(variant_sku)
+        form.find_element(By.NAME, "name").send_keys("Sizes drop")
+        Select(form.find_element(By.NAME, "checkout")).select_by_value("instant")
+        form.find_element(By.NAME, "variants").send_keys("S:3, M:4")
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "detail-sku"), variant_sku))
+        variant_cell = '#variants-body tr[data-variant="{}"] td:nth-child({})'
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, variant_cell.format("M", 2)).text == "4")
+        assert driver.find_element(
+            By.CSS_SELECTOR, '#detail-counters [data-field="stock"]').text == "7"
+        buy(variant_sku, "browser-variant-buyer", "M")
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, variant_cell.format("M", 3)).text == "1")
+        assert driver.find_element(By.CSS_SELECTOR, variant_cell.format("S", 3)).text == "0"
 
         step("signs out: the key is gone from the tab")
         driver.find_element(By.ID, "sign-out").click()

@@ -39,4 +39,5 @@ mod route;
 mod sale_state;
 mod streams;
 mod support;
+mod variants;
 mod webhooks;

@@ -100,8 +100,9 @@ async fn one_order_key_sent_at_once_on_three_instances_buys_once() {
             let order = Order {
                 quantity: 2,
                 key: Some(key),
+                variant: None,
             };
-            door.purchase_order(&sku, "retrier", order).await
+            door.purchase_order(&sku, "retrier", order, None).await
         }));
     }
     let (mut bought, mut repeats) = (Vec::new(), Vec::new());

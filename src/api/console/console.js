@@ -264,6 +264,15 @@ async function createSale(event) {
   if (values.perCustomerLimit) body.perCustomerLimit = Number(values.perCustomerLimit);
   if (values.maxPerOrder) body.maxPerOrder = Number(values.maxPerOrder);
   if (values.allowlist) body.allowlist = true;
+  if (values.variants && values.variants.trim()) {
+    // "S:5, M:10": the stock is their sum.
+    body.variants = values.variants.split(',').map((part) => part.trim()).filter(Boolean)
+      .map((part) => {
+        const [code, stock] = part.split(':').map((s) => s.trim());
+        return { code, stock: Number(stock) };
+      });
+    delete body.stock;
+  }
   try {
     const sale = await api('POST', '/api/v1/admin/sales', body);
     form.reset();

@@ -75,6 +75,7 @@ function applyView(view) {
   $('bar-sold').style.width = `${(100 * v.sold) / stock}%`;
   $('bar-held').style.width = `${(100 * v.held) / stock}%`;
   $('bar-available').style.width = `${(100 * v.available) / stock}%`;
+  renderVariants(v.variants || []);
   $('cancel-sale').disabled = !['scheduled', 'active'].includes(v.state);
   $('archive-sale').disabled = v.state === 'archived';
   // Keep the list's row in step without waiting for its reload.
@@ -225,4 +226,22 @@ async function archiveSale() {
   } catch (err) {
     report(err);
   }
+}
+
+// Each variant's counters (sales with variants), pushed with the sale's view.
+function renderVariants(variants) {
+  $('variants-panel').hidden = variants.length === 0;
+  $('variants-body').replaceChildren(...variants.map((variant) => {
+    const row = document.createElement('tr');
+    row.dataset.variant = variant.code;
+    const cells = [variant.code, variant.stock, variant.sold, variant.held, variant.available,
+      variant.soldOut ? 'sold out' : ''];
+    cells.forEach((value, i) => {
+      const cell = document.createElement('td');
+      cell.textContent = value;
+      if (i > 0 && i < 5) cell.className = 'num';
+      row.append(cell);
+    });
+    return row;
+  }));
 }

@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Checkout, MAX_HOLD_SECONDS, MAX_PER_CUSTOMER_LIMIT, MAX_STOCK};
+use super::{
+    Checkout, MAX_HOLD_SECONDS, MAX_PER_CUSTOMER_LIMIT, MAX_STOCK, MAX_VARIANTS, NewVariant,
+    valid_variant_code,
+};
 
 /// A sale an admin asked for, checked and with its defaults filled in.
 #[derive(Debug, Clone)]
@@ -25,6 +28,8 @@ pub struct NewSale {
     pub max_per_order: i32,
     /// Only buyers on the sale's allow-list may buy or join (false by default).
     pub allowlist: bool,
+    /// The variants, in the admin's order (empty: none). With variants `stock` is their sum.
+    pub variants: Vec<NewVariant>,
 }
 
 /// Why a requested sale is not valid.
@@ -51,6 +56,19 @@ pub enum NewSaleError {
     BadPerCustomerLimit,
     #[error("maxPerOrder must be between 1 and perCustomerLimit")]
     BadMaxPerOrder,
+    #[error(
+        "variants must be 1 to {MAX_VARIANTS}, each with a code of 1 to 32 letters, digits, \
+         '-', '_', '.' or '/' and a stock of at least 1; their stocks sum to at most {MAX_STOCK}"
+    )]
+    BadVariants,
+    #[error("variant code {0:?} appears more than once")]
+    DuplicateVariant(String),
+    #[error("stock must equal the sum of the variants' stocks ({0}), or be left out")]
+    StockNotVariantsSum(i64),
+    #[error(
+        "only instant sales have variants in this release (a queued sale or a raffle sells one product)"
+    )]
+    CheckoutVariants,
     #[error("endsAt must be after startsAt")]
     EndBeforeStart,
     #[error("startsAt and endsAt must lie between the years 2000 and 9999")]
@@ -82,6 +100,7 @@ impl NewSale {
         {
             return Err(NewSaleError::BadName);
         }
+        self.validate_variants()?;
         if !(1..=MAX_STOCK).contains(&self.stock) {
             return Err(NewSaleError::BadStock);
         }
@@ -120,6 +139,34 @@ impl NewSale {
         }
         Ok(())
     }
+
+    /// The variants' codes and stocks, and the sale's stock against their sum (the edge
+    /// fills in a left-out stock with the sum; see `CreateSaleRequest`).
+    fn validate_variants(&self) -> Result<(), NewSaleError> {
+        if self.variants.is_empty() {
+            return Ok(());
+        }
+        if self.checkout != Checkout::Instant {
+            return Err(NewSaleError::CheckoutVariants);
+        }
+        let shaped = self.variants.len() <= MAX_VARIANTS
+            && self
+                .variants
+                .iter()
+                .all(|v| valid_variant_code(&v.code) && (1..=MAX_STOCK).contains(&v.stock));
+        let sum: i64 = self.variants.iter().map(|v| i64::from(v.stock)).sum();
+        if !shaped || sum > i64::from(MAX_STOCK) {
+            return Err(NewSaleError::BadVariants);
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = self.variants.iter().find(|v| !seen.insert(v.code.as_str())) {
+            return Err(NewSaleError::DuplicateVariant(twice.code.clone()));
+        }
+        if i64::from(self.stock) != sum {
+            return Err(NewSaleError::StockNotVariantsSum(sum));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +189,7 @@ mod tests {
             per_customer_limit: 4,
             max_per_order: 2,
             allowlist: false,
+            variants: Vec::new(),
         };
         assert_eq!(good.validate(), Ok(()));
         let cases: Vec<(NewSale, NewSaleError)> = vec![

@@ -79,6 +79,7 @@ impl PurchaseBatcher {
                     purchase_id: Uuid::new_v4(),
                     quantity: request.quantity,
                     order_key: request.order_key,
+                    variant: request.variant,
                 });
             }
             replies.push(request.reply);
@@ -89,6 +90,7 @@ impl PurchaseBatcher {
                 let order = Order {
                     quantity: buyer.quantity,
                     key: buyer.order_key,
+                    variant: buyer.variant,
                 };
                 (buyer.user_id.clone(), order)
             })
@@ -233,10 +235,10 @@ impl PurchaseBatcher {
         };
         let users: Vec<String> = by_user.keys().cloned().collect();
         for user in users {
-            let quantity = orders.get(&user).map_or(1, |order| order.quantity);
+            let order = orders.get(&user).copied().unwrap_or(Order::ONE);
             let (keyed, owned) = (keyed.remove(&user), owned.remove(&user));
             let eligible = listed.as_ref().is_none_or(|listed| listed.contains(&user));
-            let Some(refusal) = refusal_for_buyer(&sale, keyed, owned, quantity, eligible) else {
+            let Some(refusal) = refusal_for_buyer(&sale, keyed, owned, order, eligible) else {
                 continue;
             };
             if matches!(refusal, PurchaseOutcome::SoldOut) && !self.sold_out.contains_key(&sale_id)

@@ -54,7 +54,7 @@ pub(in crate::store) async fn buy_held(
         "INSERT INTO purchases (id, sale_id, user_id, quantity, units_before)
          SELECT $1, $2, $3, $4, COALESCE(sum(quantity), 0)::int FROM purchases
           WHERE sale_id = $2 AND user_id = $3
-         RETURNING id, sale_id, user_id, created_at, quantity",
+         RETURNING id, sale_id, user_id, created_at, quantity, variant",
     )
     .bind(Uuid::new_v4())
     .bind(sale_id)

@@ -20,7 +20,7 @@ pub(in crate::store) async fn keyed_orders(
     let users: Vec<&str> = keys.iter().map(|(user, _)| *user).collect();
     let ids: Vec<Uuid> = keys.iter().map(|(_, key)| *key).collect();
     let rows = sqlx::query_as::<_, PurchaseRow>(
-        "SELECT p.id, p.sale_id, p.user_id, p.created_at, p.quantity
+        "SELECT p.id, p.sale_id, p.user_id, p.created_at, p.quantity, p.variant
            FROM unnest($2::text[], $3::uuid[]) AS k(user_id, order_key)
            JOIN purchases p ON p.sale_id = $1 AND p.user_id = k.user_id
                            AND p.order_key = k.order_key",
@@ -57,8 +57,10 @@ pub(in crate::store) async fn owned_by(
     sale_id: Uuid,
     users: &[&str],
 ) -> Result<HashMap<String, Owned>, StoreError> {
-    let rows: Vec<(Uuid, String, DateTime<Utc>, i32, i32)> = sqlx::query_as(
-        "SELECT DISTINCT ON (user_id) id, user_id, created_at, quantity,
+    /// A buyer's first order (id, user, time, quantity, variant) and their units.
+    type FirstAndUnits = (Uuid, String, DateTime<Utc>, i32, Option<String>, i32);
+    let rows: Vec<FirstAndUnits> = sqlx::query_as(
+        "SELECT DISTINCT ON (user_id) id, user_id, created_at, quantity, variant,
                 (sum(quantity) OVER (PARTITION BY user_id))::int
            FROM purchases WHERE sale_id = $1 AND user_id = ANY($2::text[])
           ORDER BY user_id, units_before",
@@ -69,13 +71,14 @@ pub(in crate::store) async fn owned_by(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, user_id, created_at, quantity, units)| {
+        .map(|(id, user_id, created_at, quantity, variant, units)| {
             let first = Purchase {
                 id,
                 sale_id,
                 user_id: user_id.clone(),
                 created_at,
                 quantity,
+                variant,
             };
             (user_id, Owned { first, units })
         })
