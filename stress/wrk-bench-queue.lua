@@ -3,6 +3,7 @@
 --   MODE=purchase  POST /api/v1/sales/SKU/purchases {"userId": ...}
 --   MODE=enter     POST /api/v1/sales/SKU/entries {"userId": ...} (a raffle)
 --   MODE=live      GET /health/live (the floor: no database work)
+--   VARIANTS=N     with MODE=purchase: each purchase names variant vK, K = 1..N in turn
 -- TARGET (join only; 0 = no limit): the run's successful joins, split over THREADS threads.
 -- A thread sends a new join only while its successes plus joins in flight are below its
 -- share (a refused join is replaced by a new buyer), sends GET /health/live every 250 ms
@@ -11,6 +12,7 @@
 -- it is taken as 0 after 3 s without any join answered (the joins still in flight, if any,
 -- become extra buyers). The caller ends wrk (SIGINT) once the database holds TARGET buyers.
 local mode = os.getenv("MODE") or "join"
+local variants = tonumber(os.getenv("VARIANTS") or "0")
 local sku = os.getenv("SKU") or "bench"
 local run = os.getenv("RUN") or tostring(os.time())
 local target = tonumber(os.getenv("TARGET") or "0")
@@ -64,9 +66,15 @@ function request()
   n = n + 1
   inflight = inflight + 1
   local path = ({ join = "/queue", purchase = "/purchases", enter = "/entries" })[mode]
+  local body
+  if variants > 0 then
+    -- VARIANTS=N: purchases name the variants v1..vN in turn.
+    body = string.format('{"userId":"%s-%d-%d","variant":"v%d"}', run, tid, n, n % variants + 1)
+  else
+    body = string.format('{"userId":"%s-%d-%d"}', run, tid, n)
+  end
   return wrk.format("POST", "/api/v1/sales/" .. sku .. path,
-    { ["Content-Type"] = "application/json" },
-    string.format('{"userId":"%s-%d-%d"}', run, tid, n))
+    { ["Content-Type"] = "application/json" }, body)
 end
 
 -- Only with a TARGET (a delay() function costs every request a timer): the filler requests
