@@ -14,7 +14,7 @@
 -- a raffle's orders are exactly its purchased entries and its draw positions run 1..n once
 -- each; every purchase has its `purchase.created` event (counting those retention
 -- pruned); the sale's event sequence runs from 1 (or past the pruned prefix) to the sale's
--- last number with no gap and no repeat; a sale's variants each balance, their sold is
+-- last number with no gap and no repeat; a sale's variants (positions 1..n) each balance, their sold is
 -- their purchased units, their sums are the sale's counters, and every order of a sale with
 -- variants names one of them.
 --
@@ -100,7 +100,7 @@ WITH sale AS (
     -- Each variant's counters balance and are never negative, `sold` is its purchased
     -- units, the sale's counters are the variants' sums, and in a sale with variants every
     -- order names one of them (none names one in a sale without).
-    SELECT count(*) AS n,
+    SELECT count(*) AS n, COALESCE(max(v.position), 0) AS last_position,
            count(*) FILTER (WHERE v.sold + v.held + v.available <> v.stock
                                OR v.available < 0 OR v.held < 0 OR v.sold < 0) AS unbalanced,
            count(*) FILTER (WHERE v.sold <> COALESCE((
@@ -184,11 +184,12 @@ WITH sale AS (
     SELECT 13, 'variants_balance_and_sum_to_the_sale',
            CASE WHEN v.n = 0 THEN ov.named = 0
                 ELSE v.unbalanced = 0 AND v.sold_mismatch = 0 AND ov.without = 0
+                     AND v.last_position = v.n
                      AND ov.unknown = 0 AND v.stock = s.stock AND v.available = s.available
                      AND v.held = s.held AND v.sold = s.sold END,
-           format('variants=%s unbalanced=%s sold_not_purchased=%s sums(stock=%s available=%s '
+           format('variants=%s last_position=%s unbalanced=%s sold_not_purchased=%s sums(stock=%s available=%s '
                   'held=%s sold=%s) orders_without_variant=%s orders_unknown_variant=%s '
-                  'orders_naming_one=%s', v.n, v.unbalanced, v.sold_mismatch, v.stock,
+                  'orders_naming_one=%s', v.n, v.last_position, v.unbalanced, v.sold_mismatch, v.stock,
                   v.available, v.held, v.sold, ov.without, ov.unknown, ov.named)
       FROM sale s, variants v, orders_variants ov
 )

@@ -226,18 +226,15 @@ impl BuyerApi {
                 PurchaseResponse::Conflict(ErrorBody::already_purchased(purchase))
             }
             PurchaseOutcome::SoldOut => conflict(ErrorCode::SoldOut, "the sale is sold out"),
-            PurchaseOutcome::VariantSoldOut => conflict(
-                ErrorCode::SoldOut,
-                "this variant is sold out (others are not)",
-            ),
-            PurchaseOutcome::VariantRequired => PurchaseResponse::BadRequest(ErrorBody::json(
-                ErrorCode::VariantRequired,
-                "this sale has variants: name one (variant)",
-            )),
-            PurchaseOutcome::UnknownVariant => PurchaseResponse::BadRequest(ErrorBody::json(
-                ErrorCode::UnknownVariant,
-                "this sale has no variant with this code",
-            )),
+            PurchaseOutcome::VariantSoldOut => {
+                PurchaseResponse::Conflict(ErrorBody::variant_sold_out())
+            }
+            PurchaseOutcome::VariantRequired => {
+                PurchaseResponse::BadRequest(ErrorBody::variant_required())
+            }
+            PurchaseOutcome::UnknownVariant => {
+                PurchaseResponse::BadRequest(ErrorBody::unknown_variant())
+            }
             PurchaseOutcome::InsufficientStock { available } => {
                 PurchaseResponse::Conflict(ErrorBody::insufficient_stock(available))
             }

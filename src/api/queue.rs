@@ -90,20 +90,14 @@ impl QueueApi {
         sale: Path<String>,
         body: Json<PurchaseRequest>,
     ) -> Result<JoinResponse, ServerError> {
-        let (claimed, quantity) = match body.0.claimed_user() {
-            Ok((_, _, Some(_))) => {
-                return Ok(JoinResponse::BadRequest(ErrorBody::json(
-                    ErrorCode::UnknownVariant,
-                    "a queued sale has no variants",
-                )));
-            }
+        let (claimed, quantity, variant) = match body.0.claimed_user() {
             Ok((_, order, _)) if order.key.is_some() => {
                 return Ok(JoinResponse::BadRequest(ErrorBody::json(
                     ErrorCode::InvalidRequest,
                     "orderKey is for instant purchases: a queue entry is its own key",
                 )));
             }
-            Ok((claimed, order, None)) => (claimed, order.quantity),
+            Ok((claimed, order, variant)) => (claimed, order.quantity, variant),
             Err(message) => {
                 return Ok(JoinResponse::BadRequest(ErrorBody::json(
                     ErrorCode::InvalidRequest,
@@ -121,7 +115,10 @@ impl QueueApi {
                 ));
             }
         };
-        let outcome = self.joins.join_units(&sale.0, &user_id, quantity).await?;
+        let outcome = self
+            .joins
+            .join_order(&sale.0, &user_id, quantity, variant.as_deref())
+            .await?;
         self.count("join", join_outcome_name(&outcome));
         Ok(match outcome {
             JoinOutcome::Queued(entry) | JoinOutcome::Held(entry) => {
@@ -134,6 +131,9 @@ impl QueueApi {
                 ErrorCode::SoldOut,
                 "the sale is sold out and no hold can come back",
             )),
+            JoinOutcome::VariantSoldOut => JoinResponse::Conflict(ErrorBody::variant_sold_out()),
+            JoinOutcome::VariantRequired => JoinResponse::BadRequest(ErrorBody::variant_required()),
+            JoinOutcome::UnknownVariant => JoinResponse::BadRequest(ErrorBody::unknown_variant()),
             JoinOutcome::NotActive(state) => JoinResponse::Conflict(ErrorBody::not_active(state)),
             JoinOutcome::QueueFull => JoinResponse::QueueFull(
                 ErrorBody::json(ErrorCode::QueueFull, "the queue is full; retry later"),
@@ -325,6 +325,9 @@ fn join_outcome_name(outcome: &JoinOutcome) -> &'static str {
         JoinOutcome::Held(_) => "held",
         JoinOutcome::AlreadyPurchased(_) => "already_purchased",
         JoinOutcome::SoldOut => "sold_out",
+        JoinOutcome::VariantSoldOut => "variant_sold_out",
+        JoinOutcome::VariantRequired => "variant_required",
+        JoinOutcome::UnknownVariant => "unknown_variant",
         JoinOutcome::NotActive(_) => "not_active",
         JoinOutcome::QueueFull => "queue_full",
         JoinOutcome::QuantityTooLarge { .. } => "quantity_too_large",

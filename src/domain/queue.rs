@@ -55,6 +55,8 @@ pub struct QueueEntry {
     pub hold_expires_at: Option<DateTime<Utc>>,
     /// Units asked for at the join: the hold reserves them, the confirm buys them.
     pub quantity: i32,
+    /// The variant asked for at the join (its code), in a sale with variants.
+    pub variant: Option<String>,
     /// The highest ticket admitted so far in this sale.
     pub admitted_upto: i64,
     /// Buyers waiting in this sale now.
@@ -116,6 +118,7 @@ mod tests {
             joined_at: Utc::now(),
             hold_expires_at: None,
             quantity: 1,
+            variant: None,
             admitted_upto,
             waiting: 10,
             shuffled: true,

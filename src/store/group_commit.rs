@@ -55,7 +55,7 @@ use uuid::Uuid;
 
 use super::batcher::{self, Batchers};
 use super::purchases::{Order, Owned, PurchaseOutcome};
-use super::sale_refs::{SaleRefs, Target};
+use super::sale_refs::{SaleRefs, Target, VariantRefusal};
 use super::{Store, StoreError};
 use crate::domain::{Checkout, SaleState};
 
@@ -235,7 +235,8 @@ impl PurchaseBatcher {
         // A sale's variants never change (a cached target is checked again fresh).
         order.variant = match target.variant_position(variant) {
             Ok(position) => position,
-            Err(refusal) => return Ok(refusal),
+            Err(VariantRefusal::Required) => return Ok(PurchaseOutcome::VariantRequired),
+            Err(VariantRefusal::Unknown) => return Ok(PurchaseOutcome::UnknownVariant),
         };
         // A sale's max_per_order never changes (a cached target is checked again fresh).
         if quantity > target.max_per_order {

@@ -160,7 +160,11 @@ pub struct Owned {
 ///   counters; no other writer of the variant can commit in between, since each holds the
 ///   sale row too. The sale's totals and the variant's move in the same statement by the
 ///   same units (`taken`, `vtaken`): both balances hold at the commit, and the CHECKs on
-///   both rows back them up. Without a variant (`$7` NULL) `variant` reads nothing.
+///   both rows back them up. Without a variant (`$7` NULL) `variant` reads nothing, and an
+///   order naming none in a sale with variants (or one in a sale without) sells nothing
+///   (the door refuses it first). `locked` reads the buyer's list row (`listed`) in its
+///   row filter, below its lock: list row, then sale row, then variant row, the order of
+///   every statement here (`store/allowlist.rs`).
 ///
 /// The buyer is answered after the implicit commit of this single statement.
 const PURCHASE_SQL: &str = "
@@ -171,7 +175,10 @@ const PURCHASE_SQL: &str = "
         SELECT COALESCE(sum(quantity), 0)::int AS units FROM purchases
          WHERE sale_id = $1 AND user_id = $2
     ), locked AS (
-        SELECT id FROM sales WHERE id = $1 AND $7::smallint IS NOT NULL FOR NO KEY UPDATE
+        SELECT id FROM sales
+         WHERE id = $1 AND $7::smallint IS NOT NULL
+           AND (NOT allowlist OR EXISTS (SELECT 1 FROM listed))
+           FOR NO KEY UPDATE
     ), variant AS (
         SELECT code, available FROM sale_variants
          WHERE sale_id = $1 AND position = $7 AND EXISTS (SELECT 1 FROM locked)
@@ -184,6 +191,7 @@ const PURCHASE_SQL: &str = "
            AND starts_at <= now() AND now() < ends_at
            AND (NOT allowlist OR EXISTS (SELECT 1 FROM listed))
            AND ($7::smallint IS NULL OR (SELECT available FROM variant) >= $5)
+           AND ($7::smallint IS NULL) = NOT EXISTS (SELECT 1 FROM sale_variants WHERE sale_id = $1)
         RETURNING id, available
     ), vtaken AS (
         UPDATE sale_variants SET available = available - $5, sold = sold + $5
@@ -352,6 +360,15 @@ pub(super) fn refusal_for_buyer(
     }
     if sale.available == 0 {
         return Some(PurchaseOutcome::SoldOut);
+    }
+    // The door checks the variant against the sale first; a statement that sold nothing
+    // for a mismatch must not read as "sellable now".
+    match order.variant {
+        None if !sale.variants.is_empty() => return Some(PurchaseOutcome::VariantRequired),
+        Some(position) if sale.variant_at(position).is_none() => {
+            return Some(PurchaseOutcome::UnknownVariant);
+        }
+        _ => {}
     }
     let available = sale.available_for(order.variant);
     if available == 0 {

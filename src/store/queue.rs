@@ -95,26 +95,27 @@ impl Store {
         }
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
-        let confirmed: Option<i32> = sqlx::query_scalar(
+        let confirmed: Option<(i32, Option<String>)> = sqlx::query_as(
             "UPDATE queue_entries SET status = 'purchased', finished_at = now()
               WHERE sale_id = $1 AND user_id = $2 AND status = 'held' AND hold_expires_at > now()
-             RETURNING quantity",
+             RETURNING quantity, variant",
         )
         .bind(sale.id)
         .bind(user_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(quantity) = confirmed else {
+        let Some((quantity, variant)) = confirmed else {
             tx.rollback().await?;
             return self.confirm_refusal(&mut conn, sale, user_id).await;
         };
-        let purchase = match buy_held(&mut tx, sale.id, user_id, quantity).await? {
-            HeldBought::Bought { purchase, .. } => purchase,
-            HeldBought::Refused => {
-                tx.rollback().await?;
-                return Ok(ConfirmOutcome::NotActive(self.void_state(sale.id).await?));
-            }
-        };
+        let purchase =
+            match buy_held(&mut tx, sale.id, user_id, (quantity, variant.as_deref())).await? {
+                HeldBought::Bought { purchase, .. } => purchase,
+                HeldBought::Refused => {
+                    tx.rollback().await?;
+                    return Ok(ConfirmOutcome::NotActive(self.void_state(sale.id).await?));
+                }
+            };
         // Sent and unanswered, the commit may or may not have happened: a retry answers
         // ALREADY_PURCHASED or HOLD_EXPIRED, which tells the buyer which.
         tx.commit().await.map_err(StoreError::after_write)?;

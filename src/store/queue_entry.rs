@@ -18,6 +18,7 @@ pub(super) struct EntryRow {
     joined_at: DateTime<Utc>,
     hold_expires_at: Option<DateTime<Utc>>,
     quantity: i32,
+    variant: Option<String>,
     admitted_upto: i64,
     waiting: i32,
     shuffled: bool,
@@ -35,6 +36,7 @@ impl From<EntryRow> for QueueEntry {
             joined_at: row.joined_at,
             hold_expires_at: row.hold_expires_at,
             quantity: row.quantity,
+            variant: row.variant,
             admitted_upto: row.admitted_upto,
             waiting: row.waiting,
             shuffled: row.shuffled,
@@ -61,7 +63,7 @@ macro_rules! entry_columns_sql {
     () => {
         concat!(
             "SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at, ",
-            "e.quantity, ",
+            "e.quantity, e.variant, ",
             queue_counters_sql!(),
             " FROM queue_entries e JOIN sale_queues q ON q.sale_id = e.sale_id"
         )
@@ -81,7 +83,7 @@ pub(super) const ENTRY_SQL: &str = concat!(
 /// entries, growing with the queue).
 pub(super) const ENTRY_SQL_FOR_USERS: &str = concat!(
     "SELECT e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at, ",
-    "e.quantity, ",
+    "e.quantity, e.variant, ",
     queue_counters_sql!(),
     " FROM unnest($2::text[]) b(user_id)
       CROSS JOIN LATERAL (SELECT * FROM queue_entries e

@@ -21,7 +21,7 @@ mod batch;
 use batch::{JoinBatch, join_batch};
 
 use super::batcher::{self, Batchers, claim};
-use super::sale_refs::{SaleRefs, Target};
+use super::sale_refs::{SaleRefs, Target, VariantRefusal};
 use super::{Store, StoreError, deadline_missed};
 use crate::domain::{Checkout, EntryStatus, Purchase, QueueEntry, SaleState};
 
@@ -40,6 +40,12 @@ pub enum JoinOutcome {
     AlreadyPurchased(Purchase),
     /// No stock and no live holds: nothing can come back.
     SoldOut,
+    /// The variant asked for has no stock and no live holds (others have).
+    VariantSoldOut,
+    /// The sale has variants and the join names none.
+    VariantRequired,
+    /// The join names a variant the sale does not have (or the sale has none).
+    UnknownVariant,
     NotActive(SaleState),
     /// The queue holds `queue_capacity` buyers already.
     QueueFull,
@@ -68,13 +74,21 @@ impl JoinOutcome {
     }
 }
 
+/// What a buyer asks a hold for: `quantity` units of `variant` (its code; none in a sale
+/// without variants).
+#[derive(Debug, Clone)]
+pub(super) struct Ask {
+    pub(super) quantity: i32,
+    pub(super) variant: Option<String>,
+}
+
 /// A buyer's outcome, and whether the sale was live (not archived, not gone) when decided.
 type Reply = batcher::Reply<(JoinOutcome, bool)>;
 
 struct JoinRequest {
     user_id: String,
-    /// Units the hold is to reserve.
-    quantity: i32,
+    /// Units the hold is to reserve, and of which variant (its code).
+    ask: Ask,
     reply: Reply,
 }
 
@@ -116,16 +130,31 @@ impl JoinBatcher {
         user_id: &str,
         quantity: i32,
     ) -> Result<JoinOutcome, StoreError> {
+        self.join_order(sale_ref, user_id, quantity, None).await
+    }
+
+    /// [`JoinBatcher::join_units`] of the variant `variant` (its code): a sale with variants
+    /// needs one, a sale without takes none. A buyer already in the queue keeps the variant
+    /// they joined with.
+    pub async fn join_order(
+        &self,
+        sale_ref: &str,
+        user_id: &str,
+        quantity: i32,
+        variant: Option<&str>,
+    ) -> Result<JoinOutcome, StoreError> {
         let Some(target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(JoinOutcome::SaleNotFound);
         };
-        let (outcome, sale_unarchived) = self.join_in(target.clone(), user_id, quantity).await?;
+        let (outcome, sale_unarchived) = self
+            .join_in(target.clone(), user_id, quantity, variant)
+            .await?;
         let too_large = matches!(outcome, JoinOutcome::QuantityTooLarge { .. });
         if (sale_unarchived && !too_large) || !target.cached {
             return Ok(outcome);
         }
         match self.refs.resolve(sale_ref, true).await? {
-            Some(fresh) => Ok(self.join_in(fresh, user_id, quantity).await?.0),
+            Some(fresh) => Ok(self.join_in(fresh, user_id, quantity, variant).await?.0),
             None => Ok(JoinOutcome::SaleNotFound),
         }
     }
@@ -135,9 +164,16 @@ impl JoinBatcher {
         target: Target,
         user_id: &str,
         quantity: i32,
+        variant: Option<&str>,
     ) -> Result<(JoinOutcome, bool), StoreError> {
         if target.checkout != Checkout::Queued {
             return Ok((JoinOutcome::WrongCheckout, true));
+        }
+        // A sale's variants never change (a cached target is checked again fresh).
+        match target.variant_position(variant) {
+            Ok(_) => {}
+            Err(VariantRefusal::Required) => return Ok((JoinOutcome::VariantRequired, false)),
+            Err(VariantRefusal::Unknown) => return Ok((JoinOutcome::UnknownVariant, false)),
         }
         if quantity > target.max_per_order {
             let max_per_order = target.max_per_order;
@@ -147,7 +183,10 @@ impl JoinBatcher {
         let answer_by = Instant::now() + self.answer_timeout;
         let request = JoinRequest {
             user_id: user_id.to_string(),
-            quantity,
+            ask: Ask {
+                quantity,
+                variant: variant.map(str::to_string),
+            },
             reply,
         };
         self.batchers.send(target.id, request, || {
@@ -164,16 +203,16 @@ async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<JoinR
     // One place per user: a user's extra requests in the batch are repeats of the first.
     let mut by_user: HashMap<String, Vec<Reply>> = HashMap::new();
     let mut users = Vec::new();
-    let mut quantities = HashMap::new();
+    let mut asks = HashMap::new();
     for request in batch {
         let replies = by_user.entry(request.user_id.clone()).or_default();
         if replies.is_empty() {
-            quantities.insert(request.user_id.clone(), request.quantity);
+            asks.insert(request.user_id.clone(), request.ask);
             users.push(request.user_id);
         }
         replies.push(request.reply);
     }
-    match decide_joins(&store, sale_id, &mut by_user, (users, &quantities), cut_off).await {
+    match decide_joins(&store, sale_id, &mut by_user, (users, &asks), cut_off).await {
         Ok(mut batch) => {
             for (user, replies) in by_user {
                 let outcome = batch
@@ -203,7 +242,7 @@ async fn decide_joins(
     store: &Store,
     sale_id: Uuid,
     by_user: &mut HashMap<String, Vec<Reply>>,
-    (mut users, quantities): (Vec<String>, &HashMap<String, i32>),
+    (mut users, asks): (Vec<String>, &HashMap<String, Ask>),
     cut_off: Instant,
 ) -> Result<JoinBatch, StoreError> {
     let mut conn = store.conn_until(cut_off).await?;
@@ -215,7 +254,7 @@ async fn decide_joins(
         return Ok(JoinBatch::default());
     }
     let committing = AtomicBool::new(false);
-    let joined = join_batch(&mut conn, sale_id, (&users, quantities), &committing);
+    let joined = join_batch(&mut conn, sale_id, (&users, asks), &committing);
     match tokio::time::timeout_at(cut_off, joined).await {
         Ok(result) => result,
         // Before its COMMIT, the transaction dies with its connection: nothing was committed.

@@ -7,7 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+mod heads;
 mod holds;
+
+use heads::{HEAD, VARIANT_HEAD};
 
 pub(super) use holds::{HoldsToReturn, return_holds};
 
@@ -232,14 +235,15 @@ impl Store {
     async fn admit(&self, sale_id: Uuid, batch: i64) -> Result<(i64, bool), StoreError> {
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
-        let room: Option<(i64, i32, i64, i64)> = sqlx::query_as(
+        let room: Option<(i64, i32, i64, i64, bool)> = sqlx::query_as(
             "SELECT LEAST(s.available::bigint, $2,
                           CASE WHEN s.max_active_holds > 0
                                THEN GREATEST(s.max_active_holds - s.held, 0)
                                ELSE s.available END),
                     s.hold_seconds,
                     (s.available + s.held)::bigint,
-                    CASE WHEN q.prequeue_size IS NULL THEN q.drawn ELSE 9223372036854775807 END
+                    CASE WHEN q.prequeue_size IS NULL THEN q.drawn ELSE 9223372036854775807 END,
+                    EXISTS (SELECT 1 FROM sale_variants v WHERE v.sale_id = s.id)
                FROM sales s JOIN sale_queues q ON q.sale_id = s.id
               WHERE s.id = $1 AND s.checkout = 'queued' AND s.cancelled_at IS NULL
                 AND s.archived_at IS NULL AND s.starts_at <= now() AND now() < s.ends_at AND q.shuffled_at IS NOT NULL
@@ -249,19 +253,15 @@ impl Store {
         .bind(batch)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((room, hold_seconds, servable, front_limit)) =
-            room.filter(|(room, _, _, _)| *room > 0)
+        let Some((room, hold_seconds, servable, front_limit, has_variants)) =
+            room.filter(|(room, ..)| *room > 0)
         else {
             tx.commit().await?;
             return Ok((0, false));
         };
-        let (admitted, front): (i64, Option<i64>) = sqlx::query_as(
-            "WITH head AS (
-                 SELECT ctid AS row_id, ticket, quantity FROM queue_entries
-                  WHERE sale_id = $1 AND status = 'queued' AND ticket <= $4 AND quantity <= $5
-                  ORDER BY ticket LIMIT $2
-                  FOR UPDATE SKIP LOCKED
-             ), fitting AS (
+        let head = if has_variants { VARIANT_HEAD } else { HEAD };
+        let sql = format!(
+            "WITH {head}, fitting AS (
                  SELECT row_id FROM (
                      SELECT row_id, sum(quantity) OVER (ORDER BY ticket) AS through FROM head
                  ) h
@@ -278,15 +278,17 @@ impl Store {
                         held = held + (SELECT COALESCE(sum(quantity), 0) FROM admitted)
                   WHERE id = $1
              )
-             SELECT count(*), max(ticket) FROM admitted",
-        )
-        .bind(sale_id)
-        .bind(room)
-        .bind(hold_seconds as f64)
-        .bind(front_limit)
-        .bind(servable)
-        .fetch_one(&mut *tx)
-        .await?;
+             SELECT count(*), max(ticket) FROM admitted"
+        );
+        // Built from the constant texts above.
+        let (admitted, front): (i64, Option<i64>) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(sale_id)
+            .bind(room)
+            .bind(hold_seconds as f64)
+            .bind(front_limit)
+            .bind(servable)
+            .fetch_one(&mut *tx)
+            .await?;
         if admitted > 0 {
             // The queue row last, in a statement of its own: joins wait on it, so it is held
             // for this short UPDATE and the commit only, not while the grants and their events

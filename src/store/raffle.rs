@@ -123,7 +123,7 @@ impl Store {
             tx.rollback().await?;
             return confirm_refusal(&mut conn, sale.id, user_id).await;
         };
-        let purchase = match buy_held(&mut tx, sale.id, user_id, quantity).await? {
+        let purchase = match buy_held(&mut tx, sale.id, user_id, (quantity, None)).await? {
             HeldBought::Bought { purchase, sold_out } => {
                 if sold_out {
                     // The last unit: the tick tells every entrant still waiting that

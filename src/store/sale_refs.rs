@@ -13,7 +13,6 @@ use std::time::Duration;
 use moka::sync::Cache;
 use uuid::Uuid;
 
-use super::purchases::PurchaseOutcome;
 use super::{Store, StoreError};
 use crate::domain::Checkout;
 
@@ -41,20 +40,29 @@ pub(super) struct Target {
     pub variants: Arc<[String]>,
 }
 
+/// Why an order cannot name the variant it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum VariantRefusal {
+    /// The sale has variants and the order names none.
+    Required,
+    /// The sale has no variant with that code (or has none at all).
+    Unknown,
+}
+
 impl Target {
     /// The position of the variant an order names (`code`), or why the order cannot name
     /// it: a sale with variants needs one, a sale without takes none.
-    pub fn variant_position(&self, code: Option<&str>) -> Result<Option<i16>, PurchaseOutcome> {
+    pub fn variant_position(&self, code: Option<&str>) -> Result<Option<i16>, VariantRefusal> {
         match code {
             None if self.variants.is_empty() => Ok(None),
-            None => Err(PurchaseOutcome::VariantRequired),
+            None => Err(VariantRefusal::Required),
             Some(code) => self
                 .variants
                 .iter()
                 .position(|known| known == code)
                 .and_then(|index| i16::try_from(index + 1).ok())
                 .map(Some)
-                .ok_or(PurchaseOutcome::UnknownVariant),
+                .ok_or(VariantRefusal::Unknown),
         }
     }
 }

@@ -21,9 +21,10 @@ use variants::create_variants;
 
 /// The columns of a sale plus the database clock, in the order [`SaleRow`] reads them.
 /// `queue_length` comes from the sale's queue row (absent for instant sales), `variants`
-/// from its variant rows (JSON; NULL for a sale without variants), read with the statement
-/// that reads the sale: a locking read of the sale row (cancel, archive) sees the variants
-/// as the sale's last writer left them, since every writer of a variant holds the sale row.
+/// from its variant rows (JSON; NULL for a sale without variants), with the statement's
+/// snapshot: a statement that waited for the sale row's lock (cancel) reads the row's
+/// latest version but the variants of its older snapshot, so such a caller reads the sale
+/// again to show it.
 pub(super) const SALE_COLUMNS: &str = "id, sku, name, stock, available, held, sold, starts_at, \
      ends_at, checkout, hold_seconds, queue_capacity, max_active_holds, \
      COALESCE((SELECT q.waiting FROM sale_queues q WHERE q.sale_id = id), 0) AS queue_length, \
@@ -85,11 +86,14 @@ impl From<SaleRow> for Sale {
             archived_at: row.archived_at,
             created_at: row.created_at,
             observed_at: row.observed_at,
-            // Built by SALE_COLUMNS's own json_build_object: it always parses.
-            variants: row
-                .variants
-                .and_then(|json| serde_json::from_str(&json).ok())
-                .unwrap_or_default(),
+            // Built by SALE_COLUMNS's own json_build_object: it always parses (logged if
+            // not: the statements check an order's variant against the rows themselves).
+            variants: row.variants.map_or_else(Vec::new, |json| {
+                serde_json::from_str(&json).unwrap_or_else(|err| {
+                    tracing::error!(sale = %row.id, error = %err, "unreadable variants");
+                    Vec::new()
+                })
+            }),
         }
     }
 }

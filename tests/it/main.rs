@@ -39,5 +39,7 @@ mod route;
 mod sale_state;
 mod streams;
 mod support;
+mod variant_holds;
+mod variant_races;
 mod variants;
 mod webhooks;

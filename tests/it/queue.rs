@@ -39,7 +39,7 @@ async fn poll(app: &TestApp, sku: &str, user: &str) -> (StatusCode, Value) {
     .await
 }
 
-async fn confirm(app: &TestApp, sku: &str, user: &str) -> (StatusCode, Value) {
+pub(crate) async fn confirm(app: &TestApp, sku: &str, user: &str) -> (StatusCode, Value) {
     let response = app
         .client
         .post(format!("/api/v1/sales/{sku}/queue/{user}/confirm"))
@@ -48,7 +48,7 @@ async fn confirm(app: &TestApp, sku: &str, user: &str) -> (StatusCode, Value) {
     status_and_json(response).await
 }
 
-async fn leave(app: &TestApp, sku: &str, user: &str) -> (StatusCode, Value) {
+pub(crate) async fn leave(app: &TestApp, sku: &str, user: &str) -> (StatusCode, Value) {
     status_and_json(
         app.client
             .delete(format!("/api/v1/sales/{sku}/queue/{user}"))
@@ -63,7 +63,7 @@ pub(crate) async fn tick(store: &Store, sale: Uuid) -> flashsale::store::TickRep
 }
 
 /// Makes the given users' holds run out now, as if their hold time had passed.
-async fn expire_now(store: &Store, sale: Uuid, users: &[String]) {
+pub(crate) async fn expire_now(store: &Store, sale: Uuid, users: &[String]) {
     sqlx::query(
         "UPDATE queue_entries SET hold_expires_at = now() - interval '1 millisecond'
           WHERE sale_id = $1 AND user_id = ANY($2) AND status = 'held'",
@@ -75,7 +75,7 @@ async fn expire_now(store: &Store, sale: Uuid, users: &[String]) {
     .expect("expire");
 }
 
-async fn held_users(store: &Store, sale: Uuid) -> Vec<String> {
+pub(crate) async fn held_users(store: &Store, sale: Uuid) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT user_id FROM queue_entries WHERE sale_id = $1 AND status = 'held' ORDER BY ticket",
     )

@@ -92,7 +92,7 @@ async fn variants_are_validated_with_their_own_codes() {
         "{body}"
     );
     let (status, body) =
-        create(json!({"sku": sku(), "name": "x", "checkout": "queued", "variants": one.clone()}))
+        create(json!({"sku": sku(), "name": "x", "checkout": "raffle", "variants": one.clone()}))
             .await;
     assert_eq!(
         (status, code(&body)),

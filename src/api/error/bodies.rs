@@ -37,6 +37,30 @@ impl ErrorBody {
         Json(body)
     }
 
+    /// `VARIANT_REQUIRED`: the sale has variants and the order names none.
+    pub fn variant_required() -> Json<Self> {
+        Self::json(
+            ErrorCode::VariantRequired,
+            "this sale has variants: name one (variant)",
+        )
+    }
+
+    /// `UNKNOWN_VARIANT`: the sale has no variant with the code named (or has none).
+    pub fn unknown_variant() -> Json<Self> {
+        Self::json(
+            ErrorCode::UnknownVariant,
+            "this sale has no variant with this code",
+        )
+    }
+
+    /// `SOLD_OUT` of one variant while others still sell.
+    pub fn variant_sold_out() -> Json<Self> {
+        Self::json(
+            ErrorCode::SoldOut,
+            "this variant is sold out (others are not)",
+        )
+    }
+
     /// `INSUFFICIENT_STOCK`, carrying the units left.
     pub fn insufficient_stock(available: i32) -> Json<Self> {
         let mut body = Self::new(

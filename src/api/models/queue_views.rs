@@ -91,8 +91,26 @@ pub struct QueueStatusView {
     pub prequeue: bool,
     /// Units asked for at the join: the hold reserves them, the confirm buys them.
     pub quantity: i32,
+    /// The variant asked for at the join (sales with variants).
+    #[oai(skip_serializing_if_is_none)]
+    pub variant: Option<String>,
     /// Poll again after this many milliseconds (grows with the distance to the front).
     pub poll_after_ms: u32,
+}
+
+/// Whether a waiting entry's turn can still come: units never come back past what is
+/// available and held now, of the entry's variant (the sale's, without variants).
+fn entry_servable(entry: &QueueEntry, sale: &Sale) -> bool {
+    let variant = entry
+        .variant
+        .as_deref()
+        .and_then(|code| sale.variant_position(code))
+        .and_then(|position| sale.variant_at(position));
+    let unsold = match variant {
+        Some(v) => i64::from(v.available) + i64::from(v.held),
+        None => i64::from(sale.available) + i64::from(sale.held),
+    };
+    !sale.is_sold_out() && unsold >= i64::from(entry.quantity)
 }
 
 impl QueueStatusView {
@@ -101,11 +119,7 @@ impl QueueStatusView {
     pub fn new(entry: &QueueEntry, sale: Option<&Sale>) -> Self {
         let status = match (entry.status, sale) {
             // Stock never comes back past what is available and held now.
-            (EntryStatus::Queued, Some(sale))
-                if sale.is_sold_out()
-                    || i64::from(sale.available) + i64::from(sale.held)
-                        < i64::from(entry.quantity) =>
-            {
+            (EntryStatus::Queued, Some(sale)) if !entry_servable(entry, sale) => {
                 QueueStatusKind::SoldOut
             }
             (EntryStatus::Queued, Some(sale))
@@ -133,6 +147,7 @@ impl QueueStatusView {
                 .filter(|_| status == QueueStatusKind::Held),
             prequeue: entry.prequeue,
             quantity: entry.quantity,
+            variant: entry.variant.clone(),
             poll_after_ms: entry.poll_after_ms(),
         }
     }

@@ -65,10 +65,8 @@ pub enum NewSaleError {
     DuplicateVariant(String),
     #[error("stock must equal the sum of the variants' stocks ({0}), or be left out")]
     StockNotVariantsSum(i64),
-    #[error(
-        "only instant sales have variants in this release (a queued sale or a raffle sells one product)"
-    )]
-    CheckoutVariants,
+    #[error("a raffle has no variants in this release: enter it as one product")]
+    RaffleVariants,
     #[error("endsAt must be after startsAt")]
     EndBeforeStart,
     #[error("startsAt and endsAt must lie between the years 2000 and 9999")]
@@ -146,8 +144,8 @@ impl NewSale {
         if self.variants.is_empty() {
             return Ok(());
         }
-        if self.checkout != Checkout::Instant {
-            return Err(NewSaleError::CheckoutVariants);
+        if self.checkout == Checkout::Raffle {
+            return Err(NewSaleError::RaffleVariants);
         }
         let shaped = self.variants.len() <= MAX_VARIANTS
             && self

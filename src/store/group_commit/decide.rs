@@ -37,22 +37,32 @@ impl PurchaseBatcher {
     }
 
     /// Decides one batch and answers every request in it. With the per-customer limit 1 a
-    /// user's requests are one order; above it each request is an order, and the batch is
-    /// decided in rounds, each user's first request in the first, their second in the next,
-    /// and so on (one statement sees each buyer once).
+    /// user's requests for one variant (or of a sale without variants) are one order;
+    /// otherwise each request is an order, and the batch is decided in rounds, each user's
+    /// first order in the first, their second in the next, and so on (one statement sees
+    /// each buyer once). So a repeat for another variant is decided after the first: it
+    /// hears `ALREADY_PURCHASED` if that bought, and is sold if that variant was sold out.
     pub(super) async fn decide(&self, sale_id: Uuid, batch: Vec<Request>) {
-        if batch.iter().all(|request| request.limit <= 1) {
+        let merge_repeats = batch.iter().all(|request| request.limit <= 1);
+        if merge_repeats && batch.iter().all(|request| request.variant.is_none()) {
             return self.decide_round(sale_id, batch).await;
         }
         let mut rounds: Vec<Vec<Request>> = Vec::new();
-        let mut seen: HashMap<String, usize> = HashMap::new();
+        // Each user's orders so far, by variant.
+        let mut seen: HashMap<String, Vec<Option<i16>>> = HashMap::new();
         for request in batch {
-            let round = seen.entry(request.user_id.clone()).or_default();
-            if rounds.len() <= *round {
+            let orders = seen.entry(request.user_id.clone()).or_default();
+            let round = match orders.iter().position(|v| *v == request.variant) {
+                Some(round) if merge_repeats => round,
+                _ => {
+                    orders.push(request.variant);
+                    orders.len() - 1
+                }
+            };
+            if rounds.len() <= round {
                 rounds.push(Vec::new());
             }
-            rounds[*round].push(request);
-            *round += 1;
+            rounds[round].push(request);
         }
         for round in rounds {
             self.decide_round(sale_id, round).await;

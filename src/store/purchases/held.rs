@@ -18,7 +18,8 @@ pub(in crate::store) enum HeldBought {
 }
 
 /// Moves `quantity` held units of the sale to `sold` and inserts the buyer's purchase of
-/// them, inside the caller's transaction, which has already locked and marked the hold's
+/// them (of `variant`, the hold's, in a sale with variants: the variant's own counters move
+/// with the entry's status, see the `variant_holds` migration), inside the caller's transaction, which has already locked and marked the hold's
 /// entry as bought (see the callers' race arguments).
 ///
 /// Race-free under READ COMMITTED: the counter UPDATE takes the sale row's lock and
@@ -33,7 +34,7 @@ pub(in crate::store) async fn buy_held(
     tx: &mut Db,
     sale_id: Uuid,
     user_id: &str,
-    quantity: i32,
+    (quantity, variant): (i32, Option<&str>),
 ) -> Result<HeldBought, StoreError> {
     let moved: Option<bool> = sqlx::query_scalar(
         "UPDATE sales SET held = held - $2, sold = sold + $2
@@ -51,8 +52,8 @@ pub(in crate::store) async fn buy_held(
         jobs::enqueue(tx, JobKind::SyncSaleState, sale_id, None).await?;
     }
     let purchase = sqlx::query_as::<_, PurchaseRow>(
-        "INSERT INTO purchases (id, sale_id, user_id, quantity, units_before)
-         SELECT $1, $2, $3, $4, COALESCE(sum(quantity), 0)::int FROM purchases
+        "INSERT INTO purchases (id, sale_id, user_id, quantity, units_before, variant)
+         SELECT $1, $2, $3, $4, COALESCE(sum(quantity), 0)::int, $5 FROM purchases
           WHERE sale_id = $2 AND user_id = $3
          RETURNING id, sale_id, user_id, created_at, quantity, variant",
     )
@@ -60,6 +61,7 @@ pub(in crate::store) async fn buy_held(
     .bind(sale_id)
     .bind(user_id)
     .bind(quantity)
+    .bind(variant)
     .fetch_one(&mut *tx)
     .await?;
     Ok(HeldBought::Bought {

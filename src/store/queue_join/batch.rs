@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use uuid::Uuid;
 
-use super::JoinOutcome;
+use super::{Ask, JoinOutcome};
 use crate::domain::{EntryStatus, QueueEntry, Sale, SaleState};
 use crate::store::StoreError;
 use crate::store::allowlist::lock_listed;
@@ -74,7 +74,7 @@ struct Door {
 pub(super) async fn join_batch(
     conn: &mut Db,
     sale_id: Uuid,
-    (users, quantities): (&[String], &HashMap<String, i32>),
+    (users, asks): (&[String], &HashMap<String, Ask>),
     committing: &AtomicBool,
 ) -> Result<JoinBatch, StoreError> {
     let mut tx = conn.begin().await?;
@@ -158,6 +158,11 @@ pub(super) async fn join_batch(
     };
     let mut room = i64::from(sale.queue_capacity) - i64::from(door.waiting);
     let unsold = sale.available + sale.held;
+    let variant_unsold = |user: &String| {
+        let code = asks.get(user)?.variant.as_deref()?;
+        let position = sale.variant_position(code)?;
+        sale.variant_at(position).map(|v| v.available + v.held)
+    };
     let (mut joining, mut rejoining, mut bought) = (Vec::new(), Vec::new(), Vec::new());
     for user in users {
         let entry = existing.get(user);
@@ -184,7 +189,15 @@ pub(super) async fn join_batch(
             // Larger than all that is unsold: its hold could never be granted, so it is
             // refused rather than queued to be passed over. Final: under the queue row's lock
             // the sale was read after it, and units only leave `available + held` (sold).
-            _ if quantities.get(user).copied().unwrap_or(1) > unsold => {
+            // A variant's: the same of its own units (an unknown variant never gets here:
+            // the door checked the code against the sale's variants, which never change).
+            _ if variant_unsold(user) == Some(0) => {
+                outcomes.insert(user.clone(), JoinOutcome::VariantSoldOut);
+            }
+            _ if asks.get(user).map_or(1, |ask| ask.quantity)
+                > variant_unsold(user).unwrap_or(unsold) =>
+            {
+                let unsold = variant_unsold(user).unwrap_or(unsold);
                 outcomes.insert(user.clone(), JoinOutcome::InsufficientStock { unsold });
             }
             (None, None) => {
@@ -201,7 +214,7 @@ pub(super) async fn join_batch(
     // The database clock (the transaction's) has not reached the start.
     let prequeue = !door.opened && sale.observed_at < sale.starts_at;
     let joined = if accepted > 0 {
-        let writes = (joining.as_slice(), rejoining.as_slice(), quantities);
+        let writes = (joining.as_slice(), rejoining.as_slice(), asks);
         write_joins(&mut tx, sale_id, &door, prequeue, writes).await?
     } else {
         Vec::new()
@@ -243,31 +256,37 @@ async fn write_joins(
     sale_id: Uuid,
     door: &Door,
     prequeue: bool,
-    (joining, rejoining, quantities): (&[&str], &[&str], &HashMap<String, i32>),
+    (joining, rejoining, asks): (&[&str], &[&str], &HashMap<String, Ask>),
 ) -> Result<Vec<EntryRow>, StoreError> {
     let users: Vec<&str> = joining.iter().chain(rejoining).copied().collect();
     let units: Vec<i32> = users
         .iter()
-        .map(|user| quantities.get(*user).copied().unwrap_or(1))
+        .map(|user| asks.get(*user).map_or(1, |ask| ask.quantity))
+        .collect();
+    let variants: Vec<Option<&str>> = users
+        .iter()
+        .map(|user| asks.get(*user).and_then(|ask| ask.variant.as_deref()))
         .collect();
     let rejoin: Vec<bool> = (0..users.len()).map(|i| i >= joining.len()).collect();
     let sql = format!(
         "WITH req AS (
-             SELECT r.user_id, r.rejoin, r.quantity,
+             SELECT r.user_id, r.rejoin, r.quantity, r.variant,
                     CASE WHEN $4 THEN NULL ELSE $3 + r.ord END AS ticket,
                     CASE WHEN $4 THEN decode(md5($5::bigint::text || r.user_id), 'hex') END AS draw_key
-               FROM unnest($2::text[], $6::bool[], $8::int[])
-                    WITH ORDINALITY AS r(user_id, rejoin, quantity, ord)
+               FROM unnest($2::text[], $6::bool[], $8::int[], $9::text[])
+                    WITH ORDINALITY AS r(user_id, rejoin, quantity, variant, ord)
          ), joined AS (
              INSERT INTO queue_entries AS e
-                    (sale_id, user_id, ticket, draw_key, prequeue, status, quantity)
-             SELECT $1, user_id, ticket, draw_key, $4, 'queued', quantity FROM req WHERE NOT rejoin
+                    (sale_id, user_id, ticket, draw_key, prequeue, status, quantity, variant)
+             SELECT $1, user_id, ticket, draw_key, $4, 'queued', quantity, variant
+               FROM req WHERE NOT rejoin
              RETURNING {ENTRY}
          ), rejoined AS (
              UPDATE queue_entries e
                 SET ticket = req.ticket, draw_key = req.draw_key, prequeue = $4,
                     status = 'queued', joined_at = now(), admitted_at = NULL,
-                    hold_expires_at = NULL, finished_at = NULL, quantity = req.quantity
+                    hold_expires_at = NULL, finished_at = NULL, quantity = req.quantity,
+                    variant = req.variant
                FROM req
               WHERE req.rejoin AND e.sale_id = $1 AND e.user_id = req.user_id
                 AND e.status IN ('expired', 'left')
@@ -285,7 +304,7 @@ async fn write_joins(
          SELECT e.*, {QUEUE_COUNTERS}
            FROM (SELECT * FROM joined UNION ALL SELECT * FROM rejoined) e, q",
         ENTRY = "e.user_id, e.ticket, e.prequeue, e.status, e.joined_at, e.hold_expires_at, \
-                 e.quantity",
+                 e.quantity, e.variant",
         QUEUE_COUNTERS = queue_counters_sql!()
     );
     // Built from constant text only.
@@ -298,6 +317,7 @@ async fn write_joins(
         .bind(&rejoin)
         .bind(users.len() as i64)
         .bind(&units)
+        .bind(&variants)
         .fetch_all(&mut *tx)
         .await?)
 }

@@ -59,7 +59,13 @@ impl Store {
             .fetch_optional(&mut self.conn().await?)
             .await?;
         Ok(match row {
-            Some(row) => CancelOutcome::Cancelled(row.into()),
+            // Read again: the statement's variants subquery saw its snapshot, from before a
+            // purchase it waited for (the row itself is the latest version). A new
+            // statement sees every commit before the cancel's.
+            Some(row) => match self.sale_by_id(sale_id).await? {
+                Some(now) => CancelOutcome::Cancelled(now),
+                None => CancelOutcome::Cancelled(row.into()),
+            },
             None => match self.sale_by_id(sale_id).await? {
                 Some(now) => CancelOutcome::AlreadyEnded(now),
                 None => CancelOutcome::NotFound,
