@@ -229,6 +229,10 @@ impl Store {
     /// behind it (its poll says `sold_out`): filtered before the head's `LIMIT`, so no number
     /// of them can fill the head. A skipped-locked entry is passed over as before.
     ///
+    /// A sale with variants: each variant's line is taken against its own units under its
+    /// row's lock, and the entries' units move between the variant's counters by the
+    /// trigger on their status change (see `heads::VARIANT_HEAD`).
+    ///
     /// Returns the entries admitted, and whether the batch (not the stock or the holds' cap)
     /// bounded the room: then more may be admitted at once. Counting entries would not tell:
     /// a batch of 500 units admits fewer than 500 entries of several units.
