@@ -17,8 +17,9 @@ pub fn purchases(
     store: Store,
     sale_id: Uuid,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    let header =
-        stream::once(async { Ok(b"purchase_id,sale_id,user_id,created_at,quantity\n".to_vec()) });
+    let header = stream::once(async {
+        Ok(b"purchase_id,sale_id,user_id,created_at,quantity,variant\n".to_vec())
+    });
     let pages = stream::unfold(Some(None::<String>), move |after| {
         let store = store.clone();
         async move {
@@ -66,6 +67,8 @@ fn csv_rows(purchases: &[Purchase]) -> Result<Vec<u8>, std::io::Error> {
             purchase.user_id.as_bytes(),
             created_at.as_bytes(),
             quantity.as_bytes(),
+            // Empty for a sale without variants.
+            purchase.variant.as_deref().unwrap_or_default().as_bytes(),
         ])
         .map_err(std::io::Error::other)?;
     }
@@ -101,8 +104,9 @@ mod tests {
         };
         let row = String::from_utf8(csv_rows(&[purchase]).expect("rows")).expect("utf-8");
         // Two ids of 36 characters and their commas before it; a comma, a 27-character
-        // time, a comma, the quantity (1) and the line's end after it.
-        row[2 * 37..row.len() - 31].to_string()
+        // time, a comma, the quantity (1), a comma, the empty variant and the line's end
+        // after it.
+        row[2 * 37..row.len() - 32].to_string()
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub enum PurchasesContent {
 #[oai(bad_request_handler = "purchases_parse_error")]
 pub enum PurchasesResponse {
     /// A page of purchases in `userId` order (JSON), or with `Accept: text/csv` or
-    /// `format=csv` every purchase as CSV (`purchase_id,sale_id,user_id,created_at,quantity`),
+    /// `format=csv` every purchase as CSV (`purchase_id,sale_id,user_id,created_at,quantity,variant`),
     /// streamed in constant memory. A CSV cut short by a failure ends without its final
     /// chunk, so a client sees a broken transfer, never a short file that looks whole.
     #[oai(status = 200)]

@@ -433,7 +433,7 @@ async fn the_csv_export_of_a_hundred_thousand_purchases_matches_the_table() {
     .fetch_all(pool)
     .await
     .expect("purchases");
-    let mut expected = String::from("purchase_id,sale_id,user_id,created_at,quantity\n");
+    let mut expected = String::from("purchase_id,sale_id,user_id,created_at,quantity,variant\n");
     for (id, user, at, quantity) in &rows {
         let user = if user.contains(',') {
             format!("\"{}\"", user.replace('"', "\"\""))
@@ -441,7 +441,7 @@ async fn the_csv_export_of_a_hundred_thousand_purchases_matches_the_table() {
             user.clone()
         };
         let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        expected.push_str(&format!("{id},{sale},{user},{at},{quantity}\n"));
+        expected.push_str(&format!("{id},{sale},{user},{at},{quantity},\n"));
     }
     assert_eq!(rows.len(), 100_000);
     assert!(csv == expected, "the CSV differs from the table");

@@ -255,13 +255,13 @@ async fn a_buyer_below_the_limit_buys_again_until_the_limit_and_hears_what_remai
     assert_eq!(status, StatusCode::OK);
     let csv = csv.as_str().expect("csv text");
     assert!(
-        csv.starts_with("purchase_id,sale_id,user_id,created_at,quantity\n"),
+        csv.starts_with("purchase_id,sale_id,user_id,created_at,quantity,variant\n"),
         "{csv}"
     );
     let last_columns: Vec<&str> = csv
         .lines()
         .skip(1)
-        .map(|line| line.rsplit(',').next().unwrap_or_default())
+        .map(|line| line.rsplit(',').nth(1).unwrap_or_default())
         .collect();
     assert_eq!(
         last_columns,

@@ -238,6 +238,21 @@ async fn race_three_variants(most: i64) {
         ]
         .map(|(v, n)| (Some(v), n))
     );
+    // The export names each order's variant.
+    let (status, csv) = app
+        .admin_get(&format!("/api/v1/admin/sales/{sku}/purchases?format=csv"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let csv = csv.as_str().expect("csv text").to_string();
+    let mut exported: HashMap<String, i64> = HashMap::new();
+    for line in csv.lines().skip(1) {
+        let mut fields = line.rsplit(',');
+        let variant = fields.next().unwrap_or_default().to_string();
+        let quantity: i64 = fields.next().and_then(|q| q.parse().ok()).unwrap_or(0);
+        *exported.entry(variant).or_default() += quantity;
+    }
+    let expected: HashMap<String, i64> = SIZES.iter().map(|(v, n)| (v.to_string(), *n)).collect();
+    assert_eq!(exported, expected);
     assert_eq!(
         broken_invariants(&app.store, &sku).await,
         Vec::<String>::new()
