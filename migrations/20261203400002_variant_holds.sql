@@ -16,9 +16,31 @@
 -- available, so the CHECK is a backstop, not the decision.
 SET LOCAL lock_timeout = '5s';
 
-CREATE FUNCTION queue_variant_counters() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One function for every kind of hold (queue entries here, raffle entries in the next
+-- migration), told its statuses by the trigger's arguments: the waiting status, the hold's,
+-- and the two that give a hold's units back (a hold that becomes `purchased` sells them).
+CREATE FUNCTION variant_hold_counters() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    waiting  text := TG_ARGV[0];
+    holding  text := TG_ARGV[1];
+    returned text[] := ARRAY[TG_ARGV[2], TG_ARGV[3]];
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM after_rows WHERE variant IS NOT NULL) THEN
+    -- Only a change that moves units touches the sale row: a rejoin, a leave from the
+    -- line or a draw slice moves none, and runs under the queue row's lock, which
+    -- admission, cancel and archive take after the sale row's (taking the sale row here
+    -- too would deadlock with them). First a scan of the new rows alone: a draw slice of
+    -- 10,000 tickets leaves them all waiting and costs no join.
+    IF NOT EXISTS (SELECT 1 FROM after_rows
+                    WHERE variant IS NOT NULL
+                      AND (status = holding OR status = 'purchased' OR status = ANY(returned))) THEN
+        RETURN NULL;
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM after_rows n JOIN before_rows o ON o.sale_id = n.sale_id AND o.user_id = n.user_id
+         WHERE n.variant IS NOT NULL
+           AND ((o.status = waiting AND n.status = holding)
+                OR (o.status = holding AND (n.status = 'purchased' OR n.status = ANY(returned))))
+    ) THEN
         RETURN NULL;
     END IF;
     PERFORM 1 FROM sales
@@ -27,26 +49,26 @@ BEGIN
         FOR NO KEY UPDATE;
     WITH moves AS (
         SELECT n.sale_id, n.variant,
-               COALESCE(sum(n.quantity) FILTER (WHERE o.status = 'queued' AND n.status = 'held'), 0) AS granted,
-               COALESCE(sum(n.quantity) FILTER (WHERE o.status = 'held' AND n.status IN ('expired', 'left')), 0) AS returned,
-               COALESCE(sum(n.quantity) FILTER (WHERE o.status = 'held' AND n.status = 'purchased'), 0) AS bought
+               COALESCE(sum(n.quantity) FILTER (WHERE o.status = waiting AND n.status = holding), 0) AS granted,
+               COALESCE(sum(n.quantity) FILTER (WHERE o.status = holding AND n.status = ANY(returned)), 0) AS given_back,
+               COALESCE(sum(n.quantity) FILTER (WHERE o.status = holding AND n.status = 'purchased'), 0) AS bought
           FROM after_rows n JOIN before_rows o ON o.sale_id = n.sale_id AND o.user_id = n.user_id
          WHERE n.variant IS NOT NULL AND o.status IS DISTINCT FROM n.status
          GROUP BY n.sale_id, n.variant
     )
     UPDATE sale_variants v
-       SET available = v.available - m.granted + m.returned,
-           held = v.held + m.granted - m.returned - m.bought,
+       SET available = v.available - m.granted + m.given_back,
+           held = v.held + m.granted - m.given_back - m.bought,
            sold = v.sold + m.bought
       FROM moves m
      WHERE v.sale_id = m.sale_id AND v.code = m.variant
-       AND (m.granted <> 0 OR m.returned <> 0 OR m.bought <> 0);
+       AND (m.granted <> 0 OR m.given_back <> 0 OR m.bought <> 0);
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER queue_entries_variant_counters AFTER UPDATE ON queue_entries
     REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION queue_variant_counters();
+    FOR EACH STATEMENT EXECUTE FUNCTION variant_hold_counters('queued', 'held', 'expired', 'left');
 
 -- Admission takes each variant's head in ticket order (store/queue_tick.rs): one range scan
 -- per variant. Partial: sales without variants (variant NULL) cost it nothing.

@@ -106,6 +106,15 @@ WITH sale AS (
            count(*) FILTER (WHERE v.sold <> COALESCE((
                SELECT sum(p.quantity) FROM purchases p
                 WHERE p.sale_id = v.sale_id AND p.variant = v.code), 0)) AS sold_mismatch,
+           -- Not through `holders`: a second reference would materialize it (every entry
+           -- of a large queue) for all the other checks too.
+           count(*) FILTER (WHERE v.held <> COALESCE((
+               SELECT sum(q.quantity) FROM queue_entries q
+                WHERE q.sale_id = v.sale_id AND q.status = 'held' AND q.variant = v.code), 0)
+               + COALESCE((
+               SELECT sum(r.quantity) FROM raffle_entries r
+                WHERE r.sale_id = v.sale_id AND r.status = 'selected' AND r.variant = v.code), 0))
+               AS held_mismatch,
            COALESCE(sum(v.stock), 0) AS stock, COALESCE(sum(v.available), 0) AS available,
            COALESCE(sum(v.held), 0) AS held, COALESCE(sum(v.sold), 0) AS sold
       FROM sale_variants v JOIN sale s ON v.sale_id = s.id
@@ -183,13 +192,16 @@ WITH sale AS (
     UNION ALL
     SELECT 13, 'variants_balance_and_sum_to_the_sale',
            CASE WHEN v.n = 0 THEN ov.named = 0
-                ELSE v.unbalanced = 0 AND v.sold_mismatch = 0 AND ov.without = 0
+                ELSE v.unbalanced = 0 AND v.sold_mismatch = 0 AND v.held_mismatch = 0
+                     AND ov.without = 0
                      AND v.last_position = v.n
                      AND ov.unknown = 0 AND v.stock = s.stock AND v.available = s.available
                      AND v.held = s.held AND v.sold = s.sold END,
-           format('variants=%s last_position=%s unbalanced=%s sold_not_purchased=%s sums(stock=%s available=%s '
+           format('variants=%s last_position=%s unbalanced=%s sold_not_purchased=%s '
+                  'held_not_live_holds=%s sums(stock=%s available=%s '
                   'held=%s sold=%s) orders_without_variant=%s orders_unknown_variant=%s '
-                  'orders_naming_one=%s', v.n, v.last_position, v.unbalanced, v.sold_mismatch, v.stock,
+                  'orders_naming_one=%s', v.n, v.last_position, v.unbalanced, v.sold_mismatch,
+                  v.held_mismatch, v.stock,
                   v.available, v.held, v.sold, ov.without, ov.unknown, ov.named)
       FROM sale s, variants v, orders_variants ov
 )

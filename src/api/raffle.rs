@@ -87,7 +87,7 @@ impl RaffleApi {
         sale: Path<String>,
         body: Json<EntryRequest>,
     ) -> Result<EnterResponse, ServerError> {
-        let (claimed, quantity) = match body.0.claimed_user() {
+        let (claimed, quantity, variant) = match body.0.claimed_user() {
             Ok(request) => request,
             Err(message) => {
                 return Ok(EnterResponse::BadRequest(ErrorBody::json(
@@ -106,7 +106,10 @@ impl RaffleApi {
                 ));
             }
         };
-        let outcome = self.entries.enter(&sale.0, &user_id, quantity).await?;
+        let outcome = self
+            .entries
+            .enter_variant(&sale.0, &user_id, quantity, variant.as_deref())
+            .await?;
         self.count("enter", enter_outcome_name(&outcome));
         Ok(match outcome {
             EnterOutcome::Entered(entry) => {
@@ -124,6 +127,10 @@ impl RaffleApi {
                 EnterResponse::BadRequest(ErrorBody::quantity_too_large(max_per_order))
             }
             EnterOutcome::NotEligible => EnterResponse::Forbidden(ErrorBody::not_eligible()),
+            EnterOutcome::VariantRequired => {
+                EnterResponse::BadRequest(ErrorBody::variant_required())
+            }
+            EnterOutcome::UnknownVariant => EnterResponse::BadRequest(ErrorBody::unknown_variant()),
             EnterOutcome::WrongCheckout => EnterResponse::Conflict(wrong_checkout()),
             EnterOutcome::SaleNotFound => {
                 EnterResponse::NotFound(ErrorBody::sale_not_found(&sale.0))
@@ -300,6 +307,8 @@ fn enter_outcome_name(outcome: &EnterOutcome) -> &'static str {
         EnterOutcome::NotAccepting(_) => "not_accepting",
         EnterOutcome::QuantityTooLarge { .. } => "quantity_too_large",
         EnterOutcome::NotEligible => "not_eligible",
+        EnterOutcome::VariantRequired => "variant_required",
+        EnterOutcome::UnknownVariant => "unknown_variant",
         EnterOutcome::WrongCheckout => "wrong_checkout",
         EnterOutcome::SaleNotFound => "sale_not_found",
     }

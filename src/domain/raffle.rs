@@ -56,6 +56,8 @@ pub struct RaffleEntry {
     pub status: RaffleStatus,
     /// Units asked for at entry: the hold reserves them, the confirm buys them.
     pub quantity: i32,
+    /// The variant asked for at entry (its code), in a raffle with variants.
+    pub variant: Option<String>,
     pub entered_at: DateTime<Utc>,
     pub hold_expires_at: Option<DateTime<Utc>>,
     /// 1, 2, 3... in draw order, once the draw has ranked this entrant.

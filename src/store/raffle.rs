@@ -20,7 +20,7 @@ use crate::domain::{Checkout, Purchase, RaffleEntry, RaffleStats, RaffleStatus, 
 
 /// The columns of an entry as [`EntryRow`] reads them; `e` is `raffle_entries`, `r` its
 /// `sale_raffles` row (the seed is shown once the draw has begun).
-pub(super) const ENTRY_COLUMNS: &str = "e.user_id, e.status, e.quantity, e.entered_at, \
+pub(super) const ENTRY_COLUMNS: &str = "e.user_id, e.status, e.quantity, e.variant, e.entered_at, \
      e.hold_expires_at, e.draw_position, \
      CASE WHEN r.draw_started_at IS NOT NULL THEN r.draw_seed END AS draw_seed";
 
@@ -29,6 +29,7 @@ pub(super) struct EntryRow {
     user_id: String,
     status: String,
     quantity: i32,
+    variant: Option<String>,
     entered_at: DateTime<Utc>,
     hold_expires_at: Option<DateTime<Utc>>,
     draw_position: Option<i64>,
@@ -42,6 +43,7 @@ impl From<EntryRow> for RaffleEntry {
             // The column's CHECK allows only the six statuses.
             status: RaffleStatus::parse(&row.status).unwrap_or(RaffleStatus::Entered),
             quantity: row.quantity,
+            variant: row.variant,
             entered_at: row.entered_at,
             hold_expires_at: row.hold_expires_at,
             draw_position: row.draw_position,
@@ -109,21 +111,22 @@ impl Store {
         }
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
-        let confirmed: Option<i32> = sqlx::query_scalar(
+        let confirmed: Option<(i32, Option<String>)> = sqlx::query_as(
             "UPDATE raffle_entries SET status = 'purchased', finished_at = now()
               WHERE sale_id = $1 AND user_id = $2 AND status = 'selected'
                 AND hold_expires_at > now()
-             RETURNING quantity",
+             RETURNING quantity, variant",
         )
         .bind(sale.id)
         .bind(user_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(quantity) = confirmed else {
+        let Some((quantity, variant)) = confirmed else {
             tx.rollback().await?;
             return confirm_refusal(&mut conn, sale.id, user_id).await;
         };
-        let purchase = match buy_held(&mut tx, sale.id, user_id, (quantity, None)).await? {
+        let held = (quantity, variant.as_deref());
+        let purchase = match buy_held(&mut tx, sale.id, user_id, held).await? {
             HeldBought::Bought { purchase, sold_out } => {
                 if sold_out {
                     // The last unit: the tick tells every entrant still waiting that

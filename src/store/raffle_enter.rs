@@ -19,7 +19,7 @@ use super::allowlist::lock_listed;
 use super::batcher::{self, Batchers, claim};
 use super::db::Db;
 use super::raffle::{ENTRY_COLUMNS, EntryRow};
-use super::sale_refs::{SaleRefs, Target};
+use super::sale_refs::{SaleRefs, Target, VariantRefusal};
 use super::sales::{SALE_COLUMNS, SaleRow};
 use super::{Store, StoreError, deadline_missed};
 use crate::domain::{Checkout, RaffleEntry, RaffleStatus, Sale, SaleState};
@@ -47,6 +47,10 @@ pub enum EnterOutcome {
     },
     /// The sale has an allow-list and the buyer is not on it.
     NotEligible,
+    /// The sale has variants and the entry names none.
+    VariantRequired,
+    /// The entry names a variant the sale does not have (or the sale has none).
+    UnknownVariant,
     WrongCheckout,
     SaleNotFound,
 }
@@ -66,7 +70,8 @@ type Reply = batcher::Reply<(EnterOutcome, bool)>;
 
 struct EntryRequest {
     user_id: String,
-    quantity: i32,
+    /// Units, and the variant's code (in a raffle with variants).
+    ask: (i32, Option<String>),
     reply: Reply,
 }
 
@@ -101,15 +106,30 @@ impl EntryBatcher {
         user_id: &str,
         quantity: i32,
     ) -> Result<EnterOutcome, StoreError> {
+        self.enter_variant(sale_ref, user_id, quantity, None).await
+    }
+
+    /// [`EntryBatcher::enter`] for units of the variant `variant` (its code): a raffle with
+    /// variants needs one, one without takes none. A buyer who entered keeps their first
+    /// quantity and variant.
+    pub async fn enter_variant(
+        &self,
+        sale_ref: &str,
+        user_id: &str,
+        quantity: i32,
+        variant: Option<&str>,
+    ) -> Result<EnterOutcome, StoreError> {
         let Some(target) = self.refs.resolve(sale_ref, false).await? else {
             return Ok(EnterOutcome::SaleNotFound);
         };
-        let (outcome, sale_unarchived) = self.enter_in(target.clone(), user_id, quantity).await?;
+        let (outcome, sale_unarchived) = self
+            .enter_in(target.clone(), user_id, quantity, variant)
+            .await?;
         if sale_unarchived || !target.cached {
             return Ok(outcome);
         }
         match self.refs.resolve(sale_ref, true).await? {
-            Some(fresh) => Ok(self.enter_in(fresh, user_id, quantity).await?.0),
+            Some(fresh) => Ok(self.enter_in(fresh, user_id, quantity, variant).await?.0),
             None => Ok(EnterOutcome::SaleNotFound),
         }
     }
@@ -119,9 +139,16 @@ impl EntryBatcher {
         target: Target,
         user_id: &str,
         quantity: i32,
+        variant: Option<&str>,
     ) -> Result<(EnterOutcome, bool), StoreError> {
         if target.checkout != Checkout::Raffle {
             return Ok((EnterOutcome::WrongCheckout, true));
+        }
+        // A sale's variants never change (a cached target is checked again fresh).
+        match target.variant_position(variant) {
+            Ok(_) => {}
+            Err(VariantRefusal::Required) => return Ok((EnterOutcome::VariantRequired, false)),
+            Err(VariantRefusal::Unknown) => return Ok((EnterOutcome::UnknownVariant, false)),
         }
         if quantity > target.max_per_order {
             let max_per_order = target.max_per_order;
@@ -131,7 +158,7 @@ impl EntryBatcher {
         let answer_by = Instant::now() + self.answer_timeout;
         let request = EntryRequest {
             user_id: user_id.to_string(),
-            quantity,
+            ask: (quantity, variant.map(str::to_string)),
             reply,
         };
         self.batchers.send(target.id, request, || {
@@ -153,7 +180,7 @@ async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<Entry
         let replies = by_user.entry(request.user_id.clone()).or_default();
         if replies.is_empty() {
             users.push(request.user_id);
-            quantities.push(request.quantity);
+            quantities.push(request.ask);
         }
         replies.push(request.reply);
     }
@@ -161,7 +188,7 @@ async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<Entry
         let mut conn = store.conn_until(cut_off).await?;
         // From here the entries go out: callers who already gave up are left out.
         claim(&mut by_user);
-        let (users, quantities): (Vec<String>, Vec<i32>) = users
+        let (users, quantities): (Vec<String>, Vec<(i32, Option<String>)>) = users
             .into_iter()
             .zip(quantities)
             .filter(|(user, _)| by_user.contains_key(user))
@@ -222,7 +249,7 @@ async fn decide(store: Store, timeout: Duration, sale_id: Uuid, batch: Vec<Entry
 async fn enter_batch(
     conn: &mut Db,
     sale_id: Uuid,
-    (users, quantities): (&[String], &[i32]),
+    (users, asks): (&[String], &[(i32, Option<String>)]),
     committing: &AtomicBool,
 ) -> Result<(HashMap<String, EnterOutcome>, bool), StoreError> {
     let mut tx = conn.begin().await?;
@@ -265,19 +292,23 @@ async fn enter_batch(
     };
     let mut outcomes = HashMap::new();
     let eligible = |user: &String| !sale.allowlist || listed.contains(user);
-    let (users_in, quantities_in): (Vec<String>, Vec<i32>) = users
+    let (users_in, asks_in): (Vec<String>, Vec<&(i32, Option<String>)>) = users
         .iter()
-        .zip(quantities)
+        .zip(asks)
         .filter(|(user, _)| eligible(user))
-        .map(|(user, quantity)| (user.clone(), *quantity))
+        .map(|(user, ask)| (user.clone(), ask))
         .unzip();
+    let quantities_in: Vec<i32> = asks_in.iter().map(|(quantity, _)| *quantity).collect();
+    let variants_in: Vec<Option<&str>> = asks_in.iter().map(|(_, v)| v.as_deref()).collect();
     if state == SaleState::Active && !users_in.is_empty() {
         let sql = format!(
             "WITH entered AS (
-                 INSERT INTO raffle_entries AS e (sale_id, user_id, quantity, status, draw_key)
+                 INSERT INTO raffle_entries AS e
+                        (sale_id, user_id, quantity, status, draw_key, variant)
                  SELECT $1, r.user_id, r.quantity, 'entered',
-                        decode(md5($4::bigint::text || r.user_id), 'hex')
-                   FROM unnest($2::text[], $3::int[]) WITH ORDINALITY AS r(user_id, quantity, ord)
+                        decode(md5($4::bigint::text || r.user_id), 'hex'), r.variant
+                   FROM unnest($2::text[], $3::int[], $5::text[])
+                        WITH ORDINALITY AS r(user_id, quantity, variant, ord)
                   ORDER BY r.ord
                  ON CONFLICT (sale_id, user_id) DO NOTHING
                  RETURNING e.*
@@ -290,6 +321,7 @@ async fn enter_batch(
             .bind(&users_in)
             .bind(&quantities_in)
             .bind(seed)
+            .bind(&variants_in)
             .fetch_all(&mut *tx)
             .await?;
         for entry in rows.into_iter().map(RaffleEntry::from) {

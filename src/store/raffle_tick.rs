@@ -8,8 +8,11 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+mod heads;
 mod holds;
 mod schedule;
+
+use heads::{HOPELESS_OF_VARIANTS, RAFFLE_HEAD, RAFFLE_VARIANT_HEAD};
 
 pub(super) use holds::{RaffleHolds, return_raffle_holds};
 pub(super) use schedule::enqueue_raffle_tick;
@@ -215,9 +218,10 @@ impl Store {
     async fn select_entrants(&self, sale_id: Uuid, batch: i64) -> Result<(i64, i64), StoreError> {
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
-        let room: Option<(i64, i32, i64, i32)> = sqlx::query_as(
+        let room: Option<(i64, i32, i64, i32, bool)> = sqlx::query_as(
             "SELECT LEAST(s.available::bigint, $2), s.hold_seconds,
-                    (s.available + s.held)::bigint, s.max_per_order
+                    (s.available + s.held)::bigint, s.max_per_order,
+                    EXISTS (SELECT 1 FROM sale_variants v WHERE v.sale_id = s.id)
                FROM sales s JOIN sale_raffles r ON r.sale_id = s.id
               WHERE s.id = $1 AND s.cancelled_at IS NULL AND s.archived_at IS NULL
                 AND r.draw_started_at IS NOT NULL
@@ -227,22 +231,17 @@ impl Store {
         .bind(batch)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((room, hold_seconds, servable, max_per_order)) = room else {
+        let Some((room, hold_seconds, servable, max_per_order, has_variants)) = room else {
             tx.commit().await?;
             return Ok((0, 0));
         };
-        let selected: i64 = if room > 0 {
-            sqlx::query_scalar(
-                "WITH head AS (
-                     SELECT ctid AS row_id, draw_position, quantity FROM raffle_entries
-                      WHERE sale_id = $1 AND status = 'entered' AND draw_position IS NOT NULL
-                        AND quantity <= $4
-                      ORDER BY draw_position LIMIT $2
-                      FOR UPDATE SKIP LOCKED
-                 ), fitting AS (
-                     -- Entrants asking more than is unsold are filtered before the LIMIT:
-                     -- taken into a head of `room` rows, they would hold back a servable
-                     -- entrant behind them (they are turned away below).
+        let head = if has_variants {
+            RAFFLE_VARIANT_HEAD
+        } else {
+            RAFFLE_HEAD
+        };
+        let sql = format!(
+            "WITH {head}, fitting AS (
                      SELECT row_id FROM (
                          SELECT row_id, sum(quantity) OVER (ORDER BY draw_position) AS through
                            FROM head
@@ -260,20 +259,25 @@ impl Store {
                             held = held + (SELECT COALESCE(sum(quantity), 0) FROM selected)
                       WHERE id = $1
                  )
-                 SELECT count(*) FROM selected",
-            )
-            .bind(sale_id)
-            .bind(room)
-            .bind(f64::from(hold_seconds))
-            .bind(servable)
-            .fetch_one(&mut *tx)
-            .await?
+                 SELECT count(*) FROM selected"
+        );
+        let selected: i64 = if room > 0 {
+            // Built from the constant texts of `heads`.
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(sale_id)
+                .bind(room)
+                .bind(f64::from(hold_seconds))
+                .bind(servable)
+                .fetch_one(&mut *tx)
+                .await?
         } else {
             0
         };
         // Nobody asks for more than `max_per_order`: while that much can still come, no
         // entrant is hopeless, and the walk over the waiting entrants is skipped.
-        let not_selected = if servable < i64::from(max_per_order) {
+        let not_selected = if has_variants {
+            turn_away_hopeless_of_variants(&mut tx, sale_id, batch, max_per_order).await?
+        } else if servable < i64::from(max_per_order) {
             turn_away(&mut tx, sale_id, batch, Some(servable)).await?
         } else {
             0
@@ -351,4 +355,31 @@ async fn turn_away(
     .fetch_one(conn)
     .await?;
     Ok(turned)
+}
+
+/// Tells `not_selected` the entrants of a raffle with variants whose variant can never
+/// serve them (see [`HOPELESS_OF_VARIANTS`]), inside the selection's transaction; each is
+/// re-checked `entered` and told once.
+async fn turn_away_hopeless_of_variants(
+    conn: &mut Db,
+    sale_id: Uuid,
+    batch: i64,
+    max_per_order: i32,
+) -> Result<i64, StoreError> {
+    let sql = format!(
+        "WITH doomed AS ({HOPELESS_OF_VARIANTS}
+         ), turned AS (
+             UPDATE raffle_entries e SET status = 'not_selected', finished_at = now()
+              WHERE e.ctid = ANY(ARRAY(SELECT row_id FROM doomed)) AND e.status = 'entered'
+             RETURNING 1
+         )
+         SELECT count(*) FROM turned"
+    );
+    // Built from the constant text of `heads`.
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(sale_id)
+        .bind(batch)
+        .bind(max_per_order)
+        .fetch_one(conn)
+        .await?)
 }

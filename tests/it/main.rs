@@ -32,6 +32,7 @@ mod queue_door;
 mod races;
 mod raffle;
 mod raffle_rules;
+mod raffle_variants;
 mod rate_limits;
 mod receiver;
 mod retention;

@@ -296,3 +296,63 @@ async fn six_hundred_buyers_of_three_variants_with_racing_ticks_confirms_leaves_
         Vec::<String>::new()
     );
 }
+
+/// Rejoins (expired -> queued) take the queue row, then change entries of a variant: they
+/// must not take the sale row after it, as admission takes the sale row and then the queue
+/// row (the trigger once did, and the two deadlocked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoins_of_expired_variant_holds_racing_ticks_never_deadlock() {
+    let app = spawn_app().await;
+    let variants = json!([{"code": "S", "stock": 150}, {"code": "M", "stock": 150}]);
+    let (sku, sale) =
+        queued_sale(&app, 300, json!({"variants": variants, "holdSeconds": 30})).await;
+    let users: Vec<String> = (0..300).map(|i| format!("r{i}")).collect();
+    let join_all = |round: usize| {
+        let mut joins = Vec::new();
+        for (i, user) in users.iter().enumerate() {
+            let (client, sku, user) = (app.client.clone(), sku.clone(), user.clone());
+            joins.push(tokio::spawn(async move {
+                let variant = if i % 2 == 0 { "S" } else { "M" };
+                let response = client
+                    .post(format!("/api/v1/sales/{sku}/queue"))
+                    .body_json(&json!({"userId": user, "variant": variant}))
+                    .send()
+                    .await;
+                let (status, body) = status_and_json(response).await;
+                assert_eq!(
+                    status,
+                    StatusCode::ACCEPTED,
+                    "round {round}, {user}: {body}"
+                );
+            }));
+        }
+        joins
+    };
+    for round in 0..3 {
+        // Everyone (re)joins while two ticks keep admitting.
+        let joins = join_all(round);
+        let ticking = {
+            let (store, done) = (app.store.clone(), joins.len());
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    let (a, b) =
+                        tokio::join!(store.queue_tick(sale, 500), store.queue_tick(sale, 500));
+                    a.expect("tick");
+                    b.expect("tick");
+                }
+                done
+            })
+        };
+        for join in joins {
+            join.await.expect("join");
+        }
+        ticking.await.expect("ticks");
+        tick(&app.store, sale).await;
+        // Every hold runs out, for the next round's rejoins.
+        let held = held_users(&app.store, sale).await;
+        expire_now(&app.store, sale, &held).await;
+        tick(&app.store, sale).await;
+        let failures = broken_invariants(&app.store, &sku).await;
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+}

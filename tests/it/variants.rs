@@ -91,9 +91,9 @@ async fn variants_are_validated_with_their_own_codes() {
         (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
         "{body}"
     );
-    let (status, body) =
-        create(json!({"sku": sku(), "name": "x", "checkout": "raffle", "variants": one.clone()}))
-            .await;
+    // The sum of the variants past the largest stock.
+    let big = json!([{"code": "A", "stock": 6_000_000}, {"code": "B", "stock": 6_000_000}]);
+    let (status, body) = create(json!({"sku": sku(), "name": "x", "variants": big})).await;
     assert_eq!(
         (status, code(&body)),
         (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),

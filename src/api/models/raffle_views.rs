@@ -20,15 +20,20 @@ pub struct EntryRequest {
     /// `maxPerOrder` (else 400 `QUANTITY_TOO_LARGE`); default 1.
     #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
     pub quantity: MaybeUndefined<i32>,
+    /// In a raffle with variants, required: the code of the variant the entrant would buy
+    /// (an unknown code is 400 `UNKNOWN_VARIANT`, none 400 `VARIANT_REQUIRED`).
+    #[oai(validator(min_length = 1, max_length = 32))]
+    pub variant: MaybeUndefined<StrictString>,
 }
 
 impl EntryRequest {
-    /// The `userId` the request names, if any, and the quantity (default 1); `null` is
-    /// refused for either (the message says why).
-    pub fn claimed_user(self) -> Result<(Option<String>, i32), String> {
+    /// The `userId` the request names, if any, the quantity (default 1) and the variant's
+    /// code, if any; `null` is refused for each (the message says why).
+    pub fn claimed_user(self) -> Result<(Option<String>, i32, Option<String>), String> {
         let user = optional(self.user_id, "userId")?;
         let quantity = optional(self.quantity, "quantity")?.unwrap_or(1);
-        Ok((user.map(|user| user.0), quantity))
+        let variant = optional(self.variant, "variant")?;
+        Ok((user.map(|user| user.0), quantity, variant.map(|v| v.0)))
     }
 }
 
@@ -71,6 +76,9 @@ pub struct RaffleEntryView {
     pub status: RaffleStatusView,
     /// Units asked for at entry.
     pub quantity: i32,
+    /// The variant entered for (raffles with variants).
+    #[oai(skip_serializing_if_is_none)]
+    pub variant: Option<String>,
     pub entered_at: DateTime<Utc>,
     /// While `selected`: confirm before this instant.
     #[oai(skip_serializing_if_is_none)]
@@ -90,6 +98,7 @@ impl From<&RaffleEntry> for RaffleEntryView {
             user_id: entry.user_id.clone(),
             status: entry.status.into(),
             quantity: entry.quantity,
+            variant: entry.variant.clone(),
             entered_at: entry.entered_at,
             hold_expires_at: entry
                 .hold_expires_at

@@ -65,8 +65,6 @@ pub enum NewSaleError {
     DuplicateVariant(String),
     #[error("stock must equal the sum of the variants' stocks ({0}), or be left out")]
     StockNotVariantsSum(i64),
-    #[error("a raffle has no variants in this release: enter it as one product")]
-    RaffleVariants,
     #[error("endsAt must be after startsAt")]
     EndBeforeStart,
     #[error("startsAt and endsAt must lie between the years 2000 and 9999")]
@@ -143,9 +141,6 @@ impl NewSale {
     fn validate_variants(&self) -> Result<(), NewSaleError> {
         if self.variants.is_empty() {
             return Ok(());
-        }
-        if self.checkout == Checkout::Raffle {
-            return Err(NewSaleError::RaffleVariants);
         }
         let shaped = self.variants.len() <= MAX_VARIANTS
             && self

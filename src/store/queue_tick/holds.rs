@@ -66,9 +66,13 @@ pub(in crate::store) async fn return_holds(
              UPDATE sales SET held = held - (SELECT sum(quantity) FROM returned),
                               available = available + (SELECT sum(quantity) FROM returned)
               WHERE id = $1 AND (SELECT count(*) FROM returned) > 0
+             RETURNING 1
          ), counted AS (
+             -- After `moved` (it reads it): the sale row before the queue row, the order
+             -- admission takes them in. Unreferenced, this CTE ran first (Postgres runs
+             -- them last to first) and two ticks of one sale deadlocked.
              UPDATE sale_queues SET expired = expired + (SELECT count(*) FROM returned)
-              WHERE sale_id = $1 AND (SELECT count(*) FROM returned) > 0
+              WHERE sale_id = $1 AND EXISTS (SELECT 1 FROM moved)
          ), recorded AS (
              UPDATE sale_events
                 SET voided_holds = COALESCE(voided_holds, 0) + (SELECT count(*) FROM returned)

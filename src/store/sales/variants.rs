@@ -19,8 +19,7 @@ pub(super) async fn create_variants(
     sqlx::query(
         "INSERT INTO sale_variants (sale_id, position, code, stock, available)
          SELECT $1, v.position, v.code, v.stock, v.stock
-           FROM unnest($2::text[], $3::int[]) WITH ORDINALITY AS v(code, stock, position)
-          WHERE EXISTS (SELECT 1 FROM sales WHERE id = $1 AND checkout <> 'raffle')",
+           FROM unnest($2::text[], $3::int[]) WITH ORDINALITY AS v(code, stock, position)",
     )
     .bind(sale_id)
     .bind(&codes)
