@@ -9,10 +9,10 @@
 // picks a size (by VU number: the scarce sizes are the popular ones) and orders 1-4 units of
 // it, and keeps ordering like a shop's buyer would: after a 201 they order again while the
 // limit leaves room, after INSUFFICIENT_STOCK they order the `available` it carries, after a
-// SOLD_OUT for their size they read the sale's view and switch to a size it does not show
-// sold out (the view may be cached, so they also skip every size that answered them
-// SOLD_OUT). A buyer at the limit asks once more, for one unit of another size:
-// LIMIT_REACHED with nothing left. Thresholds: per size, the units counted from the 201s'
+// SOLD_OUT for their size they read the sale's view a second later and switch to a size it
+// does not show sold out (the view may be cached, so they also skip every size that
+// answered them SOLD_OUT). A buyer at the limit asks once more, for one unit of another
+// size: LIMIT_REACHED with nothing left. Thresholds: per size, the units counted from the 201s'
 // `quantity` equal the size's stock, and in all MULTI_STOCK; buyers did switch sizes; every
 // answer is a 201 of the size and units asked or a documented 409/429 (no 5xx, no 400); a
 // LIMIT_REACHED's `remaining` matches what the buyer counted across sizes. The teardown
@@ -35,6 +35,9 @@ const STOCK = envInt('INITIAL_STOCK', 100);
 const MULTI_VUS = envInt('MULTI_VUS', 500);
 const MULTI_STOCK = envInt('MULTI_STOCK', 300);
 const LIMIT = 4;
+// Seconds a buyer told SOLD_OUT takes to pick another size (a person reads the page again),
+// which also keeps the switchers' orders off the plain burst's first second.
+const SWITCH_PAUSE = 1;
 
 // The drop's sizes: uneven stocks (10 %, 20 %, 30 %, the rest; each at least 1) summing to
 // MULTI_STOCK, so the small sizes sell out first and their buyers move on.
@@ -131,6 +134,7 @@ export function multiBuyer(data) {
       quantity = Math.min(body(res, 'available'), LIMIT - owned);
     } else if (code === 'SOLD_OUT') {
       gone.add(variant);
+      sleep(SWITCH_PAUSE); // a buyer looks at the sizes again before picking another
       variant = nextVariant(data, gone);
       if (variant) multiSwitches.add(1);
     } else if (code === 'RATE_LIMITED') {
