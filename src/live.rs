@@ -350,9 +350,9 @@ async fn read_update(
     };
     let mut changes = HashMap::new();
     let mut through = seen.unwrap_or(live.last_sequence);
-    // Only a waiting room's buyers follow their own entries; an instant sale's streams
-    // need the counters alone.
-    if seen.is_some() && live.queue.is_some() {
+    // Only a waiting room's buyers and a raffle's entrants follow their own entries; an
+    // instant sale's streams need the counters alone.
+    if seen.is_some() && (live.queue.is_some() || live.raffle.is_some()) {
         loop {
             let page = store.entry_changes(sale_id, through, CHANGE_PAGE).await?;
             through = page.through.unwrap_or(through);

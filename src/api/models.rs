@@ -19,7 +19,9 @@ pub use outbox_views::{
     PurchasePage, WebhookSecretView, WebhookView,
 };
 pub use queue_views::{QueueStatsView, QueueStatusKind, QueueStatusView, QueueStreamEvent};
-pub use raffle_views::{EntryRequest, RaffleEntryView, RaffleStatsView, RaffleStatusView};
+pub use raffle_views::{
+    EntryRequest, RaffleEntryView, RaffleStatsView, RaffleStatusView, RaffleStreamEvent,
+};
 pub use variant_views::{VariantRequest, VariantView};
 
 use chrono::{DateTime, Utc};

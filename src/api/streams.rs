@@ -1,34 +1,41 @@
 //! Live streams for buyers and shop pages (Server-Sent Events): a buyer's place in a queue,
-//! and a sale's public view. Both ride the instance's [`LiveHub`], so an open stream costs no
-//! queries of its own (a buyer's stream re-reads its entry only when the hub cannot tell,
-//! see `journey.rs`).
+//! a raffle entrant's entry, and a sale's public view. All ride the instance's [`LiveHub`],
+//! so an open stream costs no queries of its own (a buyer's stream re-reads its entry only
+//! when the hub cannot tell, see `journey.rs`). The two buyer streams share everything but
+//! their entry: the checks before they open, the journey's loop, and the SSE framing.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use poem::web::sse::Event as SseEvent;
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::{EventStream, Json};
-use poem_openapi::types::ToJSON;
-use poem_openapi::{ApiResponse, Enum, OpenApi};
+use poem_openapi::payload::EventStream;
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{Enum, OpenApi};
+use uuid::Uuid;
 
 use super::ApiTags;
-use super::buyer_auth::{BuyerAuth, BuyerTokens, IdentityRefusal, identity_refusal};
+use super::buyer_auth::{BuyerAuth, BuyerTokens};
 use super::drain::{Drain, until_drain};
 use super::error::{ErrorBody, ErrorCode, ServerError};
-use super::journey::BuyerJourney;
-use super::models::{QueueStreamEvent, SaleStreamEvent, SaleView};
+use super::journey::{BuyerJourney, Follow, Journey, RaffleJourney};
+use super::models::{QueueStreamEvent, RaffleStreamEvent, SaleStreamEvent, SaleView};
 use super::rate_limit::{RateLimits, client_ip, client_key};
 use crate::domain::{Checkout, Sale, SaleState};
-use crate::live::{LiveHub, StreamsFull, Subscription};
+use crate::live::{LiveHub, Subscription};
+use crate::store::{Store, StoreError};
+
+mod responses;
+
+use responses::{BuyerRefusal, refuse};
+pub use responses::{QueueStreamResponse, RaffleStreamResponse, SaleStreamResponse};
 
 /// Keep-alive comments on an idle stream, under common proxy idle timeouts.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// A public stream sends at most one view this often.
 const PUBLIC_EVERY: Duration = Duration::from_millis(200);
-/// Seconds a refused stream is told to wait.
-const STREAMS_FULL_RETRY_SECONDS: u64 = 5;
 
 pub struct StreamsApi {
     pub live: LiveHub,
@@ -40,108 +47,140 @@ pub struct StreamsApi {
     pub limits: std::sync::Arc<RateLimits>,
 }
 
+/// A message of a live stream: its SSE `event:` and `id:` (the sale's event sequence it
+/// reflects) ride beside its JSON, and on a drain it is sent again as `event: closing`.
+trait LiveMessage: Type + ToJSON + Clone + Send + 'static {
+    fn event(&self) -> &'static str;
+    fn sequence(&self) -> i64;
+    fn closing(self) -> Self;
+}
+
+macro_rules! live_message {
+    ($($message:ty),+) => {$(
+        impl LiveMessage for $message {
+            fn event(&self) -> &'static str {
+                self.event
+            }
+            fn sequence(&self) -> i64 {
+                self.sequence
+            }
+            fn closing(self) -> Self {
+                Self { event: "closing", ..self }
+            }
+        }
+    )+};
+}
+
+live_message!(QueueStreamEvent, RaffleStreamEvent, SaleStreamEvent);
+
+/// The SSE body of a stream: its messages until it ends or the instance drains (then the
+/// last one again as `event: closing`), with keep-alive comments.
+fn sse<M: LiveMessage>(
+    messages: BoxStream<'static, M>,
+    drain: Drain,
+) -> EventStream<BoxStream<'static, M>> {
+    EventStream::new(until_drain(messages, drain, |last: M| Some(last.closing())))
+        .keep_alive(KEEP_ALIVE)
+        .to_event(|message: M| {
+            SseEvent::message(message.to_json_string())
+                .event_type(message.event())
+                .id(message.sequence().to_string())
+        })
+}
+
+/// What tells one kind of buyer stream from another before it opens.
+struct BuyerStream {
+    /// The checkouts that have this stream, and the message for the others.
+    accepts: fn(Checkout) -> bool,
+    wrong_checkout: &'static str,
+    /// The answer when the buyer has no entry.
+    no_entry: (ErrorCode, &'static str),
+}
+
+const QUEUE_STREAM: BuyerStream = BuyerStream {
+    accepts: |checkout| checkout != Checkout::Instant,
+    wrong_checkout: "this sale uses the instant checkout: it has no queue",
+    no_entry: (
+        ErrorCode::NotInQueue,
+        "this user has no entry in this sale's queue",
+    ),
+};
+
+const RAFFLE_STREAM: BuyerStream = BuyerStream {
+    accepts: |checkout| checkout == Checkout::Raffle,
+    wrong_checkout: "this sale is not a raffle: it has no entries",
+    no_entry: (
+        ErrorCode::NotEntered,
+        "this user has no entry in this raffle",
+    ),
+};
+
 impl StreamsApi {
     /// The key the request's client is counted under (`None`: not known, not capped).
     fn client(&self, req: &poem::Request) -> Option<std::net::IpAddr> {
         client_ip(req, self.limits.trust_forwarded_for).map(client_key)
     }
-}
 
-#[derive(ApiResponse)]
-#[oai(bad_request_handler = "queue_stream_parse_error")]
-pub enum QueueStreamResponse {
-    /// The buyer's status at once, then each change; the stream ends when the journey does.
-    #[oai(status = 200)]
-    Ok(EventStream<BoxStream<'static, QueueStreamEvent>>),
-    /// `INVALID_REQUEST`: a malformed `Last-Event-ID`.
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// `UNAUTHENTICATED`: with buyer tokens on, a missing or invalid token.
-    #[oai(status = 401)]
-    Unauthorized(Json<ErrorBody>),
-    /// `FORBIDDEN`: the token's user is not the path's `userId`.
-    #[oai(status = 403)]
-    Forbidden(Json<ErrorBody>),
-    /// `SALE_NOT_FOUND`, or `NOT_IN_QUEUE`: join first.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-    /// `WRONG_CHECKOUT`: an instant sale has no queue.
-    #[oai(status = 409)]
-    Conflict(Json<ErrorBody>),
-    /// `TOO_MANY_STREAMS`: this client (an IP address, an IPv6 /64) holds as many streams
-    /// as one client may (`MAX_STREAMS_PER_CLIENT`); close one, or poll.
-    #[oai(status = 429)]
-    TooMany(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-    /// `TOO_MANY_STREAMS`: this instance serves its maximum; retry later or poll.
-    #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-}
-
-fn queue_stream_parse_error(err: poem::Error) -> QueueStreamResponse {
-    QueueStreamResponse::BadRequest(ErrorBody::json(ErrorCode::InvalidRequest, err.to_string()))
-}
-
-identity_refusal!(QueueStreamResponse);
-
-#[derive(ApiResponse)]
-#[oai(bad_request_handler = "sale_stream_parse_error")]
-pub enum SaleStreamResponse {
-    /// The sale's public view at once, then after each change; the stream ends once the
-    /// sale has ended, was cancelled or archived.
-    #[oai(status = 200)]
-    Ok(EventStream<BoxStream<'static, SaleStreamEvent>>),
-    /// `INVALID_REQUEST`.
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// `SALE_NOT_FOUND`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-    /// `TOO_MANY_STREAMS`: this client (an IP address, an IPv6 /64) holds as many streams
-    /// as one client may (`MAX_STREAMS_PER_CLIENT`); close one, or poll.
-    #[oai(status = 429)]
-    TooMany(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-    /// `TOO_MANY_STREAMS`: this instance serves its maximum; retry later or poll.
-    #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-}
-
-fn sale_stream_parse_error(err: poem::Error) -> SaleStreamResponse {
-    SaleStreamResponse::BadRequest(ErrorBody::json(ErrorCode::InvalidRequest, err.to_string()))
-}
-
-/// The refusal of a stream: `too_many` (429) for a client over its share, `unavailable`
-/// (503) for a full instance, each with `Retry-After`.
-fn refuse<R>(
-    full: StreamsFull,
-    too_many: fn(Json<ErrorBody>, u64) -> R,
-    unavailable: fn(Json<ErrorBody>, u64) -> R,
-) -> R {
-    let retry = STREAMS_FULL_RETRY_SECONDS;
-    match full {
-        StreamsFull::Client => too_many(
-            ErrorBody::json(
-                ErrorCode::TooManyStreams,
-                "this client holds as many live streams as one client may; close one, or poll",
-            ),
-            retry,
-        ),
-        StreamsFull::Instance => unavailable(
-            ErrorBody::json(
-                ErrorCode::TooManyStreams,
-                "this instance serves as many live streams as it may; retry later, or poll",
-            ),
-            retry,
-        ),
+    /// What every buyer's stream does before it opens, in this order: check the buyer's
+    /// identity (as the poll route), `Last-Event-ID`, the sale and its checkout; take a
+    /// seat (the client's share and the instance's) that follows the buyer; then `read`
+    /// the entry with the sale's event sequence. The seat follows the buyer before the
+    /// read, so every change committed after it reaches the stream (see
+    /// `Subscription::buyer`).
+    async fn open_buyer<E, F>(
+        &self,
+        (req, auth): (&poem::Request, &BuyerAuth),
+        (sale, user_id): (&str, &str),
+        last_event_id: Option<&str>,
+        kind: &BuyerStream,
+        read: impl FnOnce(Store, Uuid, String) -> F,
+    ) -> Result<Result<(Sale, Follow, E), BuyerRefusal>, ServerError>
+    where
+        F: Future<Output = Result<Option<(E, i64)>, StoreError>>,
+    {
+        if let Err(err) = self.tokens.identify(auth, Some(user_id)) {
+            return Ok(Err(BuyerRefusal::Identity(err)));
+        }
+        if !valid_last_event_id(last_event_id) {
+            return Ok(Err(BuyerRefusal::LastEventId));
+        }
+        let store = self.live.store().clone();
+        let Some(found) = store.resolve_sale(sale).await? else {
+            return Ok(Err(BuyerRefusal::SaleNotFound));
+        };
+        if !(kind.accepts)(found.checkout) {
+            return Ok(Err(BuyerRefusal::WrongCheckout(kind.wrong_checkout)));
+        }
+        let subscription = match self.live.subscribe(found.id, self.client(req)) {
+            Ok(subscription) => subscription,
+            Err(full) => return Ok(Err(BuyerRefusal::Full(full))),
+        };
+        let changes = subscription.buyer(user_id);
+        let Some((entry, seen)) = read(store, found.id, user_id.to_string()).await? else {
+            let (code, message) = kind.no_entry;
+            return Ok(Err(BuyerRefusal::NoEntry(code, message)));
+        };
+        let follow = Follow::new(self.live.clone(), subscription, changes, seen);
+        Ok(Ok((found, follow, entry)))
     }
 }
 
-/// Where a buyer's stream may end early.
+/// Where a buyer's stream in a queue may end early.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
 #[oai(rename_all = "snake_case")]
 pub enum StreamUntil {
     /// End once the buyer holds a unit (or the journey ends first): for clients that read
     /// the stream as one long request, then confirm.
     Held,
+}
+
+/// Where a raffle entrant's stream may end early.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum EntryStreamUntil {
+    /// End once the entrant is selected (or the entry is final first): for clients that
+    /// read the stream as one long request, then confirm.
+    Selected,
 }
 
 /// `Last-Event-ID` is a sequence the client saw; anything else is a client error.
@@ -181,66 +220,74 @@ impl StreamsApi {
         /// ends.
         until: Query<Option<StreamUntil>>,
     ) -> Result<QueueStreamResponse, ServerError> {
-        if let Err(err) = self.tokens.identify(&auth, Some(&user_id.0)) {
-            return Ok(QueueStreamResponse::refuse(err));
-        }
-        if !valid_last_event_id(last_event_id.0.as_deref()) {
-            return Ok(QueueStreamResponse::BadRequest(ErrorBody::json(
-                ErrorCode::InvalidRequest,
-                "Last-Event-ID must be the id of a message of this stream (a number)",
-            )));
-        }
-        let store = self.live.store();
-        let Some(found) = store.resolve_sale(&sale.0).await? else {
-            return Ok(QueueStreamResponse::NotFound(ErrorBody::sale_not_found(
-                &sale.0,
-            )));
-        };
-        if found.checkout == Checkout::Instant {
-            return Ok(QueueStreamResponse::Conflict(ErrorBody::json(
-                ErrorCode::WrongCheckout,
-                "this sale uses the instant checkout: it has no queue",
-            )));
-        }
-        // Follow the buyer before reading the entry: every change committed after the read
-        // then reaches the stream (see `Subscription::buyer`).
-        let subscription = match self.live.subscribe(found.id, self.client(req)) {
-            Ok(subscription) => subscription,
-            Err(full) => {
-                return Ok(refuse(
-                    full,
-                    QueueStreamResponse::TooMany,
-                    QueueStreamResponse::Unavailable,
-                ));
+        let read =
+            |store: Store, sale, user: String| async move { store.live_entry(sale, &user).await };
+        let ids = (sale.0.as_str(), user_id.0.as_str());
+        let last = last_event_id.0.as_deref();
+        match self
+            .open_buyer((req, &auth), ids, last, &QUEUE_STREAM, read)
+            .await?
+        {
+            Ok((found, follow, entry)) => {
+                let mut journey = BuyerJourney::new(follow, found, entry);
+                journey.end_when_held = until.0 == Some(StreamUntil::Held);
+                let messages = journey.into_stream();
+                Ok(QueueStreamResponse::Ok(sse(messages, self.drain.clone())))
             }
+            Err(refusal) => Ok(QueueStreamResponse::refused(refusal, &sale.0)),
+        }
+    }
+
+    /// A raffle entrant's entry, live (Server-Sent Events)
+    ///
+    /// The same authentication as `GET .../entries/{userId}`. Sends the entry at once
+    /// (`event: status`), then each change: `drawn` (the draw gave the entrant a
+    /// `drawPosition`; `drawSeed` is shown), `selected` (with `holdExpiresAt`: confirm
+    /// before then), `purchased`, `expired`, `not_selected`, `withdrawn`. Every message
+    /// carries the whole entry, like the poll route. The stream ends when the entry can no
+    /// longer change (or at `selected` with `until=selected`); keep-alive comments every
+    /// 15 s. A reconnecting client (with or without `Last-Event-ID`) gets the current entry
+    /// first, so nothing between is lost.
+    #[oai(
+        path = "/sales/:sale/entries/:user_id/events",
+        method = "get",
+        operation_id = "entryEvents",
+        tag = "ApiTags::Raffle"
+    )]
+    async fn entry_events(
+        &self,
+        req: &poem::Request,
+        auth: BuyerAuth,
+        /// The sale's id or sku.
+        #[oai(validator(max_length = 64))]
+        sale: Path<String>,
+        /// The entrant.
+        #[oai(validator(min_length = 1, max_length = 128))]
+        user_id: Path<String>,
+        /// The `id:` of the last message received, when reconnecting.
+        #[oai(name = "Last-Event-ID", validator(max_length = 20))]
+        last_event_id: Header<Option<String>>,
+        /// `selected`: end the stream once the entrant is selected, not only when the
+        /// entry is final.
+        until: Query<Option<EntryStreamUntil>>,
+    ) -> Result<RaffleStreamResponse, ServerError> {
+        let read = |store: Store, sale, user: String| async move {
+            store.live_raffle_entry(sale, &user).await
         };
-        let changes = subscription.buyer(&user_id.0);
-        let Some(read) = store.live_entry(found.id, &user_id.0).await? else {
-            return Ok(QueueStreamResponse::NotFound(ErrorBody::json(
-                ErrorCode::NotInQueue,
-                "this user has no entry in this sale's queue",
-            )));
-        };
-        let mut journey = BuyerJourney::new(self.live.clone(), subscription, changes, found, read);
-        journey.end_when_held = until.0 == Some(StreamUntil::Held);
-        Ok(QueueStreamResponse::Ok(
-            EventStream::new(until_drain(
-                journey.into_stream(),
-                self.drain.clone(),
-                |last| {
-                    Some(QueueStreamEvent {
-                        event: "closing",
-                        ..last
-                    })
-                },
-            ))
-            .keep_alive(KEEP_ALIVE)
-            .to_event(|message: QueueStreamEvent| {
-                SseEvent::message(message.to_json_string())
-                    .event_type(message.event)
-                    .id(message.sequence.to_string())
-            }),
-        ))
+        let ids = (sale.0.as_str(), user_id.0.as_str());
+        let last = last_event_id.0.as_deref();
+        match self
+            .open_buyer((req, &auth), ids, last, &RAFFLE_STREAM, read)
+            .await?
+        {
+            Ok((found, follow, entry)) => {
+                let mut journey = RaffleJourney::new(follow, found.id, entry);
+                journey.end_when_selected = until.0 == Some(EntryStreamUntil::Selected);
+                let messages = journey.into_stream();
+                Ok(RaffleStreamResponse::Ok(sse(messages, self.drain.clone())))
+            }
+            Err(refusal) => Ok(RaffleStreamResponse::refused(refusal, &sale.0)),
+        }
     }
 
     /// A sale's public view, live (Server-Sent Events)
@@ -275,24 +322,10 @@ impl StreamsApi {
                 ));
             }
         };
-        Ok(SaleStreamResponse::Ok(
-            EventStream::new(until_drain(
-                sale_views(found, subscription).boxed(),
-                self.drain.clone(),
-                |last| {
-                    Some(SaleStreamEvent {
-                        event: "closing",
-                        ..last
-                    })
-                },
-            ))
-            .keep_alive(KEEP_ALIVE)
-            .to_event(|message: SaleStreamEvent| {
-                SseEvent::message(message.to_json_string())
-                    .event_type(message.event)
-                    .id(message.sequence.to_string())
-            }),
-        ))
+        Ok(SaleStreamResponse::Ok(sse(
+            sale_views(found, subscription).boxed(),
+            self.drain.clone(),
+        )))
     }
 }
 

@@ -1,5 +1,6 @@
-//! What the live streams read: a sale with its queue's counters, the changes to its buyers'
-//! entries since a sequence number, and one buyer's entry with the sequence it was read at.
+//! What the live streams read: a sale with its queue's counters (or its raffle's draw), the
+//! changes to its buyers' entries since a sequence number, and one buyer's entry (in a queue
+//! or a raffle) with the sequence it was read at.
 //!
 //! One instance reads a sale's snapshot and changes once per wake-up, however many streams
 //! it serves for that sale (see `worker::live`).
@@ -9,9 +10,10 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::queue_entry::{ENTRY_SQL, EntryRow, queue_counters_sql};
+use super::raffle::{ENTRY_COLUMNS as RAFFLE_ENTRY_COLUMNS, EntryRow as RaffleEntryRow};
 use super::sales::SaleRow;
 use super::{Store, StoreError};
-use crate::domain::{QueueEntry, Sale};
+use crate::domain::{QueueEntry, RaffleEntry, RaffleStatus, Sale};
 
 /// A sale as a live stream shows it, with the sequence of its last event when read.
 #[derive(Debug, Clone)]
@@ -19,7 +21,18 @@ pub struct LiveSale {
     pub sale: Sale,
     /// The queue's counters (queued sales only).
     pub queue: Option<LiveQueue>,
+    /// The draw (raffles only).
+    pub raffle: Option<LiveRaffle>,
     pub last_sequence: i64,
+}
+
+/// Where a raffle's draw stands, as every entrant's view derives from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveRaffle {
+    /// The seed, once entries closed and the draw began (hidden before).
+    pub draw_seed: Option<i64>,
+    /// The draw is complete: every entrant has their position.
+    pub drawn: bool,
 }
 
 /// The counters of a waiting room that every buyer's view derives from.
@@ -37,7 +50,11 @@ pub enum EntryChangeKind {
     HoldGranted,
     HoldExpired,
     HoldReleased,
+    /// A purchase: a confirmed hold, or a raffle's confirmed selection.
     Purchased,
+    /// A raffle entrant's new status (`raffle.selected`, `.expired`, `.withdrawn`,
+    /// `.not_selected`).
+    Raffle(RaffleStatus),
 }
 
 /// One change to one buyer's entry.
@@ -47,6 +64,8 @@ pub struct EntryChange {
     pub kind: EntryChangeKind,
     pub user_id: String,
     pub hold_expires_at: Option<DateTime<Utc>>,
+    /// A raffle entrant's place in the draw.
+    pub draw_position: Option<i64>,
 }
 
 /// A page of a sale's events read for the live streams.
@@ -68,6 +87,9 @@ struct LiveSaleRow {
     waiting: Option<i32>,
     shuffled: Option<bool>,
     admission_rate: Option<f64>,
+    raffle: bool,
+    draw_seed: Option<i64>,
+    drawn: bool,
 }
 
 #[derive(FromRow)]
@@ -77,6 +99,7 @@ struct ChangeRow {
     kind: String,
     user_id: Option<String>,
     hold_expires_at: Option<DateTime<Utc>>,
+    draw_position: Option<i64>,
 }
 
 #[derive(FromRow)]
@@ -86,24 +109,38 @@ struct LiveEntryRow {
     event_sequence: i64,
 }
 
+#[derive(FromRow)]
+struct LiveRaffleEntryRow {
+    #[sqlx(flatten)]
+    entry: RaffleEntryRow,
+    event_sequence: i64,
+}
+
 fn change_kind(event_type: &str) -> Option<EntryChangeKind> {
     match event_type {
         "hold.granted" => Some(EntryChangeKind::HoldGranted),
         "hold.expired" => Some(EntryChangeKind::HoldExpired),
         "hold.released" => Some(EntryChangeKind::HoldReleased),
         "purchase.created" => Some(EntryChangeKind::Purchased),
+        "raffle.selected" => Some(EntryChangeKind::Raffle(RaffleStatus::Selected)),
+        "raffle.expired" => Some(EntryChangeKind::Raffle(RaffleStatus::Expired)),
+        "raffle.withdrawn" => Some(EntryChangeKind::Raffle(RaffleStatus::Withdrawn)),
+        "raffle.not_selected" => Some(EntryChangeKind::Raffle(RaffleStatus::NotSelected)),
         _ => None,
     }
 }
 
 impl Store {
-    /// The sale with its queue's counters and last event sequence, in one statement (one
-    /// snapshot), or `None` if it no longer exists.
+    /// The sale with its queue's counters (or its raffle's draw) and last event sequence,
+    /// in one statement (one snapshot), or `None` if it no longer exists.
     pub async fn live_sale(&self, sale_id: Uuid) -> Result<Option<LiveSale>, StoreError> {
         let sql = format!(
-            "SELECT s.*, {QUEUE_COUNTERS}
+            "SELECT s.*, {QUEUE_COUNTERS}, r.sale_id IS NOT NULL AS raffle,
+                    CASE WHEN r.draw_started_at IS NOT NULL THEN r.draw_seed END AS draw_seed,
+                    r.drawn_at IS NOT NULL AS drawn
                FROM (SELECT {SALE_COLUMNS}, last_event_sequence FROM sales WHERE id = $1) s
-               LEFT JOIN sale_queues q ON q.sale_id = s.id",
+               LEFT JOIN sale_queues q ON q.sale_id = s.id
+               LEFT JOIN sale_raffles r ON r.sale_id = s.id",
             SALE_COLUMNS = super::sales::SALE_COLUMNS,
             QUEUE_COUNTERS = queue_counters_sql!()
         );
@@ -122,9 +159,14 @@ impl Store {
                 }),
                 _ => None,
             };
+            let raffle = row.raffle.then_some(LiveRaffle {
+                draw_seed: row.draw_seed,
+                drawn: row.drawn,
+            });
             LiveSale {
                 sale: Sale::from(row.sale),
                 queue,
+                raffle,
                 last_sequence: row.last_event_sequence,
             }
         }))
@@ -143,7 +185,8 @@ impl Store {
     ) -> Result<ChangePage, StoreError> {
         let rows = sqlx::query_as::<_, ChangeRow>(
             "SELECT sequence, type, data->>'userId' AS user_id,
-                    (data->>'holdExpiresAt')::timestamptz AS hold_expires_at
+                    (data->>'holdExpiresAt')::timestamptz AS hold_expires_at,
+                    (data->>'drawPosition')::bigint AS draw_position
                FROM events WHERE sale_id = $1 AND sequence > $2
               ORDER BY sequence LIMIT $3",
         )
@@ -162,6 +205,7 @@ impl Store {
                     kind: change_kind(&row.kind)?,
                     user_id: row.user_id?,
                     hold_expires_at: row.hold_expires_at,
+                    draw_position: row.draw_position,
                 })
             })
             .collect();
@@ -190,5 +234,27 @@ impl Store {
             .fetch_optional(&mut self.conn().await?)
             .await?;
         Ok(row.map(|row| (QueueEntry::from(row.entry), row.event_sequence)))
+    }
+
+    /// The entrant's raffle entry with the sale's last event sequence, read in one
+    /// statement, as [`Store::live_entry`] for a queue.
+    pub async fn live_raffle_entry(
+        &self,
+        sale_id: Uuid,
+        user_id: &str,
+    ) -> Result<Option<(RaffleEntry, i64)>, StoreError> {
+        let sql = format!(
+            "SELECT {RAFFLE_ENTRY_COLUMNS}, s.last_event_sequence AS event_sequence
+               FROM raffle_entries e JOIN sale_raffles r ON r.sale_id = e.sale_id
+               JOIN sales s ON s.id = e.sale_id
+              WHERE e.sale_id = $1 AND e.user_id = $2"
+        );
+        // Built from constant text only.
+        let row = sqlx::query_as::<_, LiveRaffleEntryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(sale_id)
+            .bind(user_id)
+            .fetch_optional(&mut self.conn().await?)
+            .await?;
+        Ok(row.map(|row| (RaffleEntry::from(row.entry), row.event_sequence)))
     }
 }

@@ -32,6 +32,7 @@ mod queue_door;
 mod races;
 mod raffle;
 mod raffle_rules;
+mod raffle_stream;
 mod raffle_variants;
 mod rate_limits;
 mod receiver;

@@ -14,7 +14,7 @@ use crate::support::{
     status_and_json,
 };
 
-const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
 async fn queued_sale(app: &TestApp, stock: i64, hold_seconds: i64) -> (String, Uuid) {
     let sku = format!("live-{}", Uuid::new_v4().simple());
@@ -32,7 +32,7 @@ async fn join(app: &TestApp, sku: &str, user: &str) {
     assert_eq!(app.join_queue(sku, user).await.0, StatusCode::ACCEPTED);
 }
 
-async fn open(app: &TestApp, path: &str) -> SseReader {
+pub(crate) async fn open(app: &TestApp, path: &str) -> SseReader {
     let response = app.client.get(path).send().await;
     assert_eq!(response.0.status(), StatusCode::OK, "{path}");
     SseReader::new(response)
@@ -42,7 +42,7 @@ async fn buyer_stream(app: &TestApp, sku: &str, user: &str) -> SseReader {
     open(app, &format!("/api/v1/sales/{sku}/queue/{user}/events")).await
 }
 
-async fn next(stream: &mut SseReader) -> SseMessage {
+pub(crate) async fn next(stream: &mut SseReader) -> SseMessage {
     stream.next(WAIT).await.expect("the stream is still open")
 }
 
@@ -54,7 +54,7 @@ async fn admit(app: &TestApp, sale: Uuid) -> i64 {
         .admitted
 }
 
-fn status(message: &SseMessage) -> (&str, &str) {
+pub(crate) fn status(message: &SseMessage) -> (&str, &str) {
     (
         message.event.as_str(),
         message.data["status"].as_str().unwrap_or(""),

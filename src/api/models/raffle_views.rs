@@ -154,3 +154,18 @@ impl From<RaffleStats> for RaffleStatsView {
         }
     }
 }
+
+/// One message of a raffle entrant's live stream: the whole entry, so a client only renders
+/// it. The SSE `event:` names what changed (`status` first, then `drawn` when the draw gave
+/// the entrant a `drawPosition`, `selected`, `purchased`, `expired`, `not_selected` or
+/// `withdrawn`; `closing` repeats the latest entry when the instance shuts down:
+/// reconnect); `id:` is the sale's event sequence it reflects.
+#[derive(Object, Debug, Clone)]
+pub struct RaffleStreamEvent {
+    #[oai(skip)]
+    pub event: &'static str,
+    #[oai(skip)]
+    pub sequence: i64,
+    #[oai(flatten)]
+    pub entry: RaffleEntryView,
+}
