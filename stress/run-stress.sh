@@ -3,7 +3,7 @@
 # Postgres. Starts a service on the embedded database when none answers at BASE_URL.
 # After `just up`, runs against the compose stack (its .data/compose.env) with no setting.
 #
-#   stress/run-stress.sh [purchase-load|duplicate-user|status-polling|mixed-workload|queue-journey|all] [k6 run options...]
+#   stress/run-stress.sh [purchase-load|duplicate-user|status-polling|mixed-workload|queue-journey|raffle|all] [k6 run options...]
 #
 # Options after the scenario go to `k6 run` as they are (e.g. `--out json=results.json`); a
 # relative json or csv output file, there or in K6_OUT, lands in the scenario's results folder.
@@ -30,7 +30,7 @@ if [ -n "$compose_env_file" ]; then
 fi
 export BASE_URL=${BASE_URL:-http://127.0.0.1:8080}
 export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
-all_scenarios=(purchase-load duplicate-user status-polling mixed-workload queue-journey)
+all_scenarios=(purchase-load duplicate-user status-polling mixed-workload queue-journey raffle)
 # k6's default system tags without `url`: raw URLs carry user ids and skus.
 system_tags=proto,subproto,status,method,name,group,check,error,error_code,tls_version,scenario,service,expected_response
 

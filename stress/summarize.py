@@ -36,7 +36,8 @@ reqs = values("http_reqs")
 extra = []
 for key in ("purchase_success", "purchase_sold_out", "purchase_duplicate", "purchase_rate_limited",
             "purchase_timeout", "purchase_error", "journey_purchased", "journey_sold_out", "journey_hold_expired",
-            "journey_abandoned", "journey_gave_up", "journey_stream_fallbacks"):
+            "journey_abandoned", "journey_gave_up", "journey_stream_fallbacks", "raffle_entered",
+            "raffle_units_sold", "raffle_declined", "raffle_not_selected", "raffle_stream_fallbacks"):
     if key in metrics:
         extra.append(f"{key.split('_', 1)[1]}={int(values(key).get('count', 0))}")
 if "multi_units_sold" in metrics:  # mixed-workload's variant drop: units from the 201s, per size
@@ -55,7 +56,7 @@ try:
 except OSError:
     invariants = "invariants ?"
 endpoints = load("endpoints.json") or {}
-streams = " (streams' waits included)" if "queue_events" in endpoints else ""
+streams = " (streams' waits included)" if {"queue_events", "entry_events"} & set(endpoints) else ""
 print(
     f"{name:16} {verdict}  "
     f"{int(reqs.get('count', 0)):>7} reqs {reqs.get('rate', 0):8.1f}/s  "

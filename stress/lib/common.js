@@ -172,3 +172,33 @@ export function auditTeardown(data) {
     throw new Error(`invariant audit failed for ${data.sku}: ${JSON.stringify(report)}`);
   }
 }
+
+// The last message a buyer's live stream sent (its body holds every message): the JSON of
+// its last `data:` line, or null.
+export function lastStatus(body) {
+  const lines = (body || '').split('\n').filter((line) => line.startsWith('data:'));
+  if (!lines.length) return null;
+  try {
+    return JSON.parse(lines[lines.length - 1].slice(5));
+  } catch (_) {
+    return null;
+  }
+}
+
+// Sends `requests` ([method, url, body, params]) `size` at a time (a teardown's walk over
+// every buyer); retries an answer outside `statuses` a few times, then fails the teardown.
+export function batched(requests, statuses, size) {
+  const answers = [];
+  for (let i = 0; i < requests.length; i += size) {
+    const chunk = requests.slice(i, i + size);
+    let got = http.batch(chunk);
+    for (let retry = 0; retry < 5 && got.some((res) => !statuses.includes(res.status)); retry++) {
+      sleep(1);
+      got = http.batch(chunk);
+    }
+    const bad = got.find((res) => !statuses.includes(res.status));
+    if (bad) throw new Error(`verification walk: ${bad.request.method} ${bad.url} answered ${bad.status} ${bad.body}`);
+    answers.push(...got);
+  }
+  return answers;
+}

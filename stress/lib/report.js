@@ -151,6 +151,15 @@ const REASONS = [
   ['abandoned', [], ['journey_abandoned'], 'held, then walked away (ABANDON_RATE)'],
   ['attempts exhausted', [], ['journey_attempts_exhausted'], '5 attempts, every hold expired'],
 ];
+// A raffle's entrants who did not buy, and why: [label, counters, what it means].
+const RAFFLE_REASONS = [
+  ['not selected', ['raffle_not_selected'], 'the stock went to entrants drawn before them'],
+  ['declined', ['raffle_declined'], 'selected, then let the hold run out (DECLINE_EVERY)'],
+  ['late confirm', ['raffle_confirm_late'], '410 HOLD_EXPIRED: the hold had passed on'],
+  ['timeout', ['raffle_gave_up'], 'no outcome within FOLLOW_TIMEOUT'],
+  ['API error', ['raffle_server_errors', 'raffle_unexpected'], '5xx or unexpected answers'],
+  ['rate limited', ['raffle_rate_limited'], '429 RATE_LIMITED, retried'],
+];
 // The four reasons the plans name are always listed; the others when the family has them.
 const NAMED_REASONS = 5;
 const TRENDS = [
@@ -158,6 +167,8 @@ const TRENDS = [
   ['hold → confirm', 'journey_hold_to_confirm'],
   ['whole journey', 'journey_duration'],
   ['purchase request', 'http_req_duration{endpoint:purchase}'],
+  ['window end → selected', 'raffle_draw_to_selected'],
+  ['selected → confirm', 'raffle_selected_to_confirmed'],
 ];
 // A read-only scenario's one request, when there is no trend above.
 const READ_TREND = ['sale view request', 'http_req_duration{endpoint:sale_view}'];
@@ -185,6 +196,8 @@ export function summaryOf(data) {
   const value = (name, key) => (m[name] ? m[name].values[key] : undefined);
   const journey = Object.keys(m).some((name) => name.startsWith('journey_'));
   const purchases = !journey && Object.keys(m).some((name) => /^purchase_[a-z_]+$/.test(name));
+  // A raffle's entrants: units sold by confirms, entries as attempts, its own trends.
+  const raffle = Object.keys(m).some((name) => name.startsWith('raffle_'));
   const scenarios = scenarioVUs();
   const summary = {
     duration: data.state.testRunDurationMs,
@@ -194,13 +207,17 @@ export function summaryOf(data) {
     requests: value('http_reqs', 'count'),
     attempts: undefined,
     buyers: value('journey_buyers', 'count'),
-    successes: count(m, ['purchase_success', 'journey_purchased']),
+    successes: count(m, ['purchase_success', 'journey_purchased', 'raffle_units_sold']),
     reasons: [],
     trends: [],
     books: null,
   };
   if (journey) summary.attempts = value('journey_attempts', 'count') || 0;
   if (purchases) summary.attempts = count(m, Object.keys(m).filter((name) => /^purchase_[a-z_]+$/.test(name)));
+  if (raffle) {
+    summary.attempts = value('raffle_entered', 'count') || 0;
+    summary.reasons = RAFFLE_REASONS.map(([label, names, meaning]) => ({ label, count: count(m, names), meaning }));
+  }
   if (journey || purchases) {
     REASONS.forEach(([label, purchaseNames, journeyNames, meaning], index) => {
       const names = journey ? journeyNames : purchaseNames;
@@ -209,7 +226,7 @@ export function summaryOf(data) {
       summary.reasons.push({ label, count: names.length ? count(m, names) : undefined, meaning: text });
     });
   }
-  for (const [label, name] of journey || purchases ? TRENDS : [READ_TREND]) {
+  for (const [label, name] of journey || purchases || raffle ? TRENDS : [READ_TREND]) {
     if (m[name] && m[name].values.avg !== undefined) {
       const v = m[name].values;
       summary.trends.push({ label, name, avg: v.avg, p95: v['p(95)'], p99: v['p(99)'] });

@@ -32,7 +32,9 @@ import http from 'k6/http';
 import { sleep } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Gauge, Rate, Trend } from 'k6/metrics';
-import { audit, BASE_URL, createSale, debugLog, envInt, jsonParams, retryAfter, runSku, tags } from '../lib/common.js';
+import {
+  audit, BASE_URL, batched, createSale, debugLog, envInt, jsonParams, lastStatus, retryAfter, runSku, tags,
+} from '../lib/common.js';
 import { formatDuration } from '../lib/format.js';
 import { booksLine, booksVerdict, FLOOR, floor, handleSummary, withEndpoints } from '../lib/report.js';
 
@@ -231,16 +233,6 @@ function join(data, userId, deadline) {
   return { outcome: 'gave_up' };
 }
 
-// The last status a buyer's live stream sent (its body holds every message).
-function lastStatus(body) {
-  const lines = (body || '').split('\n').filter((line) => line.startsWith('data:'));
-  if (!lines.length) return null;
-  try {
-    return JSON.parse(lines[lines.length - 1].slice(5));
-  } catch (_) {
-    return null;
-  }
-}
 
 // Waits on the live stream until held or the journey ends; null when it could not tell
 // (the stream was refused, broke or outlived the deadline): then the caller polls.
@@ -393,23 +385,6 @@ function publicView(data) {
   return res.status === 200 ? res.json() : null;
 }
 
-// Sends `requests` ([method, url, body, params]) in batches; retries an answer outside
-// `statuses` a few times, then fails the teardown.
-function batched(requests, statuses) {
-  const answers = [];
-  for (let i = 0; i < requests.length; i += WALK_BATCH) {
-    const chunk = requests.slice(i, i + WALK_BATCH);
-    let got = http.batch(chunk);
-    for (let retry = 0; retry < 5 && got.some((res) => !statuses.includes(res.status)); retry++) {
-      sleep(1);
-      got = http.batch(chunk);
-    }
-    const bad = got.find((res) => !statuses.includes(res.status));
-    if (bad) throw new Error(`verification walk: ${bad.request.method} ${bad.url} answered ${bad.status} ${bad.body}`);
-    answers.push(...got);
-  }
-  return answers;
-}
 
 // Every buyer of the run, VU by VU (each VU's buyers are numbered 0, 1, 2... until one is not
 // in the queue), and the confirmed orders of this sale among their purchases.
@@ -420,7 +395,7 @@ function walkBuyers(data) {
   while (pending.length) {
     const ids = pending.map((b) => userIdOf(data, b.vu, b.seq));
     const answers = batched(ids.map((id) => ['GET', `${BASE_URL}/api/v1/sales/${data.saleId}/queue/${id}`, null,
-      Object.assign(jsonParams('verify_queue', id), { responseCallback: expect(200, 404) })]), [200, 404]);
+      Object.assign(jsonParams('verify_queue', id), { responseCallback: expect(200, 404) })]), [200, 404], WALK_BATCH);
     const next = [];
     answers.forEach((res, i) => {
       if (res.status !== 200) return;
@@ -430,7 +405,7 @@ function walkBuyers(data) {
     pending = next;
   }
   const answers = batched(buyers.map((id) => ['GET', `${BASE_URL}/api/v1/users/${id}/purchases`, null,
-    Object.assign(jsonParams('verify_purchases', id), { responseCallback: expect(200) })]), [200]);
+    Object.assign(jsonParams('verify_purchases', id), { responseCallback: expect(200) })]), [200], WALK_BATCH);
   let confirmed = 0;
   for (const res of answers) confirmed += res.json().filter((p) => p.saleId === data.saleId).length;
   return { buyers: buyers.length, confirmed };
