@@ -1,4 +1,4 @@
-//! The admin console at `/console`: four static files compiled into the binary (no build
+//! The admin console at `/console`: five static files compiled into the binary (no build
 //! step, no CDN, works offline). The page talks to the public admin API with the key the
 //! user types; the server side here only serves the files, with a strict Content Security
 //! Policy so that nothing but these files can run on a page that holds the admin key.
@@ -9,6 +9,7 @@ use poem::{Endpoint, EndpointExt, Response, Route, get, handler};
 const INDEX_HTML: &str = include_str!("console/index.html");
 const CONSOLE_JS: &str = include_str!("console/console.js");
 const SALE_JS: &str = include_str!("console/sale.js");
+const RAFFLE_JS: &str = include_str!("console/raffle.js");
 const CONSOLE_CSS: &str = include_str!("console/console.css");
 
 /// Only our own files, and calls to our own origin.
@@ -43,6 +44,11 @@ fn sale_script() -> Response {
 }
 
 #[handler]
+fn raffle_script() -> Response {
+    file(RAFFLE_JS, "text/javascript; charset=utf-8")
+}
+
+#[handler]
 fn stylesheet() -> Response {
     file(CONSOLE_CSS, "text/css; charset=utf-8")
 }
@@ -53,6 +59,7 @@ pub fn routes() -> impl Endpoint<Output = Response> {
         .at("/", get(index))
         .at("/console.js", get(script))
         .at("/sale.js", get(sale_script))
+        .at("/raffle.js", get(raffle_script))
         .at("/console.css", get(stylesheet))
         .map_to_response()
 }

@@ -7,9 +7,10 @@ chromium-driver) driven by Selenium against a running service.
 It refuses a wrong key with a message, signs in, creates a sale from the page, buys through
 the API and waits for `sold` to change on the page without a reload (at most 2 s), opens
 the sale, runs the audit and waits for PASS, creates a sale with variants and watches one
-variant's counters change live, signs out and checks the key is gone. With a
-SCREENSHOT_DIR it saves the console at 1280 px and at phone width. Exits non-zero on the
-first failure.
+variant's counters change live, opens a raffle and sees its draw (entries open with its
+entrants, then drawn with the selected and the seed), signs out and checks the key is gone.
+With a SCREENSHOT_DIR it saves the console at 1280 px and at phone width. Exits non-zero on
+the first failure.
 """
 
 import json
@@ -17,6 +18,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from datetime import datetime, timedelta, timezone
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -41,13 +43,30 @@ def browser():
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
+def post(path, body, expected, admin=False):
+    headers = {"Content-Type": "application/json"}
+    if admin:
+        headers["Authorization"] = f"Bearer {KEY}"
+    request = urllib.request.Request(
+        f"{BASE}{path}", method="POST", data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == expected, response.status
+
+
 def buy(sku, user, variant=None):
     body = {"userId": user} if variant is None else {"userId": user, "variant": variant}
-    request = urllib.request.Request(
-        f"{BASE}/api/v1/sales/{sku}/purchases", method="POST",
-        data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 201, response.status
+    post(f"/api/v1/sales/{sku}/purchases", body, 201)
+
+
+def raffle_field(driver, name):
+    return driver.find_element(By.CSS_SELECTOR, f'#raffle-panel [data-raffle="{name}"]').text
+
+
+def open_sale(driver, sku):
+    # Rows are updated in place; should the list be rebuilt (a sale added elsewhere)
+    # between finding the row and clicking it, find it again.
+    WebDriverWait(driver, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f'#sales-body tr[data-sale="{sku}"]').click() or True)
 
 
 def field(driver, sku, name):
@@ -104,11 +123,9 @@ def main():
         step(f"sold changed on the page {seen * 1000:.0f} ms after the purchase answered")
 
         step("opens the sale, buys a few more, runs the audit")
-        # Rows are updated in place; should the list be rebuilt (a sale added elsewhere)
-        # between finding the row and clicking it, find it again.
-        WebDriverWait(driver, 10, ignored_exceptions=[StaleElementReferenceException]).until(
-            lambda d: d.find_element(By.CSS_SELECTOR, f'#sales-body tr[data-sale="{sku}"]').click() or True)
+        open_sale(driver, sku)
         wait.until(ec.visibility_of_element_located((By.ID, "detail")))
+        assert not driver.find_element(By.ID, "raffle-panel").is_displayed()
         # A few seconds of buying, so the chart has something to show.
         for n in range(2, 21):
             buy(sku, f"browser-buyer-{n}")
@@ -151,6 +168,24 @@ def main():
         buy(variant_sku, "browser-variant-buyer", "M")
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, variant_cell.format("M", 3)).text == "1")
         assert driver.find_element(By.CSS_SELECTOR, variant_cell.format("S", 3)).text == "0"
+
+        step("a raffle: entries open with its entrants, then drawn with the selected and the seed")
+        draw = f"console-draw-{uuid.uuid4().hex[:8]}"
+        ends = (datetime.now(timezone.utc) + timedelta(seconds=8)).isoformat()
+        post("/api/v1/admin/sales", {"sku": draw, "name": "Console draw", "stock": 2,
+                                     "checkout": "raffle", "endsAt": ends}, 201, admin=True)
+        for n in range(3):
+            post(f"/api/v1/sales/{draw}/entries", {"userId": f"entrant-{n}"}, 202)
+        open_sale(driver, draw)
+        wait.until(lambda d: raffle_field(d, "entrants") == "3")
+        assert raffle_field(driver, "state") == "entries open", raffle_field(driver, "state")
+        assert "once the draw begins" in raffle_field(driver, "seed")
+        # The draw runs at endsAt (the job runner); the panel follows the raffle's events.
+        WebDriverWait(driver, 25).until(lambda d: raffle_field(d, "selected") == "2")
+        wait.until(lambda d: raffle_field(d, "state") == "drawn")
+        assert raffle_field(driver, "entered") == "1", raffle_field(driver, "entered")
+        assert raffle_field(driver, "seed").startswith("draw seed "), raffle_field(driver, "seed")
+        assert raffle_field(driver, "ranked") == "3 entrants ranked", raffle_field(driver, "ranked")
 
         step("signs out: the key is gone from the tab")
         driver.find_element(By.ID, "sign-out").click()

@@ -1,6 +1,7 @@
 // The flashsale console's one-sale view: counters pushed by the sale's public stream,
-// purchases per second, the waiting room, state changes and events from the admin stream,
-// the audit, cancel and delete. Uses the helpers of console.js (loaded first).
+// purchases per second, the waiting room (a raffle's draw: raffle.js), state changes and
+// events from the admin stream, the audit, cancel and delete. Uses the helpers of
+// console.js (loaded first).
 'use strict';
 
 // ---- one sale, live -----------------------------------------------------------------------
@@ -27,6 +28,7 @@ async function openDetail(id) {
     `${new Date(sale.startsAt).toLocaleString()} – ${new Date(sale.endsAt).toLocaleString()}`;
   $('detail-counters').dataset.sale = sale.sku;
   $('queue-panel').hidden = sale.checkout !== 'queued';
+  showRaffle(detail, sale);
   $('audit-result').textContent = 'Not run yet.';
   delete $('audit-result').dataset.result;
   $('recent-events').replaceChildren();
@@ -92,6 +94,7 @@ function onSaleEvent(detail, event) {
   if (!event || app.detail !== detail) return;
   if (event.type === 'hold.granted') detail.grants.push(Date.now());
   if (event.type.startsWith('sale.')) refreshStateChanges(detail);
+  noteRaffleEvent(detail, event);
   const list = $('recent-events');
   const item = document.createElement('li');
   const time = document.createElement('time');
@@ -153,6 +156,7 @@ function sample(detail) {
   if (detail.samples.length > CHART_SECONDS) detail.samples.shift();
   drawChart(detail.samples);
   renderQueue(detail);
+  tickRaffle(detail);
 }
 
 function drawChart(samples) {
