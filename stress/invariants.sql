@@ -36,6 +36,8 @@ SELECT set_config('flashsale.audit_sale', COALESCE(
              WHERE id::text = lower(:'sale') OR (sku = :'sale' AND archived_at IS NULL)
              ORDER BY id::text = lower(:'sale') DESC LIMIT 1),
            '00000000-0000-0000-0000-000000000000'), false) AS audit_sale \gset
+-- No JIT: the statement is large and runs once (see store/audit.rs).
+SET jit = off;
 CREATE TEMP TABLE flashsale_audit AS
 -- flashsale:audit:begin
 WITH sale AS (
