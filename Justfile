@@ -85,6 +85,11 @@ bench-queue *binaries:
     if [ -z "{{binaries}}" ]; then cargo build --release --quiet; fi
     exec stress/bench-queue.sh {{binaries}}
 
+# Variants: a 10-variant drop against one variant of the same stock and a plain sale (wrk).
+bench-variants binary="target/release/flashsale":
+    cargo build --release --quiet
+    stress/bench-variants.sh {{binary}}
+
 # The outbox: purchase throughput with and without a webhook endpoint, delivery lag of a 20,000-unit sale.
 bench-outbox:
     stress/bench-outbox.sh
