@@ -153,9 +153,10 @@ pub struct CreateSaleRequest {
     /// (everyone else is 403 `NOT_ELIGIBLE`); upload the list with
     /// `PUT /api/v1/admin/sales/{sale}/allowlist`. Default false; fixed at creation.
     pub allowlist: MaybeUndefined<bool>,
-    /// Sizes in one drop (instant checkout only): each variant has its own stock; buyers
-    /// name one (`variant`) in every purchase, and the per-customer limit counts across
-    /// them. 1-100 variants with distinct codes. The sale sells out when every variant has.
+    /// Sizes in one drop (any checkout): each variant has its own stock; buyers name one
+    /// (`variant`) in every purchase, queue join or raffle entry, and the per-customer
+    /// limit counts across them. 1-100 variants with distinct codes. The sale sells out
+    /// when every variant has.
     #[oai(validator(min_items = 1, max_items = 100))]
     pub variants: MaybeUndefined<Vec<VariantRequest>>,
 }
