@@ -6,21 +6,11 @@ use std::collections::HashMap;
 
 use poem::http::StatusCode;
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::queue::broken_invariants;
 use crate::raffle::{confirm, end_window, enter, raffle, replay, statuses, tick_until_finished};
-use crate::support::{TestApp, code, spawn_app};
-
-async fn variant_rows(app: &TestApp, sale: Uuid) -> Vec<(String, i32, i32, i32)> {
-    sqlx::query_as(
-        "SELECT code, available, held, sold FROM sale_variants WHERE sale_id = $1 ORDER BY position",
-    )
-    .bind(sale)
-    .fetch_all(app.store.pool())
-    .await
-    .expect("variants")
-}
+use crate::support::{code, spawn_app};
+use crate::variant_holds::variant_rows;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_variants_units_go_to_its_entrants_in_draw_order() {

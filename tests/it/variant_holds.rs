@@ -28,7 +28,7 @@ async fn call(
 }
 
 /// Each variant's (available, held, sold), in position order, from the table.
-async fn variant_rows(app: &TestApp, sale: Uuid) -> Vec<(String, i32, i32, i32)> {
+pub(crate) async fn variant_rows(app: &TestApp, sale: Uuid) -> Vec<(String, i32, i32, i32)> {
     sqlx::query_as(
         "SELECT code, available, held, sold FROM sale_variants WHERE sale_id = $1 ORDER BY position",
     )
